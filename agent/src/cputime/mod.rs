@@ -1,0 +1,89 @@
+//! Per-process cumulative CPU time: the one interface behind which the eBPF
+//! accounting and the /proc fallback sit, so the collectors and the protocol code
+//! do not know which one runs.
+//!
+//! Both sources report cumulative on-CPU nanoseconds per process (all its threads,
+//! exited ones included). Turning two readings into a percentage is done once, in
+//! [`cpu_percent`], so both modes show the same scale.
+
+pub mod proc;
+
+use std::time::Duration;
+
+/// Which source is counting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuSourceKind {
+    /// The `sched_switch` eBPF program's per-process counters.
+    Ebpf,
+    /// utime+stime from `/proc/PID/stat`.
+    Proc,
+}
+
+impl CpuSourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CpuSourceKind::Ebpf => "ebpf",
+            CpuSourceKind::Proc => "proc",
+        }
+    }
+}
+
+/// What the /proc scan knows of one process's CPU time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScannedCpu {
+    pub pid: u32,
+    /// utime + stime from `/proc/PID/stat`, in clock ticks.
+    pub ticks: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CpuTimeError {
+    #[error("reading the eBPF map {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// A source of cumulative per-process CPU time.
+pub trait CpuTimeSource: Send {
+    fn kind(&self) -> CpuSourceKind;
+
+    /// Writes into `out`, in the order of `procs`, the cumulative on-CPU nanoseconds of
+    /// each process. `out` is cleared first.
+    fn cumulative_ns(&mut self, procs: &[ScannedCpu], out: &mut Vec<u64>) -> Result<(), CpuTimeError>;
+
+    /// Drops whatever the source keeps for processes that are gone. `live` is every pid
+    /// of one complete /proc scan, sorted.
+    fn retain_live(&mut self, live: &[u32]);
+}
+
+/// Share of the whole machine, in percent clamped to 0..=100, of `busy_ns` spent
+/// over `wall` on a machine with `cpus` logical CPUs. This is the scale of the
+/// original agent (process jiffies over total jiffies): one busy thread on a
+/// 2-CPU host reads 50.
+pub fn cpu_percent(busy_ns: u64, wall: Duration, cpus: usize) -> f32 {
+    let capacity_ns = wall.as_nanos() as f64 * cpus.max(1) as f64;
+    if capacity_ns <= 0.0 {
+        return 0.0;
+    }
+    (busy_ns as f64 / capacity_ns * 100.0).clamp(0.0, 100.0) as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_busy_thread_on_two_cpus_is_half_the_machine() {
+        let pct = cpu_percent(1_000_000_000, Duration::from_secs(1), 2);
+        assert!((pct - 50.0).abs() < 1e-4, "{pct}");
+    }
+
+    #[test]
+    fn percent_is_clamped_and_safe_on_zero_wall_time() {
+        assert_eq!(cpu_percent(5_000_000_000, Duration::from_secs(1), 2), 100.0);
+        assert_eq!(cpu_percent(5, Duration::ZERO, 2), 0.0);
+    }
+}

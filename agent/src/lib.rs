@@ -1,0 +1,6 @@
+//! socktop_agent: an on-demand host-metrics server speaking the socktop WebSocket
+//! protocol, with per-process CPU time counted by an eBPF program where the kernel
+//! allows it and read from /proc where it does not.
+
+pub mod cputime;
+pub mod protocol;

@@ -1,0 +1,134 @@
+//! Parsing of client requests. Two forms are accepted, as text frames: the plain
+//! commands the socktop client sends (`get_metrics`, `get_process_metrics:42`) and
+//! the JSON form of the published README (`{"type":"metrics"}`).
+
+use serde::Deserialize;
+
+/// A recognised request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    Metrics,
+    Disks,
+    Processes,
+    ProcessMetrics { pid: u32 },
+    JournalEntries { pid: u32 },
+}
+
+/// Why a text frame is not a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("unknown request")]
+    Unknown,
+    #[error("malformed JSON request: {0}")]
+    MalformedJson(String),
+    #[error("unknown request type {0:?}")]
+    UnknownType(String),
+    #[error("request type {0:?} needs a \"pid\" field")]
+    MissingPid(&'static str),
+    #[error("invalid pid {0:?}")]
+    InvalidPid(String),
+}
+
+impl Request {
+    /// The plain-command name of the request, used in per-pid error answers.
+    pub fn command(self) -> &'static str {
+        match self {
+            Request::Metrics => "get_metrics",
+            Request::Disks => "get_disks",
+            Request::Processes => "get_processes",
+            Request::ProcessMetrics { .. } => "get_process_metrics",
+            Request::JournalEntries { .. } => "get_journal_entries",
+        }
+    }
+}
+
+/// Parses one text frame.
+pub fn parse(text: &str) -> Result<Request, RequestError> {
+    let text = text.trim();
+    if text.starts_with('{') {
+        return parse_json(text);
+    }
+    match text {
+        "get_metrics" => return Ok(Request::Metrics),
+        "get_disks" => return Ok(Request::Disks),
+        "get_processes" => return Ok(Request::Processes),
+        _ => {}
+    }
+    if let Some(pid) = text.strip_prefix("get_process_metrics:") {
+        return Ok(Request::ProcessMetrics { pid: parse_pid(pid)? });
+    }
+    if let Some(pid) = text.strip_prefix("get_journal_entries:") {
+        return Ok(Request::JournalEntries { pid: parse_pid(pid)? });
+    }
+    Err(RequestError::Unknown)
+}
+
+fn parse_pid(text: &str) -> Result<u32, RequestError> {
+    text.trim().parse().map_err(|_| RequestError::InvalidPid(text.to_owned()))
+}
+
+#[derive(Deserialize)]
+struct JsonRequest {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    pid: Option<u32>,
+}
+
+fn parse_json(text: &str) -> Result<Request, RequestError> {
+    let request: JsonRequest =
+        serde_json::from_str(text).map_err(|e| RequestError::MalformedJson(e.to_string()))?;
+    let pid = |kind| request.pid.ok_or(RequestError::MissingPid(kind));
+    match request.kind.as_str() {
+        "metrics" => Ok(Request::Metrics),
+        "disks" => Ok(Request::Disks),
+        "processes" => Ok(Request::Processes),
+        "process_metrics" => Ok(Request::ProcessMetrics { pid: pid("process_metrics")? }),
+        "journal_entries" => Ok(Request::JournalEntries { pid: pid("journal_entries")? }),
+        _ => Err(RequestError::UnknownType(request.kind)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_commands_of_the_real_client() {
+        assert_eq!(parse("get_metrics"), Ok(Request::Metrics));
+        assert_eq!(parse("get_disks"), Ok(Request::Disks));
+        assert_eq!(parse("get_processes"), Ok(Request::Processes));
+        assert_eq!(parse("get_process_metrics:4242"), Ok(Request::ProcessMetrics { pid: 4242 }));
+        assert_eq!(parse("get_journal_entries:1"), Ok(Request::JournalEntries { pid: 1 }));
+    }
+
+    #[test]
+    fn json_form_of_the_readme() {
+        assert_eq!(parse(r#"{"type":"metrics"}"#), Ok(Request::Metrics));
+        assert_eq!(parse(r#" {"type": "disks"} "#), Ok(Request::Disks));
+        assert_eq!(parse(r#"{"type":"processes"}"#), Ok(Request::Processes));
+        assert_eq!(
+            parse(r#"{"type":"process_metrics","pid":12}"#),
+            Ok(Request::ProcessMetrics { pid: 12 })
+        );
+        assert_eq!(
+            parse(r#"{"type":"journal_entries","pid":3}"#),
+            Ok(Request::JournalEntries { pid: 3 })
+        );
+    }
+
+    #[test]
+    fn bad_requests_are_told_apart() {
+        assert_eq!(parse("get_everything"), Err(RequestError::Unknown));
+        assert_eq!(parse(""), Err(RequestError::Unknown));
+        assert!(matches!(parse(r#"{"type":"#), Err(RequestError::MalformedJson(_))));
+        assert!(matches!(parse(r#"{"kind":"metrics"}"#), Err(RequestError::MalformedJson(_))));
+        assert_eq!(parse(r#"{"type":"pie"}"#), Err(RequestError::UnknownType("pie".into())));
+        assert_eq!(
+            parse(r#"{"type":"process_metrics"}"#),
+            Err(RequestError::MissingPid("process_metrics"))
+        );
+        assert_eq!(parse("get_process_metrics:-1"), Err(RequestError::InvalidPid("-1".into())));
+        assert_eq!(parse("get_process_metrics:"), Err(RequestError::InvalidPid("".into())));
+    }
+}

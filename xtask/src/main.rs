@@ -1,0 +1,2 @@
+//! Workspace tasks: `cargo xtask <command>`.
+fn main() {}
