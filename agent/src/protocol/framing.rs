@@ -52,6 +52,7 @@ mod tests {
     use super::*;
     use crate::protocol::pb;
     use flate2::read::GzDecoder;
+    use prost::Message as _;
     use std::io::Read;
 
     fn gunzip(bytes: &[u8]) -> Vec<u8> {
