@@ -1,0 +1,129 @@
+//! Machine and per-core CPU busy shares from the aggregate counters of `/proc/stat`
+//! (proc(5)): each `cpuN` line holds cumulative ticks per state, and the busy share
+//! over an interval is the non-idle part of the ticks that passed.
+
+use std::collections::HashMap;
+
+/// Cumulative ticks of one `cpu` line, reduced to what the share needs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuTicks {
+    /// All ticks except guest ones, which the kernel already counts in user/nice.
+    pub total: u64,
+    /// idle + iowait.
+    pub idle: u64,
+}
+
+/// One reading of `/proc/stat`'s CPU lines.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CpuStat {
+    pub all: CpuTicks,
+    /// Per logical CPU, keyed by its number (offline CPUs have no line).
+    pub cores: Vec<(u32, CpuTicks)>,
+}
+
+/// Parses the `cpu` and `cpuN` lines of `/proc/stat`.
+pub fn parse_proc_stat(text: &str) -> CpuStat {
+    let mut stat = CpuStat::default();
+    for line in text.lines() {
+        let mut fields = line.split_ascii_whitespace();
+        let Some(label) = fields.next() else { continue };
+        let Some(rest) = label.strip_prefix("cpu") else { continue };
+        let ticks = parse_ticks(fields);
+        if rest.is_empty() {
+            stat.all = ticks;
+        } else if let Ok(core) = rest.parse() {
+            stat.cores.push((core, ticks));
+        }
+    }
+    stat
+}
+
+/// user nice system idle iowait irq softirq steal guest guest_nice
+fn parse_ticks<'a>(fields: impl Iterator<Item = &'a str>) -> CpuTicks {
+    let values: Vec<u64> = fields.take(8).map(|f| f.parse().unwrap_or(0)).collect();
+    let get = |i: usize| values.get(i).copied().unwrap_or(0);
+    CpuTicks { total: values.iter().sum(), idle: get(3) + get(4) }
+}
+
+/// Busy share in percent between two readings of the same counters.
+pub fn busy_percent(before: CpuTicks, after: CpuTicks) -> f32 {
+    let total = after.total.saturating_sub(before.total);
+    if total == 0 {
+        return 0.0;
+    }
+    let idle = after.idle.saturating_sub(before.idle).min(total);
+    ((total - idle) as f64 / total as f64 * 100.0) as f32
+}
+
+/// Keeps the previous reading so each call reports the shares since the last one.
+#[derive(Debug, Default)]
+pub struct CpuUsage {
+    previous: CpuStat,
+}
+
+/// Busy shares since the previous reading.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CpuShares {
+    pub total: f32,
+    pub per_core: Vec<f32>,
+}
+
+impl CpuUsage {
+    pub fn new(baseline: CpuStat) -> Self {
+        Self { previous: baseline }
+    }
+
+    pub fn update(&mut self, now: CpuStat) -> CpuShares {
+        let before: HashMap<u32, CpuTicks> = self.previous.cores.iter().copied().collect();
+        let per_core = now
+            .cores
+            .iter()
+            .map(|(core, ticks)| busy_percent(before.get(core).copied().unwrap_or_default(), *ticks))
+            .collect();
+        let total = busy_percent(self.previous.all, now.all);
+        self.previous = now;
+        CpuShares { total, per_core }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STAT_T0: &str = include_str!("../../tests/fixtures/proc/stat");
+
+    #[test]
+    fn parses_the_aggregate_and_every_core_line() {
+        let stat = parse_proc_stat(STAT_T0);
+        assert_eq!(stat.cores.len(), 2);
+        assert_eq!(stat.cores[1].0, 1);
+        // cpu  4705 150 1120 16250 520 0 23 0 0 0
+        assert_eq!(stat.all, CpuTicks { total: 4705 + 150 + 1120 + 16250 + 520 + 23, idle: 16250 + 520 });
+    }
+
+    #[test]
+    fn busy_share_is_the_non_idle_part_of_elapsed_ticks() {
+        let before = CpuTicks { total: 1000, idle: 800 };
+        let after = CpuTicks { total: 1200, idle: 850 };
+        assert!((busy_percent(before, after) - 75.0).abs() < 1e-4);
+        assert_eq!(busy_percent(after, after), 0.0);
+        // Counters that go backwards (CPU hot-unplug) give 0, not a panic.
+        assert_eq!(busy_percent(after, before), 0.0);
+    }
+
+    #[test]
+    fn usage_reports_shares_since_the_previous_reading() {
+        let t0 = parse_proc_stat("cpu 10 0 10 80 0\ncpu0 5 0 5 40 0\ncpu1 5 0 5 40 0\n");
+        let t1 = parse_proc_stat("cpu 110 0 10 180 0\ncpu0 105 0 5 40 0\ncpu1 5 0 5 140 0\n");
+        let mut usage = CpuUsage::new(t0);
+        let shares = usage.update(t1);
+        assert_eq!(shares.per_core, vec![100.0, 0.0]);
+        assert!((shares.total - 50.0).abs() < 1e-4);
+    }
+
+    #[test]
+    fn lines_other_than_cpu_are_ignored() {
+        let stat = parse_proc_stat("intr 1 2 3\nctxt 99\nbtime 1700000000\n");
+        assert_eq!(stat, CpuStat::default());
+    }
+}

@@ -1,0 +1,162 @@
+//! Mounted real filesystems and their space, from `/proc/self/mountinfo`
+//! (proc(5)) and statvfs(3). Pseudo filesystems are left out, and a filesystem
+//! mounted several times (bind mounts) is listed once, at its first mount point.
+
+use std::collections::HashSet;
+use std::ffi::CString;
+use std::path::Path;
+
+/// One line of mountinfo, reduced to what the disk list needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// `major:minor` of the filesystem, shared by all its bind mounts.
+    pub device_id: String,
+    pub mount_point: String,
+    pub fs_type: String,
+    pub source: String,
+}
+
+/// Filesystems that live on a block device or a network share and hold user data,
+/// although their source is not a `/dev/` path.
+const REAL_WITHOUT_DEVICE: &[&str] = &["zfs", "nfs", "nfs4", "cifs", "smb3", "overlay", "9p", "virtiofs"];
+
+/// Read-only images that would only clutter the list (snap packages, live media).
+const IMAGE_FILESYSTEMS: &[&str] = &["squashfs", "iso9660", "erofs"];
+
+/// Parses mountinfo: `id parent major:minor root mount_point options [optional...] -
+/// fs_type source super_options`.
+pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
+    text.lines().filter_map(parse_mount_line).collect()
+}
+
+fn parse_mount_line(line: &str) -> Option<Mount> {
+    let (before, after) = line.split_once(" - ")?;
+    let mut head = before.split(' ');
+    let device_id = head.nth(2)?.to_owned();
+    let mount_point = unescape_octal(head.nth(1)?);
+    let mut tail = after.split(' ');
+    let fs_type = tail.next()?.to_owned();
+    let source = unescape_octal(tail.next()?);
+    Some(Mount { device_id, mount_point, fs_type, source })
+}
+
+/// mountinfo writes space, tab, newline and backslash as `\ooo` octal escapes.
+fn unescape_octal(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escape = bytes.get(i + 1..i + 4).filter(|d| bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        match escape {
+            Some(d) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether a mount holds a real filesystem worth listing.
+pub fn is_real_filesystem(mount: &Mount) -> bool {
+    if IMAGE_FILESYSTEMS.contains(&mount.fs_type.as_str()) {
+        return false;
+    }
+    mount.source.starts_with("/dev/") || REAL_WITHOUT_DEVICE.contains(&mount.fs_type.as_str())
+}
+
+/// The real filesystems, each once, in mount order.
+pub fn real_mounts(mounts: Vec<Mount>) -> Vec<Mount> {
+    let mut seen = HashSet::new();
+    mounts.into_iter().filter(|m| is_real_filesystem(m) && seen.insert(m.device_id.clone())).collect()
+}
+
+/// Size and free space of a mounted filesystem, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Space {
+    pub total: u64,
+    /// Free to unprivileged users (`f_bavail`), as `df` shows it.
+    pub available: u64,
+}
+
+pub fn statvfs(mount_point: &str) -> std::io::Result<Space> {
+    let path = CString::new(mount_point).map_err(std::io::Error::other)?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `path` is NUL-terminated and `stat` points to writable memory of the
+    // right type; statvfs fills it on success.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: statvfs returned 0, so it initialised the struct.
+    let stat = unsafe { stat.assume_init() };
+    let fragment = stat.f_frsize as u64;
+    Ok(Space { total: stat.f_blocks as u64 * fragment, available: stat.f_bavail as u64 * fragment })
+}
+
+/// Whether `/dev/NAME` is a partition of a disk rather than a whole disk.
+pub fn is_partition(sys_root: &Path, source: &str) -> bool {
+    let Some(name) = source.strip_prefix("/dev/") else { return false };
+    sys_root.join("class/block").join(name).join("partition").exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mounts() -> Vec<Mount> {
+        parse_mountinfo(include_str!("../../tests/fixtures/proc/mountinfo"))
+    }
+
+    #[test]
+    fn parses_device_mount_point_type_and_source() {
+        let root = &mounts()[5];
+        assert_eq!(
+            root,
+            &Mount {
+                device_id: "254:0".into(),
+                mount_point: "/".into(),
+                fs_type: "ext4".into(),
+                source: "/dev/vda".into()
+            }
+        );
+    }
+
+    #[test]
+    fn keeps_real_filesystems_once_and_drops_pseudo_ones() {
+        let points: Vec<_> = real_mounts(mounts()).into_iter().map(|m| m.mount_point).collect();
+        // /data/bind is a bind mount of /home (same 8:2); proc, tmpfs, cgroup,
+        // squashfs snaps are out; nfs and zfs stay.
+        assert_eq!(points, ["/", "/boot/efi", "/home", "/mnt/my disk", "/srv/nfs", "/tank"]);
+    }
+
+    #[test]
+    fn octal_escapes_in_mount_points_are_decoded() {
+        assert_eq!(unescape_octal(r"/mnt/my\040disk"), "/mnt/my disk");
+        assert_eq!(unescape_octal(r"back\134slash"), r"back\slash");
+        // An incomplete escape is kept as it is.
+        assert_eq!(unescape_octal(r"end\04"), r"end\04");
+    }
+
+    #[test]
+    fn statvfs_of_root_matches_libc_expectations() {
+        let space = statvfs("/").unwrap();
+        assert!(space.total > 0 && space.available <= space.total);
+        assert!(statvfs("/no/such/mount/point").is_err());
+    }
+
+    #[test]
+    fn partitions_are_told_from_whole_disks_by_sysfs() {
+        let sys = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(sys.path().join("class/block/sda1")).unwrap();
+        std::fs::write(sys.path().join("class/block/sda1/partition"), "1\n").unwrap();
+        std::fs::create_dir_all(sys.path().join("class/block/sda")).unwrap();
+        assert!(is_partition(sys.path(), "/dev/sda1"));
+        assert!(!is_partition(sys.path(), "/dev/sda"));
+        assert!(!is_partition(sys.path(), "tank"));
+    }
+}

@@ -1,0 +1,62 @@
+//! Memory and swap from `/proc/meminfo` (proc(5)). "Used" memory is
+//! `MemTotal - MemAvailable`: what the kernel could not hand to a new program
+//! without swapping, the figure `free` and the original agent show.
+
+/// Bytes of memory and swap.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryInfo {
+    pub mem_total: u64,
+    pub mem_used: u64,
+    pub swap_total: u64,
+    pub swap_used: u64,
+}
+
+/// Parses `/proc/meminfo`, whose values are in KiB despite the "kB" unit.
+pub fn parse_meminfo(text: &str) -> MemoryInfo {
+    let (mut total, mut available, mut free, mut swap_total, mut swap_free) = (0, None, 0, 0, 0);
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once(':') else { continue };
+        let kib = || value.split_ascii_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        match key {
+            "MemTotal" => total = kib(),
+            "MemAvailable" => available = Some(kib()),
+            "MemFree" => free = kib(),
+            "SwapTotal" => swap_total = kib(),
+            "SwapFree" => swap_free = kib(),
+            _ => {}
+        }
+    }
+    // Kernels before 3.14 have no MemAvailable; MemFree is the closest figure.
+    let available = available.unwrap_or(free);
+    MemoryInfo {
+        mem_total: total * 1024,
+        mem_used: total.saturating_sub(available) * 1024,
+        swap_total: swap_total * 1024,
+        swap_used: swap_total.saturating_sub(swap_free) * 1024,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn used_is_total_minus_available_in_bytes() {
+        let info = parse_meminfo(include_str!("../../tests/fixtures/proc/meminfo"));
+        assert_eq!(info.mem_total, 24_576_000 * 1024);
+        assert_eq!(info.mem_used, (24_576_000 - 23_000_000) * 1024);
+        assert_eq!(info.swap_total, 2_097_148 * 1024);
+        assert_eq!(info.swap_used, (2_097_148 - 2_000_000) * 1024);
+    }
+
+    #[test]
+    fn old_kernels_without_memavailable_fall_back_to_memfree() {
+        let info = parse_meminfo("MemTotal: 1000 kB\nMemFree: 400 kB\n");
+        assert_eq!(info.mem_used, 600 * 1024);
+    }
+
+    #[test]
+    fn empty_file_reads_as_zero() {
+        assert_eq!(parse_meminfo(""), MemoryInfo::default());
+    }
+}
