@@ -3,5 +3,9 @@
 //! allows it and read from /proc where it does not.
 
 pub mod collect;
+pub mod config;
 pub mod cputime;
 pub mod protocol;
+pub mod server;
+pub mod service;
+pub mod tls;

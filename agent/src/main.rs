@@ -1,1 +1,77 @@
-fn main() {}
+//! The `socktop_agent` binary: parses flags, binds, picks the CPU-time source and
+//! runs the server until SIGINT or SIGTERM.
+
+mod cli;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+use cli::Cli;
+use socktop_agent::cputime::{self, CpuTimeSource};
+use socktop_agent::service::{HostFacts, Service};
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .init();
+    let host = HostFacts::read();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.worker_threads(cli.worker_threads.unwrap_or(host.cpus.min(4)).max(1)).enable_all();
+    runtime.build().context("starting the async runtime")?.block_on(serve(cli, host))
+}
+
+async fn serve(cli: Cli, host: HostFacts) -> anyhow::Result<()> {
+    let config = cli.config();
+    let tls = match cli.tls_dir()? {
+        Some(dir) => {
+            let (acceptor, cert) = socktop_agent::tls::load_or_create(&dir)
+                .with_context(|| format!("setting up TLS in {}", dir.display()))?;
+            let verb = if cert.created { "created" } else { "using" };
+            tracing::info!("TLS on: {verb} certificate {} (SHA-256 {})", cert.cert_path.display(), cert.sha256);
+            tracing::info!("connect with: socktop --tls-ca {} wss://HOST:{}/ws", cert.cert_path.display(), cli.port());
+            Some(acceptor)
+        }
+        None => None,
+    };
+    let listener = TcpListener::bind((cli.bind, cli.port()))
+        .await
+        .with_context(|| format!("binding {}:{}", cli.bind, cli.port()))?;
+    let cpu_source = select_cpu_source(cli.ebpf);
+    let service = Arc::new(Service::new(&config, host, cpu_source));
+    tracing::info!(
+        "listening on {}://{}/ws; TLS {}; token {}; cpu source: {}",
+        if tls.is_some() { "wss" } else { "ws" },
+        listener.local_addr()?,
+        if tls.is_some() { "on" } else { "off" },
+        if config.token.is_some() { "on" } else { "off" },
+        service.cpu_source_kind().as_str(),
+    );
+    socktop_agent::server::run(listener, tls, config, service, shutdown_signal()).await;
+    Ok(())
+}
+
+fn select_cpu_source(_ebpf: bool) -> Box<dyn CpuTimeSource> {
+    Box::new(cputime::proc::ProcCpuTime::new(HostFacts::ticks_per_second()))
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the agent");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

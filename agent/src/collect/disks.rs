@@ -46,7 +46,8 @@ fn unescape_octal(field: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let escape = bytes.get(i + 1..i + 4).filter(|d| bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        let escape =
+            bytes.get(i + 1..i + 4).filter(|d| bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)));
         match escape {
             Some(d) => {
                 out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
@@ -94,8 +95,8 @@ pub fn statvfs(mount_point: &str) -> std::io::Result<Space> {
     }
     // SAFETY: statvfs returned 0, so it initialised the struct.
     let stat = unsafe { stat.assume_init() };
-    let fragment = stat.f_frsize as u64;
-    Ok(Space { total: stat.f_blocks as u64 * fragment, available: stat.f_bavail as u64 * fragment })
+    let fragment = stat.f_frsize;
+    Ok(Space { total: stat.f_blocks * fragment, available: stat.f_bavail * fragment })
 }
 
 /// Whether `/dev/NAME` is a partition of a disk rather than a whole disk.

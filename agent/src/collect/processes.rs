@@ -153,7 +153,9 @@ mod tests {
         for &(pid, name, ticks, rss_pages) in processes {
             let pid_dir = dir.path().join(pid.to_string());
             std::fs::create_dir(&pid_dir).unwrap();
-            let stat = format!("{pid} ({name}) S 1 {pid} {pid} 0 -1 0 0 0 0 0 {ticks} 0 0 0 20 0 1 0 100 1000 {rss_pages} 0\n");
+            let stat = format!(
+                "{pid} ({name}) S 1 {pid} {pid} 0 -1 0 0 0 0 0 {ticks} 0 0 0 20 0 1 0 100 1000 {rss_pages} 0\n"
+            );
             std::fs::write(pid_dir.join("stat"), stat).unwrap();
         }
         dir

@@ -31,11 +31,7 @@ pub fn json_frame<T: Serialize>(answer: &T) -> Message {
 /// Frames a protobuf answer.
 pub fn protobuf_frame<M: prost::Message>(message: &M) -> Message {
     let encoded = message.encode_to_vec();
-    if encoded.len() <= GZIP_THRESHOLD {
-        Message::binary(encoded)
-    } else {
-        Message::binary(gzip(&encoded))
-    }
+    if encoded.len() <= GZIP_THRESHOLD { Message::binary(encoded) } else { Message::binary(gzip(&encoded)) }
 }
 
 fn gzip(bytes: &[u8]) -> Vec<u8> {

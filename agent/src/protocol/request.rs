@@ -76,8 +76,7 @@ struct JsonRequest {
 }
 
 fn parse_json(text: &str) -> Result<Request, RequestError> {
-    let request: JsonRequest =
-        serde_json::from_str(text).map_err(|e| RequestError::MalformedJson(e.to_string()))?;
+    let request: JsonRequest = serde_json::from_str(text).map_err(|e| RequestError::MalformedJson(e.to_string()))?;
     let pid = |kind| request.pid.ok_or(RequestError::MissingPid(kind));
     match request.kind.as_str() {
         "metrics" => Ok(Request::Metrics),
@@ -107,14 +106,8 @@ mod tests {
         assert_eq!(parse(r#"{"type":"metrics"}"#), Ok(Request::Metrics));
         assert_eq!(parse(r#" {"type": "disks"} "#), Ok(Request::Disks));
         assert_eq!(parse(r#"{"type":"processes"}"#), Ok(Request::Processes));
-        assert_eq!(
-            parse(r#"{"type":"process_metrics","pid":12}"#),
-            Ok(Request::ProcessMetrics { pid: 12 })
-        );
-        assert_eq!(
-            parse(r#"{"type":"journal_entries","pid":3}"#),
-            Ok(Request::JournalEntries { pid: 3 })
-        );
+        assert_eq!(parse(r#"{"type":"process_metrics","pid":12}"#), Ok(Request::ProcessMetrics { pid: 12 }));
+        assert_eq!(parse(r#"{"type":"journal_entries","pid":3}"#), Ok(Request::JournalEntries { pid: 3 }));
     }
 
     #[test]
@@ -124,10 +117,7 @@ mod tests {
         assert!(matches!(parse(r#"{"type":"#), Err(RequestError::MalformedJson(_))));
         assert!(matches!(parse(r#"{"kind":"metrics"}"#), Err(RequestError::MalformedJson(_))));
         assert_eq!(parse(r#"{"type":"pie"}"#), Err(RequestError::UnknownType("pie".into())));
-        assert_eq!(
-            parse(r#"{"type":"process_metrics"}"#),
-            Err(RequestError::MissingPid("process_metrics"))
-        );
+        assert_eq!(parse(r#"{"type":"process_metrics"}"#), Err(RequestError::MissingPid("process_metrics")));
         assert_eq!(parse("get_process_metrics:-1"), Err(RequestError::InvalidPid("-1".into())));
         assert_eq!(parse("get_process_metrics:"), Err(RequestError::InvalidPid("".into())));
     }

@@ -1,0 +1,79 @@
+//! The agent's validated configuration. The binary builds it from flags and
+//! environment (see `cli.rs`); the library only ever sees this struct.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How long a collected answer of each kind is served again before a new
+/// collection. Zero means every request collects (concurrent requests still share
+/// one collection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ttls {
+    pub metrics: Duration,
+    pub processes: Duration,
+    pub disks: Duration,
+}
+
+impl Default for Ttls {
+    fn default() -> Self {
+        Self {
+            metrics: Duration::from_millis(250),
+            processes: Duration::from_millis(1000),
+            disks: Duration::from_millis(1000),
+        }
+    }
+}
+
+/// What the collectors read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Collection {
+    /// Root of procfs; `/host/proc` when the agent watches its host from a container.
+    pub proc_root: PathBuf,
+    /// Root of sysfs.
+    pub sys_root: PathBuf,
+    /// Collect GPU metrics (NVML and DRM sysfs).
+    pub gpu: bool,
+    /// Collect CPU and disk temperatures.
+    pub temperature: bool,
+}
+
+impl Default for Collection {
+    fn default() -> Self {
+        Self { proc_root: PathBuf::from("/proc"), sys_root: PathBuf::from("/sys"), gpu: true, temperature: true }
+    }
+}
+
+/// Limits that keep one client from starving the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_connections: usize,
+    /// Largest WebSocket message a client may send; requests are a few dozen bytes.
+    pub max_message_bytes: usize,
+    /// A connection that sends nothing for this long is closed.
+    pub idle_timeout: Duration,
+    /// Time allowed for the TLS handshake and the HTTP upgrade request.
+    pub handshake_timeout: Duration,
+    /// Requests of one connection answered concurrently (answers still go in order).
+    pub pipelined_requests: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            max_message_bytes: 64 * 1024,
+            idle_timeout: Duration::from_secs(300),
+            handshake_timeout: Duration::from_secs(10),
+            pipelined_requests: 8,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    pub ttls: Ttls,
+    pub collection: Collection,
+    pub limits: Limits,
+    /// When set, `/ws` requires `?token=` with this value.
+    pub token: Option<String>,
+}

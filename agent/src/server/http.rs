@@ -1,0 +1,191 @@
+//! HTTP/1.1 routing: `GET /healthz`, and `GET /ws` with the token check and the
+//! WebSocket upgrade.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_tungstenite::tungstenite::protocol::WebSocketConfig;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use subtle::ConstantTimeEq;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+
+use super::connection;
+use super::{Shared, Slot};
+
+/// Serves HTTP on one connection until it closes or shutdown is asked for.
+pub(super) async fn serve<IO>(io: IO, shared: Arc<Shared>, mut stop: watch::Receiver<bool>, slot: Slot)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = {
+        let (shared, stop) = (Arc::clone(&shared), stop.clone());
+        hyper::service::service_fn(move |request| route(request, Arc::clone(&shared), stop.clone(), Arc::clone(&slot)))
+    };
+    let http = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.config.limits.handshake_timeout)
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(http);
+    tokio::select! {
+        result = &mut http => {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "HTTP connection ended with an error");
+            }
+        }
+        _ = super::stopped(&mut stop) => {
+            http.as_mut().graceful_shutdown();
+            let _ = http.await;
+        }
+    }
+}
+
+async fn route(
+    mut request: Request<Incoming>,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+    slot: Slot,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let response = match (request.method(), request.uri().path()) {
+        (&Method::GET, "/healthz") => plain(StatusCode::OK, ""),
+        (&Method::GET, "/ws") => {
+            if !shared.auth.allows(request.uri().query()) {
+                plain(StatusCode::UNAUTHORIZED, "invalid or missing token\n")
+            } else if !hyper_tungstenite::is_upgrade_request(&request) {
+                plain(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade\n")
+            } else {
+                upgrade(&mut request, shared, stop, slot)
+            }
+        }
+        (_, "/ws" | "/healthz") => plain(StatusCode::METHOD_NOT_ALLOWED, ""),
+        _ => plain(StatusCode::NOT_FOUND, ""),
+    };
+    Ok(response)
+}
+
+fn upgrade(
+    request: &mut Request<Incoming>,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+    slot: Slot,
+) -> Response<Full<Bytes>> {
+    let limits = shared.config.limits;
+    let ws_config = WebSocketConfig::default()
+        .max_message_size(Some(limits.max_message_bytes))
+        .max_frame_size(Some(limits.max_message_bytes));
+    match hyper_tungstenite::upgrade(request, Some(ws_config)) {
+        Ok((response, websocket)) => {
+            shared.tasks.clone().spawn(async move {
+                match websocket.await {
+                    Ok(websocket) => connection::run(websocket, shared, stop).await,
+                    Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
+                }
+                drop(slot);
+            });
+            response
+        }
+        Err(e) => plain(StatusCode::BAD_REQUEST, &format!("{e}\n")),
+    }
+}
+
+fn plain(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_owned())));
+    *response.status_mut() = status;
+    response
+}
+
+/// The `?token=` check. Compared in constant time so the token cannot be guessed
+/// byte by byte from response times.
+pub(crate) struct TokenCheck {
+    token: Option<String>,
+    warned: AtomicBool,
+}
+
+impl TokenCheck {
+    pub fn new(token: Option<String>) -> Self {
+        Self { token: token.filter(|t| !t.is_empty()), warned: AtomicBool::new(false) }
+    }
+
+    pub fn allows(&self, query: Option<&str>) -> bool {
+        let Some(expected) = &self.token else { return true };
+        let given = query.and_then(token_from_query).unwrap_or_default();
+        let ok: bool = given.as_bytes().ct_eq(expected.as_bytes()).into();
+        if !ok && !self.warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "rejected a connection with a wrong or missing token (further rejections are logged at debug level)"
+            );
+        } else if !ok {
+            tracing::debug!("rejected a connection with a wrong or missing token");
+        }
+        ok
+    }
+}
+
+/// The percent-decoded value of `token` in a query string.
+fn token_from_query(query: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let value = pair.strip_prefix("token=")?;
+        Some(percent_decode(value))
+    })
+}
+
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_configured_token_allows_everyone() {
+        let check = TokenCheck::new(None);
+        assert!(check.allows(None));
+        assert!(check.allows(Some("token=anything")));
+        assert!(TokenCheck::new(Some(String::new())).allows(None));
+    }
+
+    #[test]
+    fn a_configured_token_must_match_exactly() {
+        let check = TokenCheck::new(Some("s3cret value".into()));
+        assert!(check.allows(Some("token=s3cret%20value")));
+        assert!(check.allows(Some("x=1&token=s3cret+value")));
+        assert!(!check.allows(Some("token=s3cret")));
+        assert!(!check.allows(Some("token=s3cret%20value2")));
+        assert!(!check.allows(Some("tok=s3cret%20value")));
+        assert!(!check.allows(None));
+    }
+
+    #[test]
+    fn percent_decoding_keeps_bad_escapes_as_they_are() {
+        assert_eq!(percent_decode("a%2Fb%zz%"), "a/b%zz%");
+    }
+}

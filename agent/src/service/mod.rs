@@ -1,0 +1,103 @@
+//! Turns requests into answer frames: owns the collectors, their caches and the
+//! CPU-time source. One `Service` is shared by every connection.
+
+mod cache;
+mod disks;
+mod metrics;
+mod processes;
+
+use std::sync::{Arc, Mutex};
+
+use hyper_tungstenite::tungstenite::Message;
+
+use crate::collect::processes::{ProcessScanner, SharedCpuSource};
+use crate::config::Config;
+use crate::cputime::{CpuSourceKind, CpuTimeSource};
+use crate::protocol::answer::ErrorAnswer;
+use crate::protocol::framing::json_frame;
+use crate::protocol::request::{Request, RequestError};
+use cache::Cached;
+use disks::DisksCollector;
+use metrics::MetricsCollector;
+
+pub use cache::Collect;
+
+pub struct Service {
+    metrics: Cached<MetricsCollector>,
+    disks: Cached<DisksCollector>,
+    processes: Cached<ProcessScanner>,
+    cpu_source_kind: CpuSourceKind,
+}
+
+/// Facts about the host the collectors need, read once at start.
+#[derive(Debug, Clone, Copy)]
+pub struct HostFacts {
+    pub cpus: usize,
+    pub page_size: u64,
+}
+
+impl HostFacts {
+    pub fn read() -> Self {
+        // SAFETY: sysconf has no preconditions; it returns -1 for unknown names.
+        let (cpus, page) = unsafe { (libc::sysconf(libc::_SC_NPROCESSORS_ONLN), libc::sysconf(libc::_SC_PAGESIZE)) };
+        Self { cpus: usize::try_from(cpus).unwrap_or(1).max(1), page_size: u64::try_from(page).unwrap_or(4096) }
+    }
+
+    /// USER_HZ, the unit of the times in `/proc/PID/stat`.
+    pub fn ticks_per_second() -> u64 {
+        // SAFETY: as above.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        u64::try_from(ticks).ok().filter(|t| *t > 0).unwrap_or(100)
+    }
+}
+
+impl Service {
+    pub fn new(config: &Config, host: HostFacts, cpu_source: Box<dyn CpuTimeSource>) -> Self {
+        let collection = &config.collection;
+        let cpu_source_kind = cpu_source.kind();
+        let cpu_source: SharedCpuSource = Arc::new(Mutex::new(cpu_source));
+        let scanner = ProcessScanner::new(collection.proc_root.clone(), host.page_size, host.cpus, cpu_source);
+        Self {
+            metrics: Cached::new(MetricsCollector::new(&collection.proc_root), config.ttls.metrics),
+            disks: Cached::new(DisksCollector::new(&collection.proc_root, &collection.sys_root), config.ttls.disks),
+            processes: Cached::new(scanner, config.ttls.processes),
+            cpu_source_kind,
+        }
+    }
+
+    pub fn cpu_source_kind(&self) -> CpuSourceKind {
+        self.cpu_source_kind
+    }
+
+    /// The answer frame to one text frame.
+    pub async fn answer_text(&self, text: &str) -> Message {
+        match crate::protocol::request::parse(text) {
+            Ok(request) => self.answer(request).await,
+            Err(error) => request_error(&error, text),
+        }
+    }
+
+    pub async fn answer(&self, request: Request) -> Message {
+        match request {
+            Request::Metrics => self.metrics.get().await,
+            Request::Disks => self.disks.get().await,
+            Request::Processes => self.processes.get().await,
+            Request::ProcessMetrics { pid } | Request::JournalEntries { pid } => json_frame(&ErrorAnswer {
+                error: "not available yet".into(),
+                request: request.command().into(),
+                pid: Some(pid),
+            }),
+        }
+    }
+}
+
+/// How much of a bad request is echoed back in the error answer.
+const ECHO_LIMIT: usize = 128;
+
+pub fn request_error(error: &RequestError, received: &str) -> Message {
+    let mut echo: String = received.chars().take(ECHO_LIMIT).collect();
+    if echo.len() < received.len() {
+        echo.push('…');
+    }
+    json_frame(&ErrorAnswer { error: error.to_string(), request: echo, pid: None })
+}
