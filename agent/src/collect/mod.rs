@@ -3,7 +3,9 @@
 
 pub mod cpu;
 pub mod disks;
+pub mod gpu;
 pub mod memory;
 pub mod network;
 pub mod processes;
 pub mod stat;
+pub mod temperature;

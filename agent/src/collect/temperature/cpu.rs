@@ -1,0 +1,293 @@
+//! The CPU package temperature: one sensor chosen once among the hwmon chips and
+//! thermal zones, then only that file is re-read.
+//!
+//! Ranking, best first: the die/package sensor of a CPU driver (k10temp and zenpower
+//! `Tdie`/`Tctl`, coretemp `Package id N`), the SoC sensor of ARM boards (`cpu_thermal`,
+//! `soc_thermal`), the `x86_pkg_temp` and CPU thermal zones, single cores, and last the
+//! ACPI zone (`acpitz`), which on many boards is a motherboard sensor, not the CPU.
+
+use std::path::{Path, PathBuf};
+
+use super::hwmon::{self, SensorReadError};
+
+/// A sensor found by discovery: its file, what it is, and how well it represents the
+/// CPU package.
+#[derive(Debug, Clone, PartialEq)]
+struct Candidate {
+    path: PathBuf,
+    description: String,
+    score: u32,
+}
+
+/// How well a hwmon input represents the CPU package; `None` when it is not a CPU
+/// sensor at all (a GPU, a disk, a NIC...).
+fn hwmon_score(chip: &str, label: Option<&str>) -> Option<u32> {
+    match (chip, label) {
+        // Tctl is a fan-control value, offset from the die temperature on some parts
+        // (Documentation/hwmon/k10temp.rst); Tdie is the die itself where reported.
+        ("k10temp" | "zenpower", Some("Tdie")) => Some(100),
+        ("k10temp" | "zenpower", Some("Tctl")) => Some(95),
+        ("k10temp" | "zenpower", _) => Some(40),
+        ("coretemp", Some(l)) if l.starts_with("Package id") => Some(100),
+        ("coretemp", _) => Some(40),
+        // The thermal core names a zone's hwmon after the zone type, '-' becoming '_'.
+        ("cpu_thermal" | "soc_thermal" | "cpu0_thermal" | "cpu-thermal", _) => Some(90),
+        ("acpitz", _) => Some(10),
+        _ => None,
+    }
+}
+
+/// How well a thermal zone type represents the CPU package.
+fn zone_score(zone_type: &str) -> Option<u32> {
+    match zone_type {
+        "x86_pkg_temp" => Some(80),
+        "cpu-thermal" | "cpu_thermal" | "soc-thermal" | "soc_thermal" | "cpu0-thermal" => Some(80),
+        "acpitz" => Some(10),
+        _ => None,
+    }
+}
+
+/// The CPU candidates of every hwmon chip, in hwmon order.
+fn hwmon_candidates(sys_root: &Path) -> Vec<Candidate> {
+    let mut found = Vec::new();
+    for (_, dir) in hwmon::numbered_entries(&sys_root.join("class/hwmon"), "hwmon") {
+        let Some(chip) = hwmon::chip_name(&dir) else {
+            continue;
+        };
+        for input in hwmon::temp_inputs(&dir) {
+            if let Some(score) = hwmon_score(&chip, input.label.as_deref()) {
+                let label = input.label.as_deref().unwrap_or("");
+                found.push(Candidate {
+                    description: format!("hwmon {chip} temp{} {label}", input.index),
+                    path: input.input,
+                    score,
+                });
+            }
+        }
+    }
+    found
+}
+
+/// The CPU candidates among the thermal zones, in zone order.
+fn zone_candidates(sys_root: &Path) -> Vec<Candidate> {
+    hwmon::numbered_entries(&sys_root.join("class/thermal"), "thermal_zone")
+        .into_iter()
+        .filter_map(|(_, dir)| {
+            let zone_type = hwmon::read_attribute(&dir.join("type"))?;
+            Some(Candidate {
+                score: zone_score(&zone_type)?,
+                description: format!("thermal zone {zone_type}"),
+                path: dir.join("temp"),
+            })
+        })
+        .collect()
+}
+
+/// The best candidate that can be read now; the first one wins a tie.
+fn best_candidate(sys_root: &Path) -> Option<Candidate> {
+    let mut candidates = hwmon_candidates(sys_root);
+    candidates.extend(zone_candidates(sys_root));
+    // Stable sort: on a tie hwmon comes before zones and lower numbers first.
+    candidates.sort_by_key(|c| std::cmp::Reverse(c.score));
+    candidates.into_iter().find(|c| match hwmon::read_millidegrees(&c.path) {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::debug!(sensor = %c.description, error = %e, "skipping unreadable CPU sensor");
+            false
+        }
+    })
+}
+
+/// The CPU package temperature sensor, found once by [`CpuTemperature::discover`].
+#[derive(Debug)]
+pub struct CpuTemperature {
+    sys_root: PathBuf,
+    sensor: Candidate,
+    read_failures: u64,
+    /// Whether the last read failed, so a broken sensor warns once, not every poll.
+    failing: bool,
+}
+
+impl CpuTemperature {
+    /// Finds the sensor that best represents the CPU package; `None` when the host
+    /// has none (a VM, a container without `/sys/class/hwmon`).
+    pub fn discover(sys_root: &Path) -> Option<Self> {
+        let Some(sensor) = best_candidate(sys_root) else {
+            tracing::debug!(root = %sys_root.display(), "no CPU temperature sensor found");
+            return None;
+        };
+        tracing::debug!(sensor = %sensor.description, path = %sensor.path.display(), "CPU temperature sensor");
+        Some(Self { sys_root: sys_root.to_path_buf(), sensor, read_failures: 0, failing: false })
+    }
+
+    /// Reads the chosen sensor, in °C. When its file has vanished (a driver reload
+    /// renumbers hwmon devices) the sensor is searched again.
+    pub fn read(&mut self) -> Option<f32> {
+        let result = match hwmon::read_millidegrees(&self.sensor.path) {
+            Err(e) if e.is_gone() => self.rediscover_and_read(e),
+            other => other,
+        };
+        match result {
+            Ok(celsius) => {
+                self.failing = false;
+                Some(celsius)
+            }
+            Err(e) => {
+                self.note_failure(&e);
+                None
+            }
+        }
+    }
+
+    /// The file being read, for diagnostics.
+    pub fn sensor_path(&self) -> &Path {
+        &self.sensor.path
+    }
+
+    /// How many reads gave no temperature since discovery.
+    pub fn read_failures(&self) -> u64 {
+        self.read_failures
+    }
+
+    fn rediscover_and_read(&mut self, gone: SensorReadError) -> Result<f32, SensorReadError> {
+        let Some(sensor) = best_candidate(&self.sys_root) else {
+            return Err(gone);
+        };
+        tracing::info!(sensor = %sensor.description, "CPU temperature sensor moved; using the new one");
+        self.sensor = sensor;
+        hwmon::read_millidegrees(&self.sensor.path)
+    }
+
+    fn note_failure(&mut self, error: &SensorReadError) {
+        self.read_failures += 1;
+        if self.failing {
+            tracing::debug!(error = %error, failures = self.read_failures, "CPU temperature unreadable");
+        } else {
+            tracing::warn!(error = %error, "CPU temperature unreadable");
+        }
+        self.failing = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::hwmon::fake::write;
+    use super::*;
+
+    /// An AMD desktop: a k10temp chip (Tctl and two CCDs), an amdgpu and an nvme chip,
+    /// an `acpitz` zone.
+    fn amd_desktop(root: &Path) {
+        write(root, "class/hwmon/hwmon0/name", "nvme\n");
+        write(root, "class/hwmon/hwmon0/temp1_input", "38850\n");
+        write(root, "class/hwmon/hwmon0/temp1_label", "Composite\n");
+        write(root, "class/hwmon/hwmon1/name", "amdgpu\n");
+        write(root, "class/hwmon/hwmon1/temp1_input", "52000\n");
+        write(root, "class/hwmon/hwmon1/temp1_label", "edge\n");
+        write(root, "class/hwmon/hwmon2/name", "k10temp\n");
+        write(root, "class/hwmon/hwmon2/temp3_input", "47250\n");
+        write(root, "class/hwmon/hwmon2/temp3_label", "Tccd1\n");
+        write(root, "class/hwmon/hwmon2/temp1_input", "49875\n");
+        write(root, "class/hwmon/hwmon2/temp1_label", "Tctl\n");
+        write(root, "class/hwmon/hwmon2/temp4_input", "45000\n");
+        write(root, "class/hwmon/hwmon2/temp4_label", "Tccd2\n");
+        write(root, "class/thermal/thermal_zone0/type", "acpitz\n");
+        write(root, "class/thermal/thermal_zone0/temp", "16800\n");
+    }
+
+    #[test]
+    fn picks_k10temp_tctl_among_several_chips() {
+        let dir = tempfile::tempdir().unwrap();
+        amd_desktop(dir.path());
+        let mut cpu = CpuTemperature::discover(dir.path()).unwrap();
+        assert!(cpu.sensor_path().ends_with("hwmon2/temp1_input"));
+        assert_eq!(cpu.read(), Some(49.875));
+    }
+
+    #[test]
+    fn picks_coretemp_package_over_cores() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write(root, "class/hwmon/hwmon0/name", "acpitz\n");
+        write(root, "class/hwmon/hwmon0/temp1_input", "27800\n");
+        write(root, "class/hwmon/hwmon3/name", "coretemp\n");
+        write(root, "class/hwmon/hwmon3/temp2_input", "58000\n");
+        write(root, "class/hwmon/hwmon3/temp2_label", "Core 0\n");
+        write(root, "class/hwmon/hwmon3/temp1_input", "61000\n");
+        write(root, "class/hwmon/hwmon3/temp1_label", "Package id 0\n");
+        let mut cpu = CpuTemperature::discover(root).unwrap();
+        assert!(cpu.sensor_path().ends_with("hwmon3/temp1_input"));
+        assert_eq!(cpu.read(), Some(61.0));
+    }
+
+    #[test]
+    fn falls_back_to_the_package_thermal_zone() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write(root, "class/thermal/thermal_zone0/type", "acpitz\n");
+        write(root, "class/thermal/thermal_zone0/temp", "27800\n");
+        write(root, "class/thermal/thermal_zone1/type", "x86_pkg_temp\n");
+        write(root, "class/thermal/thermal_zone1/temp", "55000\n");
+        let mut cpu = CpuTemperature::discover(root).unwrap();
+        assert!(cpu.sensor_path().ends_with("thermal_zone1/temp"));
+        assert_eq!(cpu.read(), Some(55.0));
+    }
+
+    #[test]
+    fn arm_board_uses_cpu_thermal_zone() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "class/thermal/thermal_zone0/type", "cpu-thermal\n");
+        write(dir.path(), "class/thermal/thermal_zone0/temp", "48686\n");
+        assert_eq!(CpuTemperature::discover(dir.path()).unwrap().read(), Some(48.686));
+    }
+
+    #[test]
+    fn no_sensor_at_all_is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(CpuTemperature::discover(dir.path()).is_none());
+        // Non-CPU chips only (a disk and a GPU) are not a CPU temperature either.
+        write(dir.path(), "class/hwmon/hwmon0/name", "drivetemp\n");
+        write(dir.path(), "class/hwmon/hwmon0/temp1_input", "30000\n");
+        assert!(CpuTemperature::discover(dir.path()).is_none());
+    }
+
+    #[test]
+    fn skips_a_sensor_that_cannot_be_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write(root, "class/hwmon/hwmon0/name", "coretemp\n");
+        write(root, "class/hwmon/hwmon0/temp1_input", "\n");
+        write(root, "class/hwmon/hwmon0/temp1_label", "Package id 0\n");
+        write(root, "class/thermal/thermal_zone0/type", "x86_pkg_temp\n");
+        write(root, "class/thermal/thermal_zone0/temp", "50000\n");
+        assert!(CpuTemperature::discover(root).unwrap().sensor_path().ends_with("thermal_zone0/temp"));
+    }
+
+    #[test]
+    fn rediscovers_when_the_sensor_file_vanishes() {
+        let dir = tempfile::tempdir().unwrap();
+        amd_desktop(dir.path());
+        let mut cpu = CpuTemperature::discover(dir.path()).unwrap();
+        // A k10temp reload: hwmon2 is gone and the chip comes back as hwmon5.
+        std::fs::remove_dir_all(dir.path().join("class/hwmon/hwmon2")).unwrap();
+        write(dir.path(), "class/hwmon/hwmon5/name", "k10temp\n");
+        write(dir.path(), "class/hwmon/hwmon5/temp1_input", "51000\n");
+        write(dir.path(), "class/hwmon/hwmon5/temp1_label", "Tctl\n");
+        assert_eq!(cpu.read(), Some(51.0));
+        assert!(cpu.sensor_path().ends_with("hwmon5/temp1_input"));
+        assert_eq!(cpu.read_failures(), 0);
+    }
+
+    #[test]
+    fn counts_failed_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "class/thermal/thermal_zone0/type", "x86_pkg_temp\n");
+        write(dir.path(), "class/thermal/thermal_zone0/temp", "50000\n");
+        let mut cpu = CpuTemperature::discover(dir.path()).unwrap();
+        write(dir.path(), "class/thermal/thermal_zone0/temp", "garbage\n");
+        assert_eq!(cpu.read(), None);
+        assert_eq!(cpu.read(), None);
+        assert_eq!(cpu.read_failures(), 2);
+        write(dir.path(), "class/thermal/thermal_zone0/temp", "50500\n");
+        assert_eq!(cpu.read(), Some(50.5));
+    }
+}
