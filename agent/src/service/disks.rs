@@ -1,24 +1,31 @@
 //! The disks answer (`get_disks`): each real mounted filesystem once, with its
 //! size and free space.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use hyper_tungstenite::tungstenite::Message;
 
 use super::cache::Collect;
 use super::metrics::read_logged;
 use crate::collect::disks::{is_partition, parse_mountinfo, real_mounts, statvfs};
+use crate::collect::temperature::disk_temperature;
+use crate::config::Collection;
 use crate::protocol::answer::Disk;
 use crate::protocol::framing::json_frame;
 
 pub struct DisksCollector {
     proc_root: PathBuf,
     sys_root: PathBuf,
+    temperature: bool,
 }
 
 impl DisksCollector {
-    pub fn new(proc_root: &Path, sys_root: &Path) -> Self {
-        Self { proc_root: proc_root.to_path_buf(), sys_root: sys_root.to_path_buf() }
+    pub fn new(collection: &Collection) -> Self {
+        Self {
+            proc_root: collection.proc_root.clone(),
+            sys_root: collection.sys_root.clone(),
+            temperature: collection.temperature,
+        }
     }
 
     pub fn sample(&mut self) -> Vec<Disk> {
@@ -32,13 +39,21 @@ impl DisksCollector {
                     .filter(|space| space.total > 0)?;
                 Some(Disk {
                     is_partition: is_partition(&self.sys_root, &mount.source),
+                    temperature: self.temperature_of(&mount.source),
                     name: mount.source,
                     total: space.total,
                     available: space.available,
-                    temperature: None,
                 })
             })
             .collect()
+    }
+
+    fn temperature_of(&self, source: &str) -> Option<f32> {
+        let device = source.strip_prefix("/dev/")?;
+        if !self.temperature {
+            return None;
+        }
+        disk_temperature(&self.sys_root, device)
     }
 }
 

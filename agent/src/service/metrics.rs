@@ -7,20 +7,31 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use hyper_tungstenite::tungstenite::Message;
 
 use super::cache::Collect;
+use crate::collect::gpu::GpuCollector;
+use crate::collect::temperature::CpuTemperature;
 use crate::collect::{cpu, memory, network};
+use crate::config::Collection;
 use crate::protocol::answer::Metrics;
 use crate::protocol::framing::json_frame;
 
 pub struct MetricsCollector {
     proc_root: PathBuf,
     cpu: cpu::CpuUsage,
+    /// `None` when temperatures are off or the host has no CPU sensor.
+    temperature: Option<CpuTemperature>,
+    /// `None` when GPU collection is off.
+    gpus: Option<GpuCollector>,
 }
 
 impl MetricsCollector {
-    /// Takes the first CPU reading now, so the first answer already covers an interval.
-    pub fn new(proc_root: &Path) -> Self {
+    /// Takes the first CPU reading now, so the first answer already covers an
+    /// interval. Disabled collectors are never built, so they touch no file.
+    pub fn new(collection: &Collection) -> Self {
+        let proc_root = &collection.proc_root;
         let baseline = read_logged(&proc_root.join("stat")).map(|t| cpu::parse_proc_stat(&t)).unwrap_or_default();
-        Self { proc_root: proc_root.to_path_buf(), cpu: cpu::CpuUsage::new(baseline) }
+        let temperature = collection.temperature.then(|| CpuTemperature::discover(&collection.sys_root)).flatten();
+        let gpus = collection.gpu.then(|| GpuCollector::new(&collection.sys_root, cfg!(feature = "nvidia")));
+        Self { proc_root: proc_root.to_path_buf(), cpu: cpu::CpuUsage::new(baseline), temperature, gpus }
     }
 
     pub fn sample(&mut self) -> Metrics {
@@ -37,11 +48,11 @@ impl MetricsCollector {
             swap_total: memory.swap_total,
             swap_used: memory.swap_used,
             hostname: self.read("sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default(),
-            cpu_temp_c: None,
+            cpu_temp_c: self.temperature.as_mut().and_then(CpuTemperature::read),
             disks: Vec::new(),
             networks,
             top_processes: Vec::new(),
-            gpus: None,
+            gpus: self.gpus.as_mut().and_then(GpuCollector::collect),
             process_count: None,
         }
     }

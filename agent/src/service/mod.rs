@@ -58,8 +58,8 @@ impl Service {
         let cpu_source: SharedCpuSource = Arc::new(Mutex::new(cpu_source));
         let scanner = ProcessScanner::new(collection.proc_root.clone(), host.page_size, host.cpus, cpu_source);
         Self {
-            metrics: Cached::new(MetricsCollector::new(&collection.proc_root), config.ttls.metrics),
-            disks: Cached::new(DisksCollector::new(&collection.proc_root, &collection.sys_root), config.ttls.disks),
+            metrics: Cached::new(MetricsCollector::new(collection), config.ttls.metrics),
+            disks: Cached::new(DisksCollector::new(collection), config.ttls.disks),
             processes: Cached::new(scanner, config.ttls.processes),
             cpu_source_kind,
         }
