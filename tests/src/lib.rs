@@ -1,1 +1,204 @@
-//! Harness for the end-to-end tests.
+//! Harness for the end-to-end tests: builds and starts the real `socktop_agent`
+//! binary on a loopback port, and offers ground-truth readings of the host to
+//! compare its answers with.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// A running agent, killed when dropped.
+pub struct Agent {
+    child: Child,
+    pub port: u16,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+/// The agent binary of this workspace, built once per test run with the same
+/// profile as the tests.
+pub fn agent_binary() -> &'static PathBuf {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "socktop_agent", "--bin", "socktop_agent"])
+            .status()
+            .expect("running cargo build");
+        assert!(status.success(), "building socktop_agent failed");
+        // This test runs as target/<profile>/deps/e2e-HASH; the agent sits in target/<profile>.
+        let exe = std::env::current_exe().expect("test executable path");
+        exe.parent().and_then(|deps| deps.parent()).expect("target profile folder").join("socktop_agent")
+    })
+}
+
+impl Agent {
+    /// Starts the agent on an ephemeral loopback port with `args` and `envs` added,
+    /// and waits until it listens.
+    pub fn start(args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<Agent> {
+        let mut command = Command::new(agent_binary());
+        command.args(["--bind", "127.0.0.1", "--port", "0"]).args(args);
+        command.env("RUST_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        for var in ["SOCKTOP_TOKEN", "SOCKTOP_ENABLE_SSL", "SOCKTOP_PORT", "SOCKTOP_AGENT_EBPF"] {
+            command.env_remove(var);
+        }
+        command.envs(envs.iter().copied());
+        let mut child = command.spawn().context("starting socktop_agent")?;
+        let stderr = child.stderr.take().context("agent stderr")?;
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (port_tx, port_rx) = std::sync::mpsc::channel();
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(port) = listening_port(&line) {
+                    let _ = port_tx.send(port);
+                }
+                sink.lock().expect("log lock").push(line);
+            }
+        });
+        match port_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(port) => Ok(Agent { child, port, log }),
+            Err(_) => {
+                let _ = child.kill();
+                bail!("agent did not start: {:?}", log.lock().expect("log lock"))
+            }
+        }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}/ws", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the agent has logged so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().expect("log lock").clone()
+    }
+
+    /// Waits up to `timeout` for a log line containing `needle`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(line) = self.log().into_iter().find(|l| l.contains(needle)) {
+                return Some(line);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let sent = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status()?;
+        anyhow::ensure!(sent.success(), "kill -TERM failed");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("agent did not exit within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn listening_port(line: &str) -> Option<u16> {
+    let rest = &line[line.find("listening on ")?..];
+    let address = rest.split("://").nth(1)?.split('/').next()?;
+    address.rsplit(':').next()?.parse().ok()
+}
+
+/// A child process kept busy or idle on purpose, killed when dropped.
+pub struct Workload(Child);
+
+impl Workload {
+    /// A shell loop that keeps one CPU busy.
+    pub fn busy_loop() -> Workload {
+        Workload(Command::new("sh").args(["-c", "while :; do :; done"]).spawn().expect("spawning a busy loop"))
+    }
+
+    /// A process that sleeps.
+    pub fn idle() -> Workload {
+        Workload(Command::new("sleep").arg("600").spawn().expect("spawning sleep"))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Ground truth read straight from the kernel.
+pub mod host {
+    /// Number of logical CPUs online.
+    pub fn cpus() -> usize {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+
+    /// MemTotal in bytes.
+    pub fn mem_total() -> u64 {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").expect("meminfo");
+        let line = meminfo.lines().find(|l| l.starts_with("MemTotal:")).expect("MemTotal");
+        line.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()).expect("MemTotal value") * 1024
+    }
+
+    /// Pids currently in /proc.
+    pub fn pids() -> Vec<u32> {
+        std::fs::read_dir("/proc").expect("/proc").filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect()
+    }
+
+    /// utime + stime of a process, in clock ticks.
+    pub fn cpu_ticks(pid: u32) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+        let after_comm = &stat[stat.rfind(')').expect("comm") + 2..];
+        let fields: Vec<&str> = after_comm.split_whitespace().collect();
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+    }
+}
+
+/// Typed requests through the real client library (its `get_*` helpers exist only
+/// in its WASM build; the native build has `request`).
+pub mod client {
+    use socktop_connector::{AgentRequest, AgentResponse, SocktopConnector};
+
+    pub async fn metrics(c: &mut SocktopConnector) -> anyhow::Result<socktop_connector::Metrics> {
+        match c.request(AgentRequest::Metrics).await? {
+            AgentResponse::Metrics(m) => Ok(m),
+            other => anyhow::bail!("metrics request got {other:?}"),
+        }
+    }
+
+    pub async fn disks(c: &mut SocktopConnector) -> anyhow::Result<Vec<socktop_connector::DiskInfo>> {
+        match c.request(AgentRequest::Disks).await? {
+            AgentResponse::Disks(d) => Ok(d),
+            other => anyhow::bail!("disks request got {other:?}"),
+        }
+    }
+
+    pub async fn processes(c: &mut SocktopConnector) -> anyhow::Result<socktop_connector::ProcessesPayload> {
+        match c.request(AgentRequest::Processes).await? {
+            AgentResponse::Processes(p) => Ok(p),
+            other => anyhow::bail!("processes request got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! End-to-end tests: the real binary, the real socktop client library, and the
+//! host's own figures as ground truth.
+
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use e2e::{Agent, Workload, client, host};
+use futures_util::{SinkExt, StreamExt};
+use prost::Message as _;
+use socktop_connector::{connect_to_socktop_agent, connect_to_socktop_agent_with_tls};
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn raw_client(agent: &Agent) -> Ws {
+    let (ws, _) = tokio_tungstenite::connect_async(agent.ws_url()).await.expect("WebSocket connect");
+    ws
+}
+
+/// The next data frame, failing the test after 10 s.
+async fn next_frame(ws: &mut Ws) -> Message {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("answer within 10 s")
+            .expect("connection open")
+            .expect("valid frame");
+        if !matches!(message, Message::Pong(_)) {
+            return message;
+        }
+    }
+}
+
+/// An answer as the protocol frames it: JSON (text, or gzipped binary) or protobuf.
+#[derive(Debug)]
+enum Answer {
+    Json(serde_json::Value),
+    Processes(socktop_connector::pb::Processes),
+}
+
+fn decode(message: Message) -> Answer {
+    let bytes = match message {
+        Message::Text(text) => return Answer::Json(serde_json::from_str(text.as_str()).expect("JSON text frame")),
+        Message::Binary(bytes) => bytes.to_vec(),
+        other => panic!("unexpected frame {other:?}"),
+    };
+    let payload = if bytes.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&bytes[..]).read_to_end(&mut out).expect("gzip");
+        out
+    } else {
+        bytes
+    };
+    match serde_json::from_slice(&payload) {
+        Ok(json) => Answer::Json(json),
+        Err(_) => Answer::Processes(socktop_connector::pb::Processes::decode(&payload[..]).expect("protobuf")),
+    }
+}
+
+async fn ask(ws: &mut Ws, request: &str) -> Answer {
+    ws.send(Message::text(request)).await.expect("send");
+    decode(next_frame(ws).await)
+}
+
+fn df_total_bytes(path: &str) -> u64 {
+    let out = std::process::Command::new("df").args(["-B1", "--output=size", path]).output().expect("df");
+    String::from_utf8_lossy(&out.stdout).lines().nth(1).and_then(|l| l.trim().parse().ok()).expect("df size")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_client_decodes_every_answer_and_values_match_the_host() {
+    let agent = Agent::start(&[], &[]).unwrap();
+    let mut client = connect_to_socktop_agent(agent.ws_url()).await.expect("connector connects");
+
+    let metrics = client::metrics(&mut client).await.expect("metrics decode");
+    assert_eq!(metrics.mem_total, host::mem_total());
+    assert!(metrics.mem_used > 0 && metrics.mem_used < metrics.mem_total);
+    assert_eq!(metrics.cpu_per_core.len(), host::cpus());
+    assert!((0.0..=100.0).contains(&metrics.cpu_total));
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(metrics.hostname, hostname.trim());
+    assert!(metrics.networks.iter().any(|n| n.name == "lo"), "{:?}", metrics.networks);
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+    assert!(now_ms.abs_diff(metrics.sampled_at_ms.expect("sampled_at_ms")) < 10_000);
+
+    let disks = client::disks(&mut client).await.expect("disks decode");
+    assert!(disks.iter().all(|d| d.available <= d.total));
+    let root_total = df_total_bytes("/");
+    assert!(disks.iter().any(|d| d.total == root_total), "no disk of / ({root_total} B) in {disks:?}");
+
+    let processes = client::processes(&mut client).await.expect("processes decode");
+    let pids = host::pids();
+    assert!(processes.process_count.abs_diff(pids.len()) <= 10, "{} vs {}", processes.process_count, pids.len());
+    assert_eq!(processes.process_count, processes.top_processes.len());
+    let me = processes.top_processes.iter().find(|p| p.pid == std::process::id()).expect("test process listed");
+    assert!(me.mem_bytes > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_json_requests_get_the_same_answers() {
+    let agent = Agent::start(&[], &[]).unwrap();
+    let mut ws = raw_client(&agent).await;
+
+    let Answer::Json(metrics) = ask(&mut ws, r#"{"type":"metrics"}"#).await else { panic!("metrics is JSON") };
+    for field in ["cpu_total", "cpu_per_core", "mem_total", "mem_used", "swap_total", "swap_used", "hostname"] {
+        assert!(metrics.get(field).is_some(), "missing {field} in {metrics}");
+    }
+    assert_eq!(metrics["mem_total"].as_u64(), Some(host::mem_total()));
+    assert!(metrics["disks"].is_array() && metrics["top_processes"].is_array());
+
+    let Answer::Json(disks) = ask(&mut ws, r#"{"type":"disks"}"#).await else { panic!("disks is JSON") };
+    assert!(!disks.as_array().expect("disks array").is_empty());
+
+    let Answer::Processes(processes) = ask(&mut ws, r#"{"type":"processes"}"#).await else { panic!("protobuf") };
+    assert!(processes.rows.iter().any(|p| p.pid == std::process::id()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_loop_reads_one_cpu_and_a_sleeper_reads_zero() {
+    let agent = Agent::start(&["--ebpf", "off"], &[("SOCKTOP_AGENT_PROCESSES_TTL_MS", "0")]).unwrap();
+    assert!(agent.wait_for_log("cpu source: proc", Duration::from_secs(1)).is_some());
+    let (busy, idle) = (Workload::busy_loop(), Workload::idle());
+    let mut client = connect_to_socktop_agent(agent.ws_url()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let ticks_before = host::cpu_ticks(busy.pid());
+    let started = std::time::Instant::now();
+    client::processes(&mut client).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let processes = client::processes(&mut client).await.unwrap();
+    let wall = started.elapsed();
+    let ticks = host::cpu_ticks(busy.pid()) - ticks_before;
+
+    // Ground truth: the kernel's own tick count over (about) the same window, as
+    // a share of the whole machine.
+    let truth = ticks as f64 / 100.0 / wall.as_secs_f64() / host::cpus() as f64 * 100.0;
+    let usage = |pid| processes.top_processes.iter().find(|p| p.pid == pid).expect("listed").cpu_usage as f64;
+    assert!((usage(busy.pid()) - truth).abs() < 5.0, "busy {} vs kernel {truth:.1}", usage(busy.pid()));
+    assert!(usage(busy.pid()) > 20.0, "a busy loop must show: {}", usage(busy.pid()));
+    assert!(usage(idle.pid()) < 0.5, "sleep shows {}", usage(idle.pid()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_error_answers_and_the_connection_stays_usable() {
+    let agent = Agent::start(&[], &[]).unwrap();
+    let mut ws = raw_client(&agent).await;
+
+    for bad in ["{\"type\":", "hello", r#"{"type":"pie"}"#, "get_process_metrics:abc"] {
+        let Answer::Json(error) = ask(&mut ws, bad).await else { panic!("error answers are JSON") };
+        assert!(error["error"].as_str().is_some_and(|e| !e.is_empty()), "{error}");
+        assert_eq!(error["request"].as_str(), Some(bad));
+    }
+    ws.send(Message::binary(vec![0u8, 159, 146, 150])).await.unwrap();
+    let Answer::Json(error) = decode(next_frame(&mut ws).await) else { panic!() };
+    assert!(error["error"].as_str().unwrap().contains("binary"), "{error}");
+
+    let Answer::Json(metrics) = ask(&mut ws, "get_metrics").await else { panic!() };
+    assert!(metrics.get("cpu_total").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_frame_closes_only_its_own_connection() {
+    let agent = Agent::start(&[], &[]).unwrap();
+    let mut bystander = raw_client(&agent).await;
+    let mut attacker = raw_client(&agent).await;
+    let _ = attacker.send(Message::text("x".repeat(16 * 1024 * 1024))).await;
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match attacker.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "oversized frame did not close the connection");
+    let Answer::Json(metrics) = ask(&mut bystander, "get_metrics").await else { panic!() };
+    assert!(metrics.get("cpu_total").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order() {
+    let agent =
+        Agent::start(&[], &[("SOCKTOP_AGENT_METRICS_TTL_MS", "0"), ("SOCKTOP_AGENT_PROCESSES_TTL_MS", "0")]).unwrap();
+    let mut ws = raw_client(&agent).await;
+    let kinds = ["get_processes", "get_metrics", "get_disks", "nonsense"];
+    let requests: Vec<&str> = kinds.iter().cycle().take(40).copied().collect();
+    for request in &requests {
+        ws.send(Message::text(*request)).await.unwrap();
+    }
+    for request in requests {
+        let answer = decode(next_frame(&mut ws).await);
+        let ok = match (request, &answer) {
+            ("get_processes", Answer::Processes(p)) => !p.rows.is_empty(),
+            ("get_metrics", Answer::Json(j)) => j.get("cpu_total").is_some(),
+            ("get_disks", Answer::Json(j)) => j.is_array(),
+            ("nonsense", Answer::Json(j)) => j.get("error").is_some(),
+            _ => false,
+        };
+        assert!(ok, "{request} got {answer:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_never_speaks_first_and_answers_pings() {
+    let agent = Agent::start(&[], &[]).unwrap();
+    let mut ws = raw_client(&agent).await;
+    let unsolicited = tokio::time::timeout(Duration::from_millis(1500), ws.next()).await;
+    assert!(unsolicited.is_err(), "server sent {unsolicited:?}");
+    ws.send(Message::Ping(b"hi".to_vec().into())).await.unwrap();
+    let pong = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(pong, Message::Pong(b"hi".to_vec().into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_open_connections_do_not_block_other_clients() {
+    let agent = Agent::start(&[], &[]).unwrap();
+    let address = format!("127.0.0.1:{}", agent.port);
+    let _silent = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let mut partial = tokio::net::TcpStream::connect(&address).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut partial, b"GET /ws HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let mut client = connect_to_socktop_agent(agent.ws_url()).await.unwrap();
+    client::metrics(&mut client).await.expect("served while others hang");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_is_required_when_configured() {
+    let agent = Agent::start(&[], &[("SOCKTOP_TOKEN", "s3cret")]).unwrap();
+    let wrong = connect_to_socktop_agent(format!("{}?token=nope", agent.ws_url())).await;
+    assert!(wrong.is_err(), "wrong token accepted");
+    let missing = connect_to_socktop_agent(agent.ws_url()).await;
+    assert!(missing.is_err(), "missing token accepted");
+    let mut right = connect_to_socktop_agent(format!("{}?token=s3cret", agent.ws_url())).await.unwrap();
+    client::metrics(&mut right).await.unwrap();
+    let rejections = agent.log().iter().filter(|l| l.contains("wrong or missing token")).count();
+    assert_eq!(rejections, 1, "the rejection is logged once at info level");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_uses_one_pinned_certificate_across_restarts() {
+    let data = tempfile::tempdir().unwrap();
+    let env = [("SOCKTOP_ENABLE_SSL", "1"), ("XDG_DATA_HOME", data.path().to_str().unwrap())];
+    let cert = data.path().join("socktop_agent/tls/cert.pem");
+    let fingerprint = |agent: &Agent| {
+        let line = agent.wait_for_log("SHA-256", Duration::from_secs(5)).expect("fingerprint logged");
+        line.rsplit("SHA-256 ").next().unwrap().trim_end_matches(')').to_owned()
+    };
+
+    let first = Agent::start(&[], &env).unwrap();
+    let first_print = fingerprint(&first);
+    let key_mode = std::fs::metadata(data.path().join("socktop_agent/tls/key.pem")).unwrap().permissions().mode();
+    assert_eq!(key_mode & 0o777, 0o600);
+    let url = format!("wss://localhost:{}/ws", first.port);
+    let mut client = connect_to_socktop_agent_with_tls(&url, cert.to_str().unwrap(), true).await.unwrap();
+    assert_eq!(client::metrics(&mut client).await.unwrap().mem_total, host::mem_total());
+    drop(first);
+
+    let second = Agent::start(&[], &env).unwrap();
+    assert_eq!(fingerprint(&second), first_print);
+    let url = format!("wss://127.0.0.1:{}/ws", second.port);
+    let mut client = connect_to_socktop_agent_with_tls(&url, cert.to_str().unwrap(), false).await.unwrap();
+    client::disks(&mut client).await.unwrap();
+    let plain = connect_to_socktop_agent(format!("ws://127.0.0.1:{}/ws", second.port)).await;
+    assert!(plain.is_err(), "plain ws must not work on a TLS port");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_shuts_down_cleanly_with_a_client_connected() {
+    let agent = Agent::start(&[], &[]).unwrap();
+    let mut client = connect_to_socktop_agent(agent.ws_url()).await.unwrap();
+    client::metrics(&mut client).await.unwrap();
+    let status = agent.terminate(Duration::from_secs(10)).unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn an_idle_agent_uses_no_cpu() {
+    let agent = Agent::start(&[], &[]).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let before = host::cpu_ticks(agent.pid());
+    std::thread::sleep(Duration::from_secs(5));
+    let after = host::cpu_ticks(agent.pid());
+    assert_eq!(after - before, 0, "idle agent used {} ticks in 5 s", after - before);
+}
+
+#[test]
+fn help_and_version_print_and_exit() {
+    let help = std::process::Command::new(e2e::agent_binary()).arg("--help").output().unwrap();
+    assert!(help.status.success());
+    let text = String::from_utf8_lossy(&help.stdout);
+    for flag in ["--port", "--bind", "--enableSSL", "--token", "--ebpf"] {
+        assert!(text.contains(flag), "--help lacks {flag}");
+    }
+    let version = std::process::Command::new(e2e::agent_binary()).arg("--version").output().unwrap();
+    assert!(String::from_utf8_lossy(&version.stdout).contains(env!("CARGO_PKG_VERSION")));
+}
