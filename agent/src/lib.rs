@@ -2,5 +2,6 @@
 //! protocol, with per-process CPU time counted by an eBPF program where the kernel
 //! allows it and read from /proc where it does not.
 
+pub mod collect;
 pub mod cputime;
 pub mod protocol;

@@ -1,0 +1,3 @@
+//! Collectors: each reads one part of the host, parsing from text so tests feed fixtures.
+
+pub mod stat;
