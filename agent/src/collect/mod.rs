@@ -1,3 +1,4 @@
 //! Collectors: each reads one part of the host, parsing from text so tests feed fixtures.
 
+pub mod clock;
 pub mod stat;
