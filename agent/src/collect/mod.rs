@@ -1,4 +1,5 @@
 //! Collectors: each reads one part of the host, parsing from text so tests feed fixtures.
 
 pub mod clock;
+pub mod process_detail;
 pub mod stat;
