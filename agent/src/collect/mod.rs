@@ -1,5 +1,6 @@
 //! Collectors: each reads one part of the host, parsing from text so tests feed fixtures.
 
 pub mod clock;
+pub mod journal;
 pub mod process_detail;
 pub mod stat;
