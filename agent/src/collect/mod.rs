@@ -2,5 +2,6 @@
 
 pub mod clock;
 pub mod journal;
+pub mod pid_cache;
 pub mod process_detail;
 pub mod stat;
