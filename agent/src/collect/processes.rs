@@ -109,7 +109,7 @@ impl ProcessScanner {
                     cpu.push(ScannedCpu { pid, ticks: stat.utime + stat.stime });
                     processes.push(Scanned {
                         pid,
-                        name: String::from_utf8_lossy(stat.comm).into_owned(),
+                        name: stat.name(),
                         start_time: stat.start_time,
                         rss_bytes: stat.rss_pages * self.page_size,
                     });

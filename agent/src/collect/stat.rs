@@ -22,6 +22,14 @@ pub struct Stat<'a> {
     pub rss_pages: u64,
 }
 
+impl Stat<'_> {
+    /// The command name as text; names are bytes to the kernel, so invalid UTF-8
+    /// is replaced rather than rejected.
+    pub fn name(&self) -> String {
+        String::from_utf8_lossy(self.comm).into_owned()
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum StatError {
     #[error("no command name in parentheses")]
@@ -152,6 +160,53 @@ mod tests {
         assert_eq!(stat.comm, b"kworker/u16:3-");
         assert_eq!(stat.state, b'I');
         assert_eq!(stat.rss_pages, 0);
+    }
+
+    #[test]
+    fn real_capture_of_a_name_with_spaces_and_parentheses() {
+        let bytes = fixture("parens_spaces");
+        let stat = parse_stat(&bytes).unwrap();
+        assert_eq!((stat.pid, stat.comm), (18544, &b"a b) (c"[..]));
+        assert_eq!((stat.state, stat.ppid, stat.num_threads), (b'S', 1, 1));
+        assert_eq!((stat.start_time, stat.vsize, stat.rss_pages), (46164, 2_990_080, 424));
+    }
+
+    #[test]
+    fn real_capture_of_a_name_cut_to_fifteen_bytes() {
+        let bytes = fixture("truncated_name");
+        let stat = parse_stat(&bytes).unwrap();
+        assert_eq!(stat.comm, b"a_twenty_char_n");
+        assert_eq!(stat.start_time, 46755);
+    }
+
+    #[test]
+    fn real_capture_of_a_kernel_worker_longer_than_fifteen_bytes() {
+        let bytes = fixture("kworker_long");
+        let stat = parse_stat(&bytes).unwrap();
+        assert_eq!(stat.comm, b"kworker/u8:3-kvfree_rcu_reclaim");
+        assert_eq!(state_name(stat.state), "Idle");
+        assert_eq!((stat.ppid, stat.stime, stat.vsize, stat.rss_pages), (2, 8, 0, 0));
+    }
+
+    #[test]
+    fn real_capture_of_a_zombie() {
+        let bytes = fixture("zombie");
+        let stat = parse_stat(&bytes).unwrap();
+        assert_eq!(state_name(stat.state), "Zombie");
+        assert_eq!((stat.pid, stat.ppid, stat.vsize, stat.rss_pages), (18814, 18812, 0, 0));
+    }
+
+    #[test]
+    fn nested_parentheses_and_a_paren_closing_the_name() {
+        let stat = parse_stat(b"77 ((x) (y))) R 5 0 0 0 -1 0 0 0 0 0 700 800 0 0 20 0 3 0 99 4096 -1\n").unwrap();
+        assert_eq!(stat.comm, b"(x) (y))");
+        assert_eq!((stat.utime, stat.stime, stat.num_threads, stat.rss_pages), (700, 800, 3, 0));
+    }
+
+    #[test]
+    fn non_utf8_names_are_decoded_lossily() {
+        let stat = parse_stat(b"9 (a\xffb) S 1 0 0 0 -1 0 0 0 0 0 1 2 0 0 20 0 1 0 5 0 0").unwrap();
+        assert_eq!(stat.name(), "a\u{fffd}b");
     }
 
     #[test]

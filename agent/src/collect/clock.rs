@@ -1,0 +1,128 @@
+//! The host constants needed to turn /proc counters into units: clock ticks per second
+//! and page size (sysconf(3) `_SC_CLK_TCK`, `_SC_PAGESIZE`) and the boot time
+//! (`btime` in /proc/stat, proc(5)). Read once at start-up.
+
+use std::path::Path;
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ClockError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("/proc/stat has no valid `btime` line")]
+    NoBootTime,
+}
+
+/// Units of the host, so that collectors can convert ticks and pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostClock {
+    ticks_per_second: u64,
+    boot_time_unix: u64,
+    page_size: u64,
+}
+
+impl HostClock {
+    /// Builds a clock from known values (tests, or a caller that read them already).
+    /// Zero ticks or page size would divide by zero later, so they become 1.
+    pub const fn new(ticks_per_second: u64, boot_time_unix: u64, page_size: u64) -> Self {
+        Self { ticks_per_second: at_least_one(ticks_per_second), boot_time_unix, page_size: at_least_one(page_size) }
+    }
+
+    /// Reads sysconf for this kernel and `btime` from `<proc_root>/stat`.
+    pub fn from_proc(proc_root: &Path) -> Result<Self, ClockError> {
+        let path = proc_root.join("stat");
+        let text = std::fs::read_to_string(&path)
+            .map_err(|source| ClockError::Read { path: path.display().to_string(), source })?;
+        let boot = parse_btime(&text).ok_or(ClockError::NoBootTime)?;
+        Ok(Self::new(procfs::ticks_per_second(), boot, procfs::page_size()))
+    }
+
+    pub fn ticks_per_second(&self) -> u64 {
+        self.ticks_per_second
+    }
+
+    /// Unix seconds at which the host booted.
+    pub fn boot_time_unix(&self) -> u64 {
+        self.boot_time_unix
+    }
+
+    pub fn page_size(&self) -> u64 {
+        self.page_size
+    }
+
+    /// Clock ticks to microseconds, the unit of the protocol's CPU times.
+    pub fn ticks_to_micros(&self, ticks: u64) -> u64 {
+        let micros = u128::from(ticks) * 1_000_000 / u128::from(self.ticks_per_second);
+        u64::try_from(micros).unwrap_or(u64::MAX)
+    }
+
+    /// A `starttime` (ticks after boot) to Unix seconds.
+    pub fn start_to_unix(&self, start_ticks: u64) -> u64 {
+        self.boot_time_unix.saturating_add(start_ticks / self.ticks_per_second)
+    }
+
+    pub fn pages_to_bytes(&self, pages: u64) -> u64 {
+        pages.saturating_mul(self.page_size)
+    }
+}
+
+const fn at_least_one(n: u64) -> u64 {
+    if n == 0 { 1 } else { n }
+}
+
+/// The `btime SECONDS` line of /proc/stat: boot time in seconds since the epoch.
+pub fn parse_btime(proc_stat: &str) -> Option<u64> {
+    proc_stat.lines().find_map(|line| line.strip_prefix("btime ")).and_then(|value| value.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PROC_STAT: &str = "cpu  3357 0 4313 1362393 0 0 0 0 0 0\n\
+        cpu0 1700 0 2100 681000 0 0 0 0 0 0\n\
+        intr 114930548 113199788 3 0 5 263\n\
+        ctxt 1990473\n\
+        btime 1795606237\n\
+        processes 2915\n\
+        procs_running 1\n";
+
+    #[test]
+    fn boot_time_comes_from_the_btime_line() {
+        assert_eq!(parse_btime(PROC_STAT), Some(1_795_606_237));
+        assert_eq!(parse_btime("cpu 1 2 3\n"), None);
+        assert_eq!(parse_btime("btime soon\n"), None);
+    }
+
+    #[test]
+    fn conversions_use_the_host_units() {
+        let clock = HostClock::new(100, 1_000, 4096);
+        assert_eq!(clock.ticks_to_micros(250), 2_500_000);
+        assert_eq!(clock.start_to_unix(46_164), 1_461);
+        assert_eq!(clock.pages_to_bytes(424), 1_736_704);
+        assert_eq!(HostClock::new(250, 0, 4096).ticks_to_micros(1), 4_000);
+        assert_eq!(HostClock::new(0, 0, 0).ticks_to_micros(3), 3_000_000);
+    }
+
+    #[test]
+    fn from_proc_reads_a_fake_tree_and_fails_cleanly_without_one() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(HostClock::from_proc(dir.path()), Err(ClockError::Read { .. })));
+        std::fs::write(dir.path().join("stat"), "cpu 1 2\n").unwrap();
+        assert!(matches!(HostClock::from_proc(dir.path()), Err(ClockError::NoBootTime)));
+        std::fs::write(dir.path().join("stat"), PROC_STAT).unwrap();
+        assert_eq!(HostClock::from_proc(dir.path()).unwrap().boot_time_unix(), 1_795_606_237);
+    }
+
+    #[test]
+    fn the_real_host_matches_sysconf() {
+        let clock = HostClock::from_proc(Path::new("/proc")).unwrap();
+        // SAFETY: sysconf has no preconditions; it only reads configuration.
+        let (hz, page) = unsafe { (libc::sysconf(libc::_SC_CLK_TCK), libc::sysconf(libc::_SC_PAGESIZE)) };
+        assert_eq!(clock.ticks_per_second(), u64::try_from(hz).unwrap());
+        assert_eq!(clock.page_size(), u64::try_from(page).unwrap());
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        assert!(clock.boot_time_unix() > 0 && clock.boot_time_unix() <= now);
+    }
+}
