@@ -22,7 +22,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let host = HostFacts::read();
+    let host = HostFacts::read(&cli.proc_root).context("reading the host's clock facts")?;
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.worker_threads(cli.worker_threads.unwrap_or(host.cpus.min(4)).max(1)).enable_all();
     runtime.build().context("starting the async runtime")?.block_on(serve(cli, host))
@@ -44,7 +44,7 @@ async fn serve(cli: Cli, host: HostFacts) -> anyhow::Result<()> {
     let listener = TcpListener::bind((cli.bind, cli.port()))
         .await
         .with_context(|| format!("binding {}:{}", cli.bind, cli.port()))?;
-    let cpu_source = select_cpu_source(cli.ebpf);
+    let cpu_source = select_cpu_source(cli.ebpf, &host);
     let service = Arc::new(Service::new(&config, host, cpu_source));
     tracing::info!(
         "listening on {}://{}/ws; TLS {}; token {}; cpu source: {}",
@@ -58,8 +58,8 @@ async fn serve(cli: Cli, host: HostFacts) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn select_cpu_source(_ebpf: bool) -> Box<dyn CpuTimeSource> {
-    Box::new(cputime::proc::ProcCpuTime::new(HostFacts::ticks_per_second()))
+fn select_cpu_source(_ebpf: bool, host: &HostFacts) -> Box<dyn CpuTimeSource> {
+    Box::new(cputime::proc::ProcCpuTime::new(host.clock.ticks_per_second()))
 }
 
 /// Resolves on SIGINT or SIGTERM.

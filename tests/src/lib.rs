@@ -202,3 +202,21 @@ pub mod client {
         }
     }
 }
+
+pub mod per_pid {
+    use socktop_connector::{AgentRequest, AgentResponse, JournalResponse, ProcessMetricsResponse, SocktopConnector};
+
+    pub async fn process_metrics(c: &mut SocktopConnector, pid: u32) -> anyhow::Result<ProcessMetricsResponse> {
+        match c.request(AgentRequest::ProcessMetrics { pid }).await? {
+            AgentResponse::ProcessMetrics(m) => Ok(m),
+            other => anyhow::bail!("process metrics request got {other:?}"),
+        }
+    }
+
+    pub async fn journal(c: &mut SocktopConnector, pid: u32) -> anyhow::Result<JournalResponse> {
+        match c.request(AgentRequest::JournalEntries { pid }).await? {
+            AgentResponse::JournalEntries(j) => Ok(j),
+            other => anyhow::bail!("journal request got {other:?}"),
+        }
+    }
+}

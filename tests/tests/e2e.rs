@@ -295,3 +295,64 @@ fn help_and_version_print_and_exit() {
     let version = std::process::Command::new(e2e::agent_binary()).arg("--version").output().unwrap();
     assert!(String::from_utf8_lossy(&version.stdout).contains(env!("CARGO_PKG_VERSION")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_details_of_a_busy_child_match_the_kernel() {
+    let agent = Agent::start(&["--ebpf", "off"], &[("SOCKTOP_AGENT_PROCESSES_TTL_MS", "0")]).unwrap();
+    let busy = Workload::busy_loop();
+    let mut client = connect_to_socktop_agent(agent.ws_url()).await.unwrap();
+    e2e::per_pid::process_metrics(&mut client, busy.pid()).await.unwrap();
+    let ticks_before = host::cpu_ticks(busy.pid());
+    let started = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let answer = e2e::per_pid::process_metrics(&mut client, busy.pid()).await.unwrap();
+    let truth = (host::cpu_ticks(busy.pid()) - ticks_before) as f64
+        / 100.0
+        / started.elapsed().as_secs_f64()
+        / host::cpus() as f64
+        * 100.0;
+
+    let detail = answer.process;
+    assert_eq!(detail.pid, busy.pid());
+    assert_eq!(detail.parent_pid, Some(std::process::id()));
+    assert_eq!(detail.name, "sh");
+    assert!(detail.command.contains("while :; do :; done"), "{}", detail.command);
+    assert_eq!(detail.thread_count, 1);
+    assert_eq!(detail.threads.len(), 1);
+    assert!((detail.cpu_usage as f64 - truth).abs() < 6.0, "detail {} vs kernel {truth:.1}", detail.cpu_usage);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    assert!(now - detail.start_time < 60, "start_time {} is not recent unix seconds", detail.start_time);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_pid_requests_for_a_missing_process_get_an_error_naming_the_pid() {
+    let agent = Agent::start(&[], &[]).unwrap();
+    let mut ws = raw_client(&agent).await;
+    let missing = u32::MAX - 1;
+    let Answer::Json(error) = ask(&mut ws, &format!("get_process_metrics:{missing}")).await else { panic!() };
+    assert_eq!(error["pid"].as_u64(), Some(missing as u64));
+    assert_eq!(error["request"].as_str(), Some("get_process_metrics"));
+    let Answer::Json(metrics) = ask(&mut ws, "get_metrics").await else { panic!() };
+    assert!(metrics.get("cpu_total").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journal_answers_decode_in_the_real_client() {
+    let agent = Agent::start(&[], &[]).unwrap();
+    let mut client = connect_to_socktop_agent(agent.ws_url()).await.unwrap();
+    let pid = std::process::id();
+    let journal = e2e::per_pid::journal(&mut client, pid).await.unwrap();
+    assert_eq!(journal.total_count as usize, journal.entries.len());
+    // Ground truth: journalctl itself. Where it is missing or fails, the answer
+    // must say why instead of failing.
+    let direct = std::process::Command::new("journalctl")
+        .args([&format!("_PID={pid}"), "--output=json", "--lines=100", "--no-pager"])
+        .output();
+    match direct {
+        Ok(out) if out.status.success() => {
+            let lines = String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with('{')).count();
+            assert_eq!(journal.entries.len(), lines, "{journal:?}");
+        }
+        _ => assert!(journal.notice.is_some(), "no journal and no notice: {journal:?}"),
+    }
+}

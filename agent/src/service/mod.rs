@@ -2,6 +2,7 @@
 //! CPU-time source. One `Service` is shared by every connection.
 
 mod cache;
+mod details;
 mod disks;
 mod metrics;
 mod processes;
@@ -10,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use hyper_tungstenite::tungstenite::Message;
 
+use crate::collect::clock::{ClockError, HostClock};
 use crate::collect::processes::{ProcessScanner, SharedCpuSource};
 use crate::config::Config;
 use crate::cputime::{CpuSourceKind, CpuTimeSource};
@@ -17,6 +19,7 @@ use crate::protocol::answer::ErrorAnswer;
 use crate::protocol::framing::json_frame;
 use crate::protocol::request::{Request, RequestError};
 use cache::Cached;
+use details::ProcessDetails;
 use disks::DisksCollector;
 use metrics::MetricsCollector;
 
@@ -26,6 +29,7 @@ pub struct Service {
     metrics: Cached<MetricsCollector>,
     disks: Cached<DisksCollector>,
     processes: Cached<ProcessScanner>,
+    details: ProcessDetails,
     cpu_source_kind: CpuSourceKind,
 }
 
@@ -33,21 +37,13 @@ pub struct Service {
 #[derive(Debug, Clone, Copy)]
 pub struct HostFacts {
     pub cpus: usize,
-    pub page_size: u64,
+    pub clock: HostClock,
 }
 
 impl HostFacts {
-    pub fn read() -> Self {
-        // SAFETY: sysconf has no preconditions; it returns -1 for unknown names.
-        let (cpus, page) = unsafe { (libc::sysconf(libc::_SC_NPROCESSORS_ONLN), libc::sysconf(libc::_SC_PAGESIZE)) };
-        Self { cpus: usize::try_from(cpus).unwrap_or(1).max(1), page_size: u64::try_from(page).unwrap_or(4096) }
-    }
-
-    /// USER_HZ, the unit of the times in `/proc/PID/stat`.
-    pub fn ticks_per_second() -> u64 {
-        // SAFETY: as above.
-        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-        u64::try_from(ticks).ok().filter(|t| *t > 0).unwrap_or(100)
+    pub fn read(proc_root: &std::path::Path) -> Result<Self, ClockError> {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Ok(Self { cpus, clock: HostClock::from_proc(proc_root)? })
     }
 }
 
@@ -56,11 +52,19 @@ impl Service {
         let collection = &config.collection;
         let cpu_source_kind = cpu_source.kind();
         let cpu_source: SharedCpuSource = Arc::new(Mutex::new(cpu_source));
-        let scanner = ProcessScanner::new(collection.proc_root.clone(), host.page_size, host.cpus, cpu_source);
+        let scanner = ProcessScanner::new(
+            collection.proc_root.clone(),
+            host.clock.page_size(),
+            host.cpus,
+            Arc::clone(&cpu_source),
+        );
+        let details =
+            ProcessDetails::new(&collection.proc_root, host.clock, host.cpus, cpu_source, config.ttls.processes);
         Self {
             metrics: Cached::new(MetricsCollector::new(collection), config.ttls.metrics),
             disks: Cached::new(DisksCollector::new(collection), config.ttls.disks),
             processes: Cached::new(scanner, config.ttls.processes),
+            details,
             cpu_source_kind,
         }
     }
@@ -82,11 +86,8 @@ impl Service {
             Request::Metrics => self.metrics.get().await,
             Request::Disks => self.disks.get().await,
             Request::Processes => self.processes.get().await,
-            Request::ProcessMetrics { pid } | Request::JournalEntries { pid } => json_frame(&ErrorAnswer {
-                error: "not available yet".into(),
-                request: request.command().into(),
-                pid: Some(pid),
-            }),
+            Request::ProcessMetrics { pid } => self.details.process_metrics(pid).await,
+            Request::JournalEntries { pid } => self.details.journal(pid).await,
         }
     }
 }
