@@ -1,0 +1,272 @@
+//! The two agents under test: building ours, installing the original, starting
+//! either on a loopback port with a given cache setting, and reading its CPU time
+//! and resident memory from `/proc/PID/*` (proc(5)).
+
+use std::fs::File;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+
+/// The version of the original agent the bench compares against.
+pub const ORIGINAL_VERSION: &str = "1.60.1";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Which {
+    Ours,
+    Original,
+}
+
+impl Which {
+    pub fn name(self) -> &'static str {
+        match self {
+            Which::Ours => "ours",
+            Which::Original => "original",
+        }
+    }
+}
+
+/// Whether the agents reuse answers (their TTL caches) or collect on every request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caches {
+    Off,
+    On,
+}
+
+impl Caches {
+    pub fn name(self) -> &'static str {
+        match self {
+            Caches::Off => "caches off",
+            Caches::On => "caches on",
+        }
+    }
+
+    /// metrics, processes, disks TTLs in ms. "On" uses the same figures for both
+    /// agents (the original's 1.60.1 defaults differ only for processes: 1500 ms).
+    fn ttls_ms(self) -> [(&'static str, &'static str); 3] {
+        let (metrics, processes, disks) = match self {
+            Caches::Off => ("0", "0", "0"),
+            Caches::On => ("250", "1000", "1000"),
+        };
+        [
+            ("SOCKTOP_AGENT_METRICS_TTL_MS", metrics),
+            ("SOCKTOP_AGENT_PROCESSES_TTL_MS", processes),
+            ("SOCKTOP_AGENT_DISKS_TTL_MS", disks),
+        ]
+    }
+}
+
+/// Where the two binaries are and how ours is started.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    pub ours: PathBuf,
+    pub original: PathBuf,
+    /// Passed to our agent as `--ebpf`.
+    pub ours_ebpf: bool,
+    /// Agent logs go here, one file per start.
+    pub logs: PathBuf,
+}
+
+/// A running agent, killed when dropped (and by the kernel if the bench dies).
+pub struct Agent {
+    pub which: Which,
+    pub port: u16,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Agent {
+    /// Starts one agent and waits until it accepts connections.
+    pub async fn start(binaries: &Binaries, which: Which, caches: Caches) -> anyhow::Result<Agent> {
+        let port = free_port()?;
+        let log = binaries.logs.join(format!("{}-{}.log", which.name(), caches.name().replace(' ', "-")));
+        let mut command = match which {
+            Which::Ours => {
+                let mut c = Command::new(&binaries.ours);
+                let ebpf = if binaries.ours_ebpf { "on" } else { "off" };
+                c.args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--ebpf", ebpf]);
+                c
+            }
+            // The original has no bind flag: it listens on 0.0.0.0; the bench only
+            // ever connects to 127.0.0.1.
+            Which::Original => {
+                let mut c = Command::new(&binaries.original);
+                c.args(["--port", &port.to_string()]);
+                c
+            }
+        };
+        for var in ["SOCKTOP_TOKEN", "SOCKTOP_ENABLE_SSL", "SOCKTOP_PORT", "SOCKTOP_BIND", "SOCKTOP_AGENT_EBPF"] {
+            command.env_remove(var);
+        }
+        let log_file = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        command
+            .envs(caches.ttls_ms())
+            .envs([("SOCKTOP_AGENT_GPU", "0"), ("SOCKTOP_AGENT_TEMP", "0"), ("RUST_LOG", "info")])
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file);
+        die_with_parent(&mut command);
+        let child = command.spawn().with_context(|| format!("starting the {} agent", which.name()))?;
+        let mut agent = Agent { which, port, child, log };
+        agent.wait_listening().await?;
+        Ok(agent)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    async fn wait_listening(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
+        loop {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return Ok(());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!("the {} agent exited with {status}: {}", self.which.name(), self.log_tail());
+            }
+            ensure!(Instant::now() < deadline, "the {} agent did not listen within 60 s", self.which.name());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Cumulative user + system CPU time of the whole process, exited threads included.
+    pub fn cpu_time(&self) -> anyhow::Result<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
+        let ticks = parse_cpu_ticks(&stat).context("parsing the agent's /proc/PID/stat")?;
+        Ok(Duration::from_nanos(ticks.saturating_mul(1_000_000_000 / ticks_per_second())))
+    }
+
+    /// Resident set size (VmRSS) in bytes.
+    pub fn rss_bytes(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        parse_vm_rss(&status).context("no VmRSS in the agent's /proc/PID/status")
+    }
+
+    /// What our agent says about its per-process CPU source ("proc" or "ebpf").
+    pub fn cpu_source(&self) -> Option<String> {
+        let log = std::fs::read_to_string(&self.log).ok()?;
+        let at = log.find("cpu source: ")? + "cpu source: ".len();
+        Some(log[at..].split_whitespace().next()?.to_owned())
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(10)..].join("\n")
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Asks the kernel to SIGKILL the child when the bench's main thread ends, so a
+/// crashed or killed bench leaves nothing behind (prctl(2), PR_SET_PDEATHSIG).
+/// Every child is spawned from the main thread, which lives as long as the bench.
+pub fn die_with_parent(command: &mut Command) {
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs between fork and exec and calls only prctl, getppid
+    // and _exit, which are async-signal-safe.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before prctl took effect.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+}
+
+/// A loopback port nobody listens on now.
+fn free_port() -> anyhow::Result<u16> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("finding a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// utime + stime (fields 14 and 15 of proc(5)), counted after the command name,
+/// which ends at the last `)`.
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_name.split_ascii_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+fn parse_vm_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_ascii_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+pub fn ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(ticks).ok().filter(|&t| t > 0).unwrap_or(100)
+}
+
+/// Builds our agent in release and returns its path.
+pub fn build_ours(root: &Path) -> anyhow::Result<PathBuf> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!("bench: building socktop_agent (release)");
+    let status = Command::new(cargo)
+        .current_dir(root)
+        .args(["build", "--release", "--quiet", "-p", "socktop_agent", "--bin", "socktop_agent"])
+        .status()
+        .context("running cargo build")?;
+    ensure!(status.success(), "building socktop_agent failed");
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    Ok(target.join("release/socktop_agent"))
+}
+
+/// The original agent: the given binary, or the one installed under
+/// `.bench/orig`, installing it with `cargo install` when missing.
+pub fn original(root: &Path, given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(path) = given {
+        ensure!(path.is_file(), "--original {} is not a file", path.display());
+        return Ok(path);
+    }
+    let install_root = root.join(".bench/orig");
+    let binary = install_root.join("bin/socktop_agent");
+    if binary.is_file() {
+        return Ok(binary);
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!("bench: installing socktop_agent {ORIGINAL_VERSION} into {}", install_root.display());
+    let status = Command::new(cargo)
+        .args(["install", "--locked", "--version", ORIGINAL_VERSION, "socktop_agent", "--root"])
+        .arg(&install_root)
+        .status()
+        .context("running cargo install")?;
+    ensure!(status.success(), "installing the original socktop_agent failed (it needs the libdrm-dev package)");
+    Ok(binary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_ticks_are_counted_after_the_last_paren() {
+        let stat = "42 (a) (b) S 1 42 42 0 -1 0 0 0 0 0 150 25 0 0 20 0 3 0 99 4096 10 0\n";
+        assert_eq!(parse_cpu_ticks(stat), Some(175));
+    }
+
+    #[test]
+    fn vm_rss_is_read_in_bytes() {
+        assert_eq!(parse_vm_rss("Name:\tx\nVmRSS:\t    1234 kB\n"), Some(1234 * 1024));
+        assert_eq!(parse_vm_rss("Name:\tx\n"), None);
+    }
+}

@@ -1,0 +1,366 @@
+//! `cargo xtask bench`: our agent side by side with the original socktop_agent
+//! 1.60.1, on this machine, in one run. It builds ours in release, installs the
+//! original when missing, starts both on loopback ports (caches off, then on),
+//! measures idle CPU, resident memory, CPU time per request with more and more
+//! processes on the host, round-trip latency under 1 to 500 polling clients and
+//! answer sizes, and prints one Markdown table. Every phase is bounded in time;
+//! agents and helper processes are stopped on the way out, Ctrl-C included.
+
+mod agent;
+mod client;
+mod crowd;
+mod ebpf;
+mod machine;
+mod phases;
+mod report;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use agent::{Agent, Binaries, Caches, Which};
+use client::Kind;
+use crowd::Crowd;
+use machine::Machine;
+use report::{Row, Section, Summary, Table};
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Shorten every phase and measure each figure once (for developing the bench;
+    /// the figures are rough).
+    #[arg(long)]
+    quick: bool,
+    /// The original agent's binary [default: installed under .bench/orig with
+    /// `cargo install` when missing].
+    #[arg(long, env = "SOCKTOP_BENCH_ORIGINAL")]
+    original: Option<PathBuf>,
+    /// Our agent's binary, instead of building it in release.
+    #[arg(long)]
+    ours: Option<PathBuf>,
+    /// Times each figure is measured [default: 3; 1 with --quick].
+    #[arg(long)]
+    repeats: Option<usize>,
+    /// Let our agent count per-process CPU time with eBPF when it can (`--ebpf` of
+    /// the agent); off forces its /proc source, the original's method.
+    #[arg(long, default_value = "on", value_parser = clap::builder::BoolishValueParser::new())]
+    ebpf: bool,
+    /// Run only these phases (comma-separated).
+    #[arg(long, value_delimiter = ',', value_enum)]
+    only: Vec<Phase>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Phase {
+    /// Idle CPU and idle RSS.
+    Idle,
+    /// RSS after many requests.
+    Rss,
+    /// CPU time per request and answer sizes.
+    Cpu,
+    /// Round-trip latency under concurrent clients.
+    Latency,
+    /// The eBPF program's cost per context switch.
+    Ebpf,
+}
+
+/// How long and how often each phase runs.
+struct Plan {
+    repeats: usize,
+    idle_window: Duration,
+    cpu_budget: Duration,
+    cpu_min_requests: usize,
+    latency_run: Duration,
+    rss_requests: usize,
+    crowds: [usize; 3],
+    clients: [usize; 3],
+    phases: Vec<Phase>,
+}
+
+impl Plan {
+    fn new(args: &BenchArgs) -> Plan {
+        let phases = if args.only.is_empty() {
+            vec![Phase::Idle, Phase::Rss, Phase::Cpu, Phase::Latency, Phase::Ebpf]
+        } else {
+            args.only.clone()
+        };
+        let quick = args.quick;
+        Plan {
+            repeats: args.repeats.unwrap_or(if quick { 1 } else { 3 }).max(1),
+            idle_window: Duration::from_secs(if quick { 3 } else { 30 }),
+            cpu_budget: Duration::from_millis(if quick { 500 } else { 3000 }),
+            cpu_min_requests: if quick { 3 } else { 10 },
+            latency_run: Duration::from_secs(if quick { 2 } else { 10 }),
+            rss_requests: if quick { 1_000 } else { 10_000 },
+            crowds: [0, 1_000, 5_000],
+            clients: [1, 50, 500],
+            phases,
+        }
+    }
+
+    fn runs(&self, phase: Phase) -> bool {
+        self.phases.contains(&phase)
+    }
+}
+
+/// Lets an agent finish starting up (first samples, thread pools) before it is measured.
+const SETTLE: Duration = Duration::from_secs(1);
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let root = super::workspace_root();
+    let plan = Plan::new(&args);
+    raise_fd_limit()?;
+    let ours = match &args.ours {
+        Some(path) => path.clone(),
+        None => agent::build_ours(&root)?,
+    };
+    let original = agent::original(&root, args.original.clone())?;
+    let logs = root.join(".bench/logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+    let binaries = Binaries { ours, original, ours_ebpf: args.ebpf, logs };
+
+    let machine = Machine::read();
+    let load_before = machine::load();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // The measurement runs on this (the main) thread, which the helper processes'
+    // parent-death signal is tied to (see agent::die_with_parent).
+    let mut table = runtime.block_on(async {
+        tokio::select! {
+            table = measure(&plan, &binaries) => table,
+            _ = tokio::signal::ctrl_c() => bail!("interrupted; the agents and helper processes were stopped"),
+        }
+    })?;
+    if plan.runs(Phase::Ebpf) {
+        ebpf::add_row(&root, &mut table);
+    }
+
+    println!("## socktop_agent (ours) vs socktop_agent {} (original)\n", agent::ORIGINAL_VERSION);
+    println!("- machine: {machine}");
+    println!("- load average (1, 5, 15 min): {load_before} before, {} after", machine::load());
+    println!(
+        "- {} run(s) per figure: median (min–max); CPU % is of one CPU; both agents with GPU and temperature \
+         collection off; caches on = metrics 250 ms, processes and disks 1000 ms",
+        plan.repeats
+    );
+    println!("\n{}", table.render());
+    Ok(())
+}
+
+async fn measure(plan: &Plan, binaries: &Binaries) -> anyhow::Result<Table> {
+    let mut table = Table::default();
+    if plan.runs(Phase::Idle) {
+        idle(plan, binaries, &mut table).await?;
+    }
+    if plan.runs(Phase::Rss) {
+        for caches in [Caches::On, Caches::Off] {
+            rss(plan, binaries, caches, &mut table).await?;
+        }
+    }
+    if plan.runs(Phase::Cpu) {
+        cpu(plan, binaries, &mut table).await?;
+    }
+    if plan.runs(Phase::Latency) {
+        for caches in [Caches::On, Caches::Off] {
+            latency(plan, binaries, caches, &mut table).await?;
+        }
+    }
+    Ok(table)
+}
+
+/// Samples of one figure for both agents.
+#[derive(Default)]
+struct Pair {
+    ours: Vec<f64>,
+    original: Vec<f64>,
+}
+
+impl Pair {
+    fn push(&mut self, which: Which, value: f64) {
+        match which {
+            Which::Ours => self.ours.push(value),
+            Which::Original => self.original.push(value),
+        }
+    }
+
+    fn row(&self, section: Section, label: impl Into<String>, unit: &'static str) -> Row {
+        Row::single(section, label, unit, &self.ours, &self.original)
+    }
+}
+
+/// Both agents, started with the same cache setting; the order alternates between
+/// repeats so neither is always measured first.
+struct Agents {
+    ours: Agent,
+    original: Agent,
+}
+
+impl Agents {
+    async fn start(binaries: &Binaries, caches: Caches) -> anyhow::Result<Agents> {
+        let ours = Agent::start(binaries, Which::Ours, caches).await?;
+        let original = Agent::start(binaries, Which::Original, caches).await?;
+        tokio::time::sleep(SETTLE).await;
+        Ok(Agents { ours, original })
+    }
+
+    fn in_turn(&self, repeat: usize) -> [&Agent; 2] {
+        if repeat.is_multiple_of(2) { [&self.ours, &self.original] } else { [&self.original, &self.ours] }
+    }
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+async fn idle(plan: &Plan, binaries: &Binaries, table: &mut Table) -> anyhow::Result<()> {
+    let agents = Agents::start(binaries, Caches::On).await?;
+    table.notes.push(format!("Our per-process CPU source: {}.", agents.ours.cpu_source().as_deref().unwrap_or("unknown")));
+    let (mut cpu, mut rss) = (Pair::default(), Pair::default());
+    for repeat in 0..plan.repeats {
+        progress(format_args!("idle, {} s window {}/{}", plan.idle_window.as_secs(), repeat + 1, plan.repeats));
+        let percent = phases::idle_percent(&[&agents.ours, &agents.original], plan.idle_window).await?;
+        for (agent, percent) in [&agents.ours, &agents.original].into_iter().zip(percent) {
+            cpu.push(agent.which, percent);
+            rss.push(agent.which, agent.rss_bytes()? as f64 / MIB);
+        }
+    }
+    let window = plan.idle_window.as_secs();
+    table.push(cpu.row(Section::Idle, format!("idle CPU, no client, over {window} s"), "% of a CPU"));
+    table.push(rss.row(Section::Memory, "RSS idle", "MiB"));
+    Ok(())
+}
+
+/// RSS after many requests, each repeat on freshly started agents.
+async fn rss(plan: &Plan, binaries: &Binaries, caches: Caches, table: &mut Table) -> anyhow::Result<()> {
+    let mut rss = Pair::default();
+    for repeat in 0..plan.repeats {
+        progress(format_args!("RSS after {} requests, {}, {}/{}", plan.rss_requests, caches.name(), repeat + 1, plan.repeats));
+        let agents = Agents::start(binaries, caches).await?;
+        for agent in agents.in_turn(repeat) {
+            rss.push(agent.which, phases::rss_after_requests(agent, plan.rss_requests).await? as f64 / MIB);
+        }
+    }
+    let label = format!("RSS after {} requests (all kinds, 10 clients), {}", thousands(plan.rss_requests), caches.name());
+    table.push(rss.row(Section::Memory, label, "MiB"));
+    Ok(())
+}
+
+/// CPU time per uncached request of each kind, with the host's processes and then
+/// with each crowd of extra idle processes; answer sizes come with it.
+async fn cpu(plan: &Plan, binaries: &Binaries, table: &mut Table) -> anyhow::Result<()> {
+    let agents = Agents::start(binaries, Caches::Off).await?;
+    for extra in plan.crowds {
+        let crowd = if extra > 0 {
+            progress(format_args!("starting {} idle processes", thousands(extra)));
+            Some(Crowd::spawn(extra)?)
+        } else {
+            None
+        };
+        tokio::time::sleep(SETTLE).await;
+        let processes = machine::process_count();
+        let mut cost: [Pair; 3] = Default::default();
+        let mut size: [Pair; 3] = Default::default();
+        for repeat in 0..plan.repeats {
+            progress(format_args!("CPU per request, {processes} processes, {}/{}", repeat + 1, plan.repeats));
+            for agent in agents.in_turn(repeat) {
+                for (i, kind) in Kind::ALL.into_iter().enumerate() {
+                    let measured =
+                        phases::cpu_per_request(agent, kind, plan.cpu_budget, plan.cpu_min_requests).await?;
+                    cost[i].push(agent.which, measured.cpu_us);
+                    size[i].push(agent.which, measured.wire_bytes as f64);
+                }
+            }
+        }
+        let host = match crowd.as_ref().map(Crowd::len) {
+            Some(n) => format!("{} processes (host + {} idle)", thousands(processes), thousands(n)),
+            None => format!("{} processes (the host's own)", thousands(processes)),
+        };
+        for (i, kind) in Kind::ALL.into_iter().enumerate() {
+            table.push(cost[i].row(Section::Cpu, format!("CPU per `{}`, uncached, {host}", kind.request()), "µs"));
+            // Only the processes answer grows with the process count.
+            if extra == 0 || kind == Kind::Processes {
+                table.push(size[i].row(Section::Size, format!("answer to `{}`, {host}", kind.request()), "bytes"));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn latency(plan: &Plan, binaries: &Binaries, caches: Caches, table: &mut Table) -> anyhow::Result<()> {
+    let agents = Agents::start(binaries, caches).await?;
+    for clients in plan.clients {
+        let (mut p50, mut p99) = ([Pair::default(), Pair::default()], [Pair::default(), Pair::default()]);
+        for repeat in 0..plan.repeats {
+            progress(format_args!("latency, {clients} clients, {}, {}/{}", caches.name(), repeat + 1, plan.repeats));
+            for agent in agents.in_turn(repeat) {
+                let run = phases::latency(agent, clients, plan.latency_run).await?;
+                for (i, [median, tail]) in [run.metrics, run.processes].into_iter().enumerate() {
+                    p50[i].push(agent.which, median);
+                    p99[i].push(agent.which, tail);
+                }
+                if run.failed_clients > 0 {
+                    table.notes.push(format!(
+                        "{} agent, {clients} clients, {}: {} client(s) failed (connect or a 10 s answer timeout).",
+                        agent.which.name(),
+                        caches.name(),
+                        run.failed_clients
+                    ));
+                }
+            }
+        }
+        for (i, kind) in [Kind::Metrics, Kind::Processes].into_iter().enumerate() {
+            table.push(Row {
+                section: Section::Latency,
+                label: format!("`{}` round trip p50 / p99, {clients} client(s), {}", kind.request(), caches.name()),
+                unit: "ms",
+                ours: vec![Summary::of(&p50[i].ours), Summary::of(&p99[i].ours)],
+                original: vec![Summary::of(&p50[i].original), Summary::of(&p99[i].original)],
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Many clients need many sockets: raise the soft file-descriptor limit to the
+/// hard one (the agents inherit it, so the original gets the same room as ours).
+fn raise_fd_limit() -> anyhow::Result<()> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return Err(std::io::Error::last_os_error()).context("getrlimit(RLIMIT_NOFILE)");
+        }
+        limit.rlim_cur = limit.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+            return Err(std::io::Error::last_os_error()).context("setrlimit(RLIMIT_NOFILE)");
+        }
+    }
+    Ok(())
+}
+
+fn progress(what: std::fmt::Arguments<'_>) {
+    eprintln!("bench: {what}");
+}
+
+/// 10000 -> "10,000".
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_are_grouped() {
+        assert_eq!(thousands(5), "5");
+        assert_eq!(thousands(1_000), "1,000");
+        assert_eq!(thousands(10_000), "10,000");
+        assert_eq!(thousands(123_456_789), "123,456,789");
+    }
+}
