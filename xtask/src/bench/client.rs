@@ -61,7 +61,8 @@ impl Client {
     pub async fn ask(&mut self, kind: Kind) -> anyhow::Result<Reply> {
         let started = Instant::now();
         let answer = tokio::time::timeout(ANSWER_TIMEOUT, self.round_trip(kind)).await;
-        let payload = answer.with_context(|| format!("no answer to {} within {ANSWER_TIMEOUT:?}", kind.request()))??;
+        let payload =
+            answer.with_context(|| format!("no answer to {} within {ANSWER_TIMEOUT:?}", kind.request()))??;
         Ok(Reply { elapsed: started.elapsed(), wire_bytes: wire_bytes(payload) })
     }
 

@@ -38,7 +38,12 @@ fn measure(root: &Path) -> anyhow::Result<f64> {
         .args(["run", "--release", "--quiet", "--package", "socktop_agent", "--example", "ebpf_cost", "--", SECONDS])
         .output()
         .context("running the ebpf_cost example")?;
-    ensure!(output.status.success(), "ebpf_cost failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr));
+    ensure!(
+        output.status.success(),
+        "ebpf_cost failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
     cost_per_switch(&stdout).with_context(|| format!("no cost per switch in its output: {stdout}"))
 }

@@ -117,9 +117,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let original = agent::original(&root, args.original.clone())?;
     let logs = root.join(".bench/logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
-    let binaries = Binaries { ours, original, ours_ebpf: args.ebpf, logs };
-
     let machine = Machine::read();
+    let pinning = agent::Pinning::client_on_first_cpu(machine.cores)?;
+    let binaries = Binaries { ours, original, ours_ebpf: args.ebpf, logs, pinning };
+
     let load_before = machine::load();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     // The measurement runs on this (the main) thread, which the helper processes'
@@ -142,6 +143,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
          collection off; caches on = metrics 250 ms, processes and disks 1000 ms",
         plan.repeats
     );
+    if binaries.pinning.is_some() {
+        println!("- the bench's clients run on CPU 0, the agents on the other CPUs");
+    }
     println!("\n{}", table.render());
     Ok(())
 }
@@ -211,7 +215,9 @@ const MIB: f64 = 1024.0 * 1024.0;
 
 async fn idle(plan: &Plan, binaries: &Binaries, table: &mut Table) -> anyhow::Result<()> {
     let agents = Agents::start(binaries, Caches::On).await?;
-    table.notes.push(format!("Our per-process CPU source: {}.", agents.ours.cpu_source().as_deref().unwrap_or("unknown")));
+    table
+        .notes
+        .push(format!("Our per-process CPU source: {}.", agents.ours.cpu_source().as_deref().unwrap_or("unknown")));
     let (mut cpu, mut rss) = (Pair::default(), Pair::default());
     for repeat in 0..plan.repeats {
         progress(format_args!("idle, {} s window {}/{}", plan.idle_window.as_secs(), repeat + 1, plan.repeats));
@@ -231,13 +237,20 @@ async fn idle(plan: &Plan, binaries: &Binaries, table: &mut Table) -> anyhow::Re
 async fn rss(plan: &Plan, binaries: &Binaries, caches: Caches, table: &mut Table) -> anyhow::Result<()> {
     let mut rss = Pair::default();
     for repeat in 0..plan.repeats {
-        progress(format_args!("RSS after {} requests, {}, {}/{}", plan.rss_requests, caches.name(), repeat + 1, plan.repeats));
+        progress(format_args!(
+            "RSS after {} requests, {}, {}/{}",
+            plan.rss_requests,
+            caches.name(),
+            repeat + 1,
+            plan.repeats
+        ));
         let agents = Agents::start(binaries, caches).await?;
         for agent in agents.in_turn(repeat) {
             rss.push(agent.which, phases::rss_after_requests(agent, plan.rss_requests).await? as f64 / MIB);
         }
     }
-    let label = format!("RSS after {} requests (all kinds, 10 clients), {}", thousands(plan.rss_requests), caches.name());
+    let label =
+        format!("RSS after {} requests (all kinds, 10 clients), {}", thousands(plan.rss_requests), caches.name());
     table.push(rss.row(Section::Memory, label, "MiB"));
     Ok(())
 }
@@ -261,8 +274,7 @@ async fn cpu(plan: &Plan, binaries: &Binaries, table: &mut Table) -> anyhow::Res
             progress(format_args!("CPU per request, {processes} processes, {}/{}", repeat + 1, plan.repeats));
             for agent in agents.in_turn(repeat) {
                 for (i, kind) in Kind::ALL.into_iter().enumerate() {
-                    let measured =
-                        phases::cpu_per_request(agent, kind, plan.cpu_budget, plan.cpu_min_requests).await?;
+                    let measured = phases::cpu_per_request(agent, kind, plan.cpu_budget, plan.cpu_min_requests).await?;
                     cost[i].push(agent.which, measured.cpu_us);
                     size[i].push(agent.which, measured.wire_bytes as f64);
                 }
