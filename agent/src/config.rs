@@ -55,6 +55,10 @@ pub struct Limits {
     pub handshake_timeout: Duration,
     /// Requests of one connection answered concurrently (answers still go in order).
     pub pipelined_requests: usize,
+    /// Most `/proc/PID/stat` files the processes scan keeps open between scans
+    /// (re-reading an open file skips the path walk; each costs the kernel about
+    /// 4.5 KiB: the file and its seq_file page). Past it, files are opened per scan.
+    pub kept_stat_files: usize,
 }
 
 impl Default for Limits {
@@ -65,6 +69,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(300),
             handshake_timeout: Duration::from_secs(10),
             pipelined_requests: 8,
+            kept_stat_files: 4096,
         }
     }
 }

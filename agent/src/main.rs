@@ -29,7 +29,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(cli: Cli, host: HostFacts) -> anyhow::Result<()> {
-    let config = cli.config();
+    let mut config = cli.config();
+    let room = raise_open_files_limit().saturating_sub(config.limits.max_connections as u64 + SPARE_FILES);
+    config.limits.kept_stat_files = config.limits.kept_stat_files.min(usize::try_from(room).unwrap_or(usize::MAX));
     let tls = match cli.tls_dir()? {
         Some(dir) => {
             let (acceptor, cert) = socktop_agent::tls::load_or_create(&dir)
@@ -60,6 +62,31 @@ async fn serve(cli: Cli, host: HostFacts) -> anyhow::Result<()> {
 
 fn select_cpu_source(_ebpf: bool, host: &HostFacts) -> Box<dyn CpuTimeSource> {
     Box::new(cputime::proc::ProcCpuTime::new(host.clock.ticks_per_second()))
+}
+
+/// Files kept free for everything but client sockets and kept stat files (TLS
+/// certificates, /proc reads, the journal pipe, NVML).
+const SPARE_FILES: u64 = 64;
+
+/// Raises the soft limit on open files to the hard one, as every client holds a
+/// socket and the processes scan keeps stat files open; returns the soft limit now
+/// in force.
+fn raise_open_files_limit() -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return raised.rlim_cur;
+            }
+            tracing::debug!(error = %std::io::Error::last_os_error(), "raising the open-files limit failed");
+        }
+    }
+    limit.rlim_cur
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -11,5 +11,6 @@ pub mod network;
 pub mod pid_cache;
 pub mod process_detail;
 pub mod processes;
+pub mod procfs;
 pub mod stat;
 pub mod temperature;

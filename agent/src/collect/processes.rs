@@ -2,27 +2,27 @@
 //! resident memory and CPU share since the previous scan. CPU time comes from the
 //! agent's [`CpuTimeSource`] (eBPF or /proc); the scan itself reads only
 //! `/proc/PID/stat`, once per process.
+//!
+//! This runs on every uncached request, so it is built to cost little more than
+//! the kernel's own work of writing each stat file: the stat files of up to
+//! `kept_files` processes stay open between scans and are re-read with pread (see
+//! [`procfs`]); what the scanner knows of each process lives in a vector sorted by
+//! pid and merged with the (ascending) directory listing, so no map is rebuilt;
+//! names are decoded only when a process's `comm` changes; and the answer's rows
+//! are rewritten in place, so a steady scan allocates nothing.
 
-use std::collections::HashMap;
 use std::fs::File;
-use std::io::Read;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use crate::collect::procfs::{self, ProcDir};
 use crate::collect::stat::parse_stat;
 use crate::cputime::{CpuTimeSource, ScannedCpu, cpu_percent};
 use crate::protocol::pb;
 
 /// The CPU-time source, shared by the processes list and the per-process detail.
 pub type SharedCpuSource = Arc<Mutex<Box<dyn CpuTimeSource>>>;
-
-/// What the previous scan saw of a process, to compute its CPU share.
-#[derive(Debug, Clone, Copy)]
-struct Previous {
-    start_time: u64,
-    cpu_ns: u64,
-}
 
 /// Counts of what went wrong in the last scan, for the debug log.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -35,111 +35,209 @@ pub struct ScanIssues {
 
 pub struct ProcessScanner {
     proc_root: PathBuf,
+    /// Opened on the first scan, so building the scanner cannot fail.
+    dir: Option<ProcDir>,
     page_size: u64,
     cpus: usize,
     cpu_source: SharedCpuSource,
-    previous: HashMap<u32, Previous>,
+    /// Most stat files kept open between scans; past it, files are opened per scan.
+    kept_files: usize,
+    open_files: usize,
+    /// Every process of the last scan, sorted by pid.
+    tracked: Vec<Tracked>,
+    /// The next scan's list, built by merging `tracked` with the listing; kept to
+    /// reuse its allocation.
+    merged: Vec<Tracked>,
+    listing: Vec<u32>,
+    dirent_buffer: Vec<u8>,
+    stat_buffer: Vec<u8>,
+    cpu_scanned: Vec<ScannedCpu>,
+    cpu_ns: Vec<u64>,
+    answer: pb::Processes,
     previous_at: Option<Instant>,
     pub last_issues: ScanIssues,
 }
 
-/// One process as read from its stat file.
-struct Scanned {
+/// What the scanner keeps of one process between scans.
+#[derive(Debug)]
+struct Tracked {
     pid: u32,
-    name: String,
+    /// Its stat file, while within the budget of kept files.
+    stat: Option<File>,
+    /// With the pid, names the process; a change means the pid was reused.
     start_time: u64,
+    /// Cumulative CPU ns at the previous scan; `None` before the first reading.
+    cpu_ns: Option<u64>,
+    /// `comm` as read, and as the text the answer carries.
+    comm: Vec<u8>,
+    name: String,
     rss_bytes: u64,
 }
 
+impl Tracked {
+    fn new(pid: u32) -> Tracked {
+        Tracked { pid, stat: None, start_time: 0, cpu_ns: None, comm: Vec::new(), name: String::new(), rss_bytes: 0 }
+    }
+}
+
+/// The outcome of reading one process's stat file.
+enum Read {
+    Ok,
+    Vanished,
+    Unparsable,
+}
+
 impl ProcessScanner {
-    pub fn new(proc_root: PathBuf, page_size: u64, cpus: usize, cpu_source: SharedCpuSource) -> Self {
+    pub fn new(
+        proc_root: PathBuf,
+        page_size: u64,
+        cpus: usize,
+        cpu_source: SharedCpuSource,
+        kept_files: usize,
+    ) -> Self {
         Self {
             proc_root,
+            dir: None,
             page_size,
             cpus,
             cpu_source,
-            previous: HashMap::new(),
+            kept_files,
+            open_files: 0,
+            tracked: Vec::new(),
+            merged: Vec::new(),
+            listing: Vec::new(),
+            dirent_buffer: Vec::new(),
+            stat_buffer: Vec::new(),
+            cpu_scanned: Vec::new(),
+            cpu_ns: Vec::new(),
+            answer: pb::Processes::default(),
             previous_at: None,
             last_issues: ScanIssues::default(),
         }
     }
 
     /// Reads every process and its CPU share since the previous call (0 on the first).
-    pub fn scan(&mut self) -> std::io::Result<pb::Processes> {
-        let (processes, cpu) = self.read_all()?;
+    pub fn scan(&mut self) -> std::io::Result<&pb::Processes> {
+        self.list_and_merge()?;
+        self.read_merged();
         let now = Instant::now();
-        let wall = self.previous_at.map(|at| now.duration_since(at));
-        let cumulative = self.cumulative_ns(&cpu);
-
-        let mut next = HashMap::with_capacity(processes.len());
-        let rows = processes
-            .into_iter()
-            .zip(cumulative)
-            .map(|(process, cpu_ns)| {
-                let before = self.previous.get(&process.pid).filter(|p| p.start_time == process.start_time);
-                let cpu_usage = match (before, wall) {
-                    (Some(before), Some(wall)) => cpu_percent(cpu_ns.saturating_sub(before.cpu_ns), wall, self.cpus),
-                    _ => 0.0,
-                };
-                next.insert(process.pid, Previous { start_time: process.start_time, cpu_ns });
-                pb::Process { pid: process.pid, name: process.name, cpu_usage, mem_bytes: process.rss_bytes }
-            })
-            .collect::<Vec<_>>();
-        self.previous = next;
+        self.fill_cpu_ns();
+        self.write_answer(now);
+        std::mem::swap(&mut self.tracked, &mut self.merged);
+        self.merged.clear();
         self.previous_at = Some(now);
-        Ok(pb::Processes { process_count: rows.len() as u64, rows })
+        Ok(&self.answer)
     }
 
-    fn read_all(&mut self) -> std::io::Result<(Vec<Scanned>, Vec<ScannedCpu>)> {
-        let mut issues = ScanIssues::default();
-        let mut processes = Vec::new();
-        let mut cpu = Vec::new();
-        let mut buf = Vec::with_capacity(512);
-        for entry in std::fs::read_dir(&self.proc_root)? {
-            let Ok(entry) = entry else { continue };
-            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
-            buf.clear();
-            let read = File::open(entry.path().join("stat")).and_then(|mut f| f.read_to_end(&mut buf));
-            if read.is_err() {
-                issues.vanished += 1;
-                continue;
-            }
-            match parse_stat(&buf) {
-                Ok(stat) => {
-                    cpu.push(ScannedCpu { pid, ticks: stat.utime + stat.stime });
-                    processes.push(Scanned {
-                        pid,
-                        name: stat.name(),
-                        start_time: stat.start_time,
-                        rss_bytes: stat.rss_pages * self.page_size,
-                    });
-                }
-                // An empty read is a process that exited after the open.
-                Err(_) if buf.is_empty() => issues.vanished += 1,
-                Err(_) => issues.unparsable += 1,
-            }
-        }
-        self.last_issues = issues;
-        Ok((processes, cpu))
-    }
-
-    /// Cumulative CPU ns per scanned process; on a source failure every process
-    /// reads as its previous value, so the scan still answers with 0% rather than
-    /// failing the request.
-    fn cumulative_ns(&self, cpu: &[ScannedCpu]) -> Vec<u64> {
-        let mut out = Vec::with_capacity(cpu.len());
-        let mut source = match self.cpu_source.lock() {
-            Ok(source) => source,
-            Err(poisoned) => poisoned.into_inner(),
+    /// Lists `/proc` and merges the listing with what the last scan knew into
+    /// `merged`, in pid order; processes that left are dropped, closing their files.
+    fn list_and_merge(&mut self) -> std::io::Result<()> {
+        let dir = match &mut self.dir {
+            Some(dir) => dir,
+            none => none.insert(ProcDir::open(&self.proc_root)?),
         };
-        if let Err(e) = source.cumulative_ns(cpu, &mut out) {
-            tracing::warn!(error = %e, "reading per-process CPU time failed");
-            out = cpu.iter().map(|c| self.previous.get(&c.pid).map_or(0, |p| p.cpu_ns)).collect();
+        dir.list_pids(&mut self.dirent_buffer, &mut self.listing)?;
+        if !self.listing.is_sorted() {
+            self.listing.sort_unstable();
         }
-        let mut live: Vec<u32> = cpu.iter().map(|c| c.pid).collect();
-        live.sort_unstable();
-        source.retain_live(&live);
-        out
+        let mut known = std::mem::take(&mut self.tracked).into_iter().peekable();
+        for &pid in &self.listing {
+            while known.next_if(|t| t.pid < pid).is_some() {}
+            let tracked = known.next_if(|t| t.pid == pid).unwrap_or_else(|| Tracked::new(pid));
+            self.merged.push(tracked);
+        }
+        Ok(())
+    }
+
+    /// Reads the stat file of every merged process, dropping those that exited
+    /// since the listing or did not parse.
+    fn read_merged(&mut self) {
+        let mut merged = std::mem::take(&mut self.merged);
+        self.open_files = merged.iter().filter(|t| t.stat.is_some()).count();
+        self.cpu_scanned.clear();
+        let mut issues = ScanIssues::default();
+        merged.retain_mut(|tracked| {
+            match self.read_one(tracked) {
+                Read::Ok => return true,
+                Read::Vanished => issues.vanished += 1,
+                Read::Unparsable => issues.unparsable += 1,
+            }
+            self.open_files -= usize::from(tracked.stat.is_some());
+            false
+        });
+        self.merged = merged;
+        self.last_issues = issues;
+    }
+
+    fn read_one(&mut self, tracked: &mut Tracked) -> Read {
+        let read = match (&tracked.stat, &self.dir) {
+            (Some(file), _) => procfs::read_from_start(file, &mut self.stat_buffer),
+            (None, Some(dir)) => dir.open_stat(tracked.pid).and_then(|file| {
+                let read = procfs::read_from_start(&file, &mut self.stat_buffer);
+                if read.is_ok() && self.open_files < self.kept_files {
+                    self.open_files += 1;
+                    tracked.stat = Some(file);
+                }
+                read
+            }),
+            (None, None) => return Read::Vanished,
+        };
+        let Ok(length) = read else { return Read::Vanished };
+        let Ok(stat) = parse_stat(&self.stat_buffer[..length]) else {
+            // An empty read is a process that exited after the open.
+            return if length == 0 { Read::Vanished } else { Read::Unparsable };
+        };
+        if stat.start_time != tracked.start_time {
+            // A new process, or a reused pid: its CPU history starts now.
+            tracked.start_time = stat.start_time;
+            tracked.cpu_ns = None;
+        }
+        if stat.comm != tracked.comm.as_slice() {
+            tracked.comm.clear();
+            tracked.comm.extend_from_slice(stat.comm);
+            tracked.name = stat.name();
+        }
+        tracked.rss_bytes = stat.rss_pages * self.page_size;
+        self.cpu_scanned.push(ScannedCpu { pid: tracked.pid, ticks: stat.utime + stat.stime });
+        Read::Ok
+    }
+
+    /// Cumulative CPU ns of each scanned process into `cpu_ns`. On a source
+    /// failure every process reads as its previous value, so the scan still
+    /// answers, with 0%, rather than failing the request.
+    fn fill_cpu_ns(&mut self) {
+        let mut source = self.cpu_source.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let read = source.cumulative_ns(&self.cpu_scanned, &mut self.cpu_ns);
+        if let Err(e) = &read {
+            tracing::warn!(error = %e, "reading per-process CPU time failed");
+        }
+        if read.is_err() || self.cpu_ns.len() != self.merged.len() {
+            self.cpu_ns.clear();
+            self.cpu_ns.extend(self.merged.iter().map(|t| t.cpu_ns.unwrap_or(0)));
+        }
+        // The listing is every pid of this scan, in ascending order.
+        source.retain_live(&self.listing);
+    }
+
+    /// Rewrites the answer's rows in place from the merged list.
+    fn write_answer(&mut self, now: Instant) {
+        let wall = self.previous_at.map(|at| now.duration_since(at));
+        let rows = &mut self.answer.rows;
+        rows.resize_with(self.merged.len(), pb::Process::default);
+        for ((row, tracked), &cpu_ns) in rows.iter_mut().zip(&mut self.merged).zip(&self.cpu_ns) {
+            row.cpu_usage = match (tracked.cpu_ns, wall) {
+                (Some(before), Some(wall)) => cpu_percent(cpu_ns.saturating_sub(before), wall, self.cpus),
+                _ => 0.0,
+            };
+            tracked.cpu_ns = Some(cpu_ns);
+            row.pid = tracked.pid;
+            row.mem_bytes = tracked.rss_bytes;
+            if row.name != tracked.name {
+                row.name.clear();
+                row.name.push_str(&tracked.name);
+            }
+        }
+        self.answer.process_count = rows.len() as u64;
     }
 }
 
@@ -163,14 +261,14 @@ mod tests {
 
     fn scanner(root: &std::path::Path) -> ProcessScanner {
         let source: SharedCpuSource = Arc::new(Mutex::new(Box::new(ProcCpuTime::new(100))));
-        ProcessScanner::new(root.to_path_buf(), 4096, 2, source)
+        ProcessScanner::new(root.to_path_buf(), 4096, 2, source, 4096)
     }
 
     #[test]
     fn lists_every_numeric_entry_with_name_and_resident_bytes() {
         let root = fake_proc(&[(1, "init", 0, 100), (42, "my (odd) name", 5, 3)]);
         let mut scanner = scanner(root.path());
-        let mut rows = scanner.scan().unwrap().rows;
+        let mut rows = scanner.scan().unwrap().rows.clone();
         rows.sort_by_key(|r| r.pid);
         assert_eq!(rows.len(), 2);
         assert_eq!((rows[1].pid, rows[1].name.as_str(), rows[1].mem_bytes), (42, "my (odd) name", 3 * 4096));
@@ -217,7 +315,7 @@ mod tests {
     #[test]
     fn the_real_proc_lists_this_test_process_with_its_resident_memory() {
         let mut scanner = scanner(std::path::Path::new("/proc"));
-        let processes = scanner.scan().unwrap();
+        let processes = scanner.scan().unwrap().clone();
         let me = processes.rows.iter().find(|r| r.pid == std::process::id()).expect("own pid listed");
         let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
         let rss_pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();

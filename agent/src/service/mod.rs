@@ -57,6 +57,7 @@ impl Service {
             host.clock.page_size(),
             host.cpus,
             Arc::clone(&cpu_source),
+            config.limits.kept_stat_files,
         );
         let details =
             ProcessDetails::new(&collection.proc_root, host.clock, host.cpus, cpu_source, config.ttls.processes);

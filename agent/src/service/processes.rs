@@ -10,13 +10,8 @@ use crate::protocol::framing::{json_frame, protobuf_frame};
 
 impl Collect for ProcessScanner {
     fn collect(&mut self) -> Message {
-        match self.scan() {
-            Ok(processes) => {
-                if self.last_issues.unparsable > 0 {
-                    tracing::debug!(issues = ?self.last_issues, "some /proc/PID/stat files did not parse");
-                }
-                protobuf_frame(&processes)
-            }
+        let frame = match self.scan() {
+            Ok(processes) => protobuf_frame(processes),
             Err(e) => {
                 tracing::error!(error = %e, "listing processes failed");
                 json_frame(&ErrorAnswer {
@@ -25,6 +20,10 @@ impl Collect for ProcessScanner {
                     pid: None,
                 })
             }
+        };
+        if self.last_issues.unparsable > 0 {
+            tracing::debug!(issues = ?self.last_issues, "some /proc/PID/stat files did not parse");
         }
+        frame
     }
 }
