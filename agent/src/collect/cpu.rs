@@ -2,8 +2,6 @@
 //! (proc(5)): each `cpuN` line holds cumulative ticks per state, and the busy share
 //! over an interval is the non-idle part of the ticks that passed.
 
-use std::collections::HashMap;
-
 /// Cumulative ticks of one `cpu` line, reduced to what the share needs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CpuTicks {
@@ -21,13 +19,21 @@ pub struct CpuStat {
     pub cores: Vec<(u32, CpuTicks)>,
 }
 
-/// Parses the `cpu` and `cpuN` lines of `/proc/stat`.
+/// Parses the `cpu` and `cpuN` lines of `/proc/stat`. They come first (fs/proc/stat.c),
+/// so parsing stops at the first other line after them, before the long `intr` line.
 pub fn parse_proc_stat(text: &str) -> CpuStat {
     let mut stat = CpuStat::default();
+    let mut seen_cpu = false;
     for line in text.lines() {
         let mut fields = line.split_ascii_whitespace();
         let Some(label) = fields.next() else { continue };
-        let Some(rest) = label.strip_prefix("cpu") else { continue };
+        let Some(rest) = label.strip_prefix("cpu") else {
+            if seen_cpu {
+                break;
+            }
+            continue;
+        };
+        seen_cpu = true;
         let ticks = parse_ticks(fields);
         if rest.is_empty() {
             stat.all = ticks;
@@ -40,9 +46,11 @@ pub fn parse_proc_stat(text: &str) -> CpuStat {
 
 /// user nice system idle iowait irq softirq steal guest guest_nice
 fn parse_ticks<'a>(fields: impl Iterator<Item = &'a str>) -> CpuTicks {
-    let values: Vec<u64> = fields.take(8).map(|f| f.parse().unwrap_or(0)).collect();
-    let get = |i: usize| values.get(i).copied().unwrap_or(0);
-    CpuTicks { total: values.iter().sum(), idle: get(3) + get(4) }
+    let mut values = [0u64; 8];
+    for (value, field) in values.iter_mut().zip(fields) {
+        *value = field.parse().unwrap_or(0);
+    }
+    CpuTicks { total: values.iter().sum(), idle: values[3] + values[4] }
 }
 
 /// Busy share in percent between two readings of the same counters.
@@ -74,15 +82,25 @@ impl CpuUsage {
     }
 
     pub fn update(&mut self, now: CpuStat) -> CpuShares {
-        let before: HashMap<u32, CpuTicks> = self.previous.cores.iter().copied().collect();
         let per_core = now
             .cores
             .iter()
-            .map(|(core, ticks)| busy_percent(before.get(core).copied().unwrap_or_default(), *ticks))
+            .enumerate()
+            .map(|(i, &(core, ticks))| busy_percent(self.previous_core(i, core), ticks))
             .collect();
         let total = busy_percent(self.previous.all, now.all);
         self.previous = now;
         CpuShares { total, per_core }
+    }
+
+    /// The previous reading of `core`, found at the same position unless CPUs came
+    /// or went since.
+    fn previous_core(&self, position: usize, core: u32) -> CpuTicks {
+        let cores = &self.previous.cores;
+        match cores.get(position) {
+            Some(&(c, ticks)) if c == core => ticks,
+            _ => cores.iter().find(|(c, _)| *c == core).map(|&(_, ticks)| ticks).unwrap_or_default(),
+        }
     }
 }
 
@@ -119,6 +137,14 @@ mod tests {
         let shares = usage.update(t1);
         assert_eq!(shares.per_core, vec![100.0, 0.0]);
         assert!((shares.total - 50.0).abs() < 1e-4);
+    }
+
+    #[test]
+    fn a_cpu_going_offline_keeps_the_others_matched_by_number() {
+        let t0 = parse_proc_stat("cpu 0 0 0 0 0\ncpu0 5 0 5 40 0\ncpu1 5 0 5 40 0\ncpu2 0 0 0 50 0\n");
+        let t1 = parse_proc_stat("cpu 0 0 0 0 0\ncpu0 5 0 5 140 0\ncpu2 100 0 0 50 0\n");
+        let mut usage = CpuUsage::new(t0);
+        assert_eq!(usage.update(t1).per_core, vec![0.0, 100.0]);
     }
 
     #[test]

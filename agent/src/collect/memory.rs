@@ -14,6 +14,8 @@ pub struct MemoryInfo {
 /// Parses `/proc/meminfo`, whose values are in KiB despite the "kB" unit.
 pub fn parse_meminfo(text: &str) -> MemoryInfo {
     let (mut total, mut available, mut free, mut swap_total, mut swap_free) = (0, None, 0, 0, 0);
+    // Five keys are wanted; they come in the first twenty lines of fifty-odd.
+    let mut wanted = 5;
     for line in text.lines() {
         let Some((key, value)) = line.split_once(':') else { continue };
         let kib = || value.split_ascii_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
@@ -23,7 +25,11 @@ pub fn parse_meminfo(text: &str) -> MemoryInfo {
             "MemFree" => free = kib(),
             "SwapTotal" => swap_total = kib(),
             "SwapFree" => swap_free = kib(),
-            _ => {}
+            _ => continue,
+        }
+        wanted -= 1;
+        if wanted == 0 {
+            break;
         }
     }
     // Kernels before 3.14 have no MemAvailable; MemFree is the closest figure.

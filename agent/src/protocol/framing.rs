@@ -21,8 +21,11 @@ pub fn json_frame<T: Serialize>(answer: &T) -> Message {
         Err(e) => format!(r#"{{"error":"encoding the answer failed: {e}"}}"#).into_bytes(),
     };
     if json.len() <= GZIP_THRESHOLD {
-        // serde_json emits UTF-8.
-        Message::text(String::from_utf8_lossy(&json).into_owned())
+        // serde_json emits UTF-8, so this takes the buffer without a copy.
+        match String::from_utf8(json) {
+            Ok(text) => Message::text(text),
+            Err(e) => Message::text(String::from_utf8_lossy(e.as_bytes()).into_owned()),
+        }
     } else {
         Message::binary(gzip(&json))
     }

@@ -23,6 +23,11 @@ pub(super) async fn run(websocket: HyperWebsocketStream, shared: Arc<Shared>, mu
     let (mut sink, mut requests) = websocket.split();
     let mut pending: FuturesOrdered<Answer> = FuturesOrdered::new();
     let limits = shared.config.limits;
+    // One timer for the connection, pushed back on every message, rather than a
+    // timeout built and dropped around each read: that registered and removed a
+    // timer-wheel entry (under the driver's lock) several times per request.
+    let idle = tokio::time::sleep(limits.idle_timeout);
+    tokio::pin!(idle);
     loop {
         let may_read = pending.len() < limits.pipelined_requests;
         tokio::select! {
@@ -37,21 +42,22 @@ pub(super) async fn run(websocket: HyperWebsocketStream, shared: Arc<Shared>, mu
                     break;
                 }
             }
-            next = tokio::time::timeout(limits.idle_timeout, requests.next()), if may_read => {
+            () = &mut idle, if may_read => {
+                tracing::debug!("closing a connection idle for {:?}", limits.idle_timeout);
+                let _ = sink.send(Message::Close(None)).await;
+                break;
+            }
+            next = requests.next(), if may_read => {
+                idle.as_mut().reset(tokio::time::Instant::now() + limits.idle_timeout);
                 let message = match next {
-                    Err(_) => {
-                        tracing::debug!("closing a connection idle for {:?}", limits.idle_timeout);
-                        let _ = sink.send(Message::Close(None)).await;
-                        break;
-                    }
-                    Ok(None) => break,
-                    Ok(Some(Err(e))) => {
+                    None => break,
+                    Some(Err(e)) => {
                         // Protocol violations and oversized messages end this
                         // connection only.
                         tracing::debug!(error = %e, "closing a connection after a read error");
                         break;
                     }
-                    Ok(Some(Ok(message))) => message,
+                    Some(Ok(message)) => message,
                 };
                 if let Some(answer) = answer_for(message, &shared) {
                     pending.push_back(answer);

@@ -8,13 +8,24 @@ use std::time::Duration;
 use hyper_tungstenite::tungstenite::Message;
 use tokio::time::Instant;
 
-/// Something that collects one kind of answer. Runs on a blocking thread.
+/// Something that collects one kind of answer. Runs on a blocking thread, unless
+/// it says it never waits.
 pub trait Collect: Send + 'static {
     fn collect(&mut self) -> Message;
+
+    /// True when a collection only reads procfs and memory, a few microseconds,
+    /// and never waits on a device, a disk or the network. Such a collection runs
+    /// on the async worker itself: handing it to the blocking pool costs two thread
+    /// wake-ups, more CPU than the collection.
+    fn never_waits(&self) -> bool {
+        false
+    }
 }
 
 pub struct Cached<C> {
     ttl: Duration,
+    /// Asked of the collector once: what it reads does not change at run time.
+    inline: bool,
     collector: Arc<Mutex<C>>,
     /// The last answer and when its collection finished.
     last: tokio::sync::Mutex<Option<(Instant, Message)>>,
@@ -22,7 +33,8 @@ pub struct Cached<C> {
 
 impl<C: Collect> Cached<C> {
     pub fn new(collector: C, ttl: Duration) -> Self {
-        Self { ttl, collector: Arc::new(Mutex::new(collector)), last: tokio::sync::Mutex::new(None) }
+        let inline = collector.never_waits();
+        Self { ttl, inline, collector: Arc::new(Mutex::new(collector)), last: tokio::sync::Mutex::new(None) }
     }
 
     /// The cached answer when it is younger than the TTL or was collected while this
@@ -35,9 +47,13 @@ impl<C: Collect> Cached<C> {
         {
             return frame.clone();
         }
-        let frame = self.collect_blocking().await;
+        let frame = if self.inline { self.collect_inline() } else { self.collect_blocking().await };
         *last = Some((Instant::now(), frame.clone()));
         frame
+    }
+
+    fn collect_inline(&self) -> Message {
+        self.collector.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).collect()
     }
 
     async fn collect_blocking(&self) -> Message {
