@@ -8,21 +8,27 @@
 //! `kept_files` processes stay open between scans and are re-read with pread (see
 //! [`procfs`]); what the scanner knows of each process lives in a vector sorted by
 //! pid and merged with the (ascending) directory listing, so no map is rebuilt;
-//! names are decoded only when a process's `comm` changes; and the answer's rows
-//! are rewritten in place, so a steady scan allocates nothing.
+//! names are decoded only when a process's `comm` changes; the answer's rows are
+//! rewritten in place, so a steady scan allocates nothing; and `/proc` is not
+//! listed again while no pid was handed out since the last listing (see
+//! [`procfs::parse_last_pid`]): exits show up as failed reads anyway.
 
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crate::collect::procfs::{self, ProcDir};
+use crate::collect::procfs::{self, KeptFile, ProcDir};
 use crate::collect::stat::parse_stat;
 use crate::cputime::{CpuTimeSource, ScannedCpu, cpu_percent};
 use crate::protocol::pb;
 
 /// The CPU-time source, shared by the processes list and the per-process detail.
 pub type SharedCpuSource = Arc<Mutex<Box<dyn CpuTimeSource>>>;
+
+/// A listing is redone after this long even when no pid was handed out, which
+/// bounds the miss should the pid counter wrap around exactly to where it was.
+const RELIST_AFTER: Duration = Duration::from_secs(1);
 
 /// Counts of what went wrong in the last scan, for the debug log.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +54,12 @@ pub struct ProcessScanner {
     /// The next scan's list, built by merging `tracked` with the listing; kept to
     /// reuse its allocation.
     merged: Vec<Tracked>,
+    /// This scan's pids, ascending.
     listing: Vec<u32>,
+    /// `/proc/loadavg`, when the procfs is of this process's pid namespace.
+    loadavg: Option<KeptFile>,
+    /// The last pid handed out as of the last listing, and when that was.
+    listed: Option<(u32, Instant)>,
     dirent_buffer: Vec<u8>,
     stat_buffer: Vec<u8>,
     cpu_scanned: Vec<ScannedCpu>,
@@ -95,6 +106,7 @@ impl ProcessScanner {
         cpu_source: SharedCpuSource,
         kept_files: usize,
     ) -> Self {
+        let loadavg = procfs::is_own_pid_namespace(&proc_root).then(|| KeptFile::new(proc_root.join("loadavg")));
         Self {
             proc_root,
             dir: None,
@@ -106,6 +118,8 @@ impl ProcessScanner {
             tracked: Vec::new(),
             merged: Vec::new(),
             listing: Vec::new(),
+            loadavg,
+            listed: None,
             dirent_buffer: Vec::new(),
             stat_buffer: Vec::new(),
             cpu_scanned: Vec::new(),
@@ -130,8 +144,17 @@ impl ProcessScanner {
     }
 
     /// Lists `/proc` and merges the listing with what the last scan knew into
-    /// `merged`, in pid order; processes that left are dropped, closing their files.
+    /// `merged`, in pid order; processes that left are dropped, closing their
+    /// files. Without a new pid since the last listing, `merged` is simply what
+    /// the last scan knew.
     fn list_and_merge(&mut self) -> std::io::Result<()> {
+        let last_pid = self.last_pid();
+        if last_pid.is_some()
+            && self.listed.is_some_and(|(pid, at)| Some(pid) == last_pid && at.elapsed() < RELIST_AFTER)
+        {
+            self.merged.append(&mut self.tracked);
+            return Ok(());
+        }
         let dir = match &mut self.dir {
             Some(dir) => dir,
             none => none.insert(ProcDir::open(&self.proc_root)?),
@@ -140,6 +163,7 @@ impl ProcessScanner {
         if !self.listing.is_sorted() {
             self.listing.sort_unstable();
         }
+        self.listed = last_pid.map(|pid| (pid, Instant::now()));
         let mut known = std::mem::take(&mut self.tracked).into_iter().peekable();
         for &pid in &self.listing {
             while known.next_if(|t| t.pid < pid).is_some() {}
@@ -147,6 +171,13 @@ impl ProcessScanner {
             self.merged.push(tracked);
         }
         Ok(())
+    }
+
+    /// The last pid handed out, read before listing so a process created during
+    /// the listing makes the next scan list again.
+    fn last_pid(&mut self) -> Option<u32> {
+        let text = self.loadavg.as_mut()?.read().inspect_err(|e| tracing::debug!(error = %e, "read failed")).ok()?;
+        procfs::parse_last_pid(text)
     }
 
     /// Reads the stat file of every merged process, dropping those that exited
@@ -215,7 +246,8 @@ impl ProcessScanner {
             self.cpu_ns.clear();
             self.cpu_ns.extend(self.merged.iter().map(|t| t.cpu_ns.unwrap_or(0)));
         }
-        // The listing is every pid of this scan, in ascending order.
+        self.listing.clear();
+        self.listing.extend(self.merged.iter().map(|t| t.pid));
         source.retain_live(&self.listing);
     }
 
@@ -297,6 +329,70 @@ mod tests {
         let reborn = "7 (new) R 1 7 7 0 -1 0 0 0 0 0 1 0 0 0 20 0 1 0 999 1000 1 0\n";
         std::fs::write(root.path().join("7/stat"), reborn).unwrap();
         assert_eq!(scanner.scan().unwrap().rows[0].cpu_usage, 0.0);
+    }
+
+    fn add_process(root: &std::path::Path, pid: u32) {
+        std::fs::create_dir(root.join(pid.to_string())).unwrap();
+        let stat = format!("{pid} (p{pid}) S 1 0 0 0 -1 0 0 0 0 0 1 1 0 0 20 0 1 0 100 1000 1 0\n");
+        std::fs::write(root.join(format!("{pid}/stat")), stat).unwrap();
+    }
+
+    fn pids(processes: &pb::Processes) -> Vec<u32> {
+        processes.rows.iter().map(|r| r.pid).collect()
+    }
+
+    #[test]
+    fn proc_is_listed_again_only_once_a_new_pid_was_handed_out() {
+        let root = fake_proc(&[(1, "init", 0, 1)]);
+        std::os::unix::fs::symlink(std::process::id().to_string(), root.path().join("self")).unwrap();
+        let loadavg =
+            |last_pid: u32| std::fs::write(root.path().join("loadavg"), format!("0.0 0.0 0.0 1/9 {last_pid}\n"));
+        loadavg(1).unwrap();
+        let source: SharedCpuSource = Arc::new(Mutex::new(Box::new(ProcCpuTime::new(100))));
+        // No stat file kept open, so a removed process fails its read as in /proc.
+        let mut scanner = ProcessScanner::new(root.path().to_path_buf(), 4096, 2, source, 0);
+        assert_eq!(pids(scanner.scan().unwrap()), [1]);
+        add_process(root.path(), 2);
+        assert_eq!(pids(scanner.scan().unwrap()), [1], "no pid handed out: the listing is reused");
+        loadavg(2).unwrap();
+        assert_eq!(pids(scanner.scan().unwrap()), [1, 2]);
+        std::fs::remove_dir_all(root.path().join("1")).unwrap();
+        assert_eq!(pids(scanner.scan().unwrap()), [2], "an exit shows without a listing");
+    }
+
+    #[test]
+    fn at_most_the_budget_of_stat_files_stays_open() {
+        let root = fake_proc(&[(1, "a", 0, 1), (2, "b", 0, 1), (3, "c", 0, 1)]);
+        let source: SharedCpuSource = Arc::new(Mutex::new(Box::new(ProcCpuTime::new(100))));
+        let mut scanner = ProcessScanner::new(root.path().to_path_buf(), 4096, 2, source, 2);
+        for _ in 0..3 {
+            assert_eq!(scanner.scan().unwrap().process_count, 3);
+            assert_eq!(scanner.tracked.iter().filter(|t| t.stat.is_some()).count(), 2);
+        }
+        std::fs::remove_dir_all(root.path().join("1")).unwrap();
+        add_process(root.path(), 4);
+        assert_eq!(pids(scanner.scan().unwrap()), [2, 3, 4]);
+        assert_eq!(scanner.tracked.iter().filter(|t| t.stat.is_some()).count(), 2, "the freed slot is reused");
+    }
+
+    #[test]
+    fn a_changed_command_name_is_picked_up() {
+        let root = fake_proc(&[(5, "before", 0, 1)]);
+        let mut scanner = scanner(root.path());
+        assert_eq!(scanner.scan().unwrap().rows[0].name, "before");
+        let exec = "5 (after) S 1 5 5 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 100 1000 1 0\n";
+        std::fs::write(root.path().join("5/stat"), exec).unwrap();
+        assert_eq!(scanner.scan().unwrap().rows[0].name, "after");
+    }
+
+    #[test]
+    fn an_exited_child_leaves_the_list_of_the_real_proc() {
+        let mut scanner = scanner(std::path::Path::new("/proc"));
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        assert!(pids(scanner.scan().unwrap()).contains(&child.id()));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!pids(scanner.scan().unwrap()).contains(&child.id()));
     }
 
     #[test]

@@ -114,6 +114,17 @@ impl KeptFile {
         KeptFile { path, file: None, buffer: Vec::new() }
     }
 
+    /// Whether the file says its content changed since it was last read or
+    /// asked, by POLLPRI (`/proc/PID/mountinfo` does, on any mount or unmount:
+    /// proc(5)). True when it is not open yet; other files never say so.
+    pub fn signals_change(&self) -> bool {
+        let Some(file) = &self.file else { return true };
+        let mut poll = libc::pollfd { fd: file.as_raw_fd(), events: libc::POLLPRI, revents: 0 };
+        // SAFETY: one valid pollfd, no waiting.
+        let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+        ready > 0 && poll.revents & (libc::POLLPRI | libc::POLLERR) != 0
+    }
+
     /// The whole file as text (procfs files are ASCII); errors name the path.
     pub fn read(&mut self) -> io::Result<&str> {
         let file = match &mut self.file {
@@ -132,6 +143,22 @@ impl KeptFile {
 
 fn path_error(path: &Path, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+/// The pid most recently handed out in the reader's pid namespace: the last
+/// field of `/proc/loadavg` ("0.00 0.01 0.05 1/123 4567", proc(5)). While it does
+/// not move, no process (or thread) was created, so a listing of `/proc` would
+/// find no pid that the previous one did not.
+pub fn parse_last_pid(loadavg: &str) -> Option<u32> {
+    loadavg.split_ascii_whitespace().nth(4)?.parse().ok()
+}
+
+/// Whether the procfs at `root` shows this process's own pid namespace, so that
+/// its `loadavg` speaks of the same pids as its listing (`loadavg` always shows
+/// the reader's namespace; a host's procfs mounted in a container does not).
+pub fn is_own_pid_namespace(root: &Path) -> bool {
+    std::fs::read_link(root.join("self"))
+        .is_ok_and(|target| target.as_os_str() == std::process::id().to_string().as_str())
 }
 
 /// Appends the pids named by the `linux_dirent64` records in `bytes`
@@ -194,6 +221,18 @@ mod tests {
     }
 
     #[test]
+    fn the_last_pid_is_the_fifth_field_of_loadavg() {
+        assert_eq!(parse_last_pid("0.52 0.58 0.59 2/467 123456\n"), Some(123_456));
+        assert_eq!(parse_last_pid("0.52 0.58"), None);
+    }
+
+    #[test]
+    fn the_real_proc_is_this_process_own_namespace() {
+        assert!(is_own_pid_namespace(Path::new("/proc")));
+        assert!(!is_own_pid_namespace(tempfile::tempdir().unwrap().path()));
+    }
+
+    #[test]
     fn stat_paths_are_nul_terminated() {
         let mut out = [0u8; 24];
         let len = stat_path(4_294_967_295, &mut out);
@@ -232,6 +271,17 @@ mod tests {
         assert_eq!(kept.read().unwrap(), "two, longer");
         let mut missing = KeptFile::new(dir.path().join("absent"));
         assert!(missing.read().is_err());
+    }
+
+    #[test]
+    fn mountinfo_signals_a_change_only_after_a_mount() {
+        let mut mountinfo = KeptFile::new(PathBuf::from("/proc/self/mountinfo"));
+        assert!(mountinfo.signals_change(), "not read yet");
+        assert!(mountinfo.read().unwrap().contains(" / "));
+        assert!(!mountinfo.signals_change());
+        let mut regular = KeptFile::new(PathBuf::from("/proc/self/stat"));
+        regular.read().unwrap();
+        assert!(!regular.signals_change());
     }
 
     #[test]
