@@ -22,13 +22,14 @@ use cache::Cached;
 use details::ProcessDetails;
 use disks::DisksCollector;
 use metrics::MetricsCollector;
+use processes::ProcessesCollector;
 
 pub use cache::Collect;
 
 pub struct Service {
     metrics: Cached<MetricsCollector>,
     disks: Cached<DisksCollector>,
-    processes: Cached<ProcessScanner>,
+    processes: Cached<ProcessesCollector>,
     details: ProcessDetails,
     cpu_source_kind: CpuSourceKind,
 }
@@ -64,7 +65,7 @@ impl Service {
         Self {
             metrics: Cached::new(MetricsCollector::new(collection), config.ttls.metrics),
             disks: Cached::new(DisksCollector::new(collection), config.ttls.disks),
-            processes: Cached::new(scanner, config.ttls.processes),
+            processes: Cached::new(ProcessesCollector::new(scanner), config.ttls.processes),
             details,
             cpu_source_kind,
         }

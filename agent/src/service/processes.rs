@@ -6,12 +6,23 @@ use hyper_tungstenite::tungstenite::Message;
 use super::cache::Collect;
 use crate::collect::processes::ProcessScanner;
 use crate::protocol::answer::ErrorAnswer;
-use crate::protocol::framing::{json_frame, protobuf_frame};
+use crate::protocol::framing::{ProtobufFramer, json_frame};
 
-impl Collect for ProcessScanner {
+pub struct ProcessesCollector {
+    scanner: ProcessScanner,
+    framer: ProtobufFramer,
+}
+
+impl ProcessesCollector {
+    pub fn new(scanner: ProcessScanner) -> Self {
+        Self { scanner, framer: ProtobufFramer::default() }
+    }
+}
+
+impl Collect for ProcessesCollector {
     fn collect(&mut self) -> Message {
-        let frame = match self.scan() {
-            Ok(processes) => protobuf_frame(processes),
+        let frame = match self.scanner.scan() {
+            Ok(processes) => self.framer.frame(processes),
             Err(e) => {
                 tracing::error!(error = %e, "listing processes failed");
                 json_frame(&ErrorAnswer {
@@ -21,8 +32,8 @@ impl Collect for ProcessScanner {
                 })
             }
         };
-        if self.last_issues.unparsable > 0 {
-            tracing::debug!(issues = ?self.last_issues, "some /proc/PID/stat files did not parse");
+        if self.scanner.last_issues.unparsable > 0 {
+            tracing::debug!(issues = ?self.scanner.last_issues, "some /proc/PID/stat files did not parse");
         }
         frame
     }
