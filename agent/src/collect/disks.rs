@@ -3,7 +3,7 @@
 //! mounted several times (bind mounts) is listed once, at its first mount point.
 
 use std::collections::HashSet;
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::path::Path;
 
 /// One line of mountinfo, reduced to what the disk list needs.
@@ -85,7 +85,11 @@ pub struct Space {
 }
 
 pub fn statvfs(mount_point: &str) -> std::io::Result<Space> {
-    let path = CString::new(mount_point).map_err(std::io::Error::other)?;
+    statvfs_c(&CString::new(mount_point).map_err(std::io::Error::other)?)
+}
+
+/// [`statvfs`] of a path already in C form, as the disks collector keeps them.
+pub fn statvfs_c(path: &CStr) -> std::io::Result<Space> {
     let mut stat = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
     // SAFETY: `path` is NUL-terminated and `stat` points to writable memory of the
     // right type; statvfs fills it on success.
@@ -97,6 +101,17 @@ pub fn statvfs(mount_point: &str) -> std::io::Result<Space> {
     let stat = unsafe { stat.assume_init() };
     let fragment = stat.f_frsize;
     Ok(Space { total: stat.f_blocks * fragment, available: stat.f_bavail * fragment })
+}
+
+/// Filesystems whose statfs may wait on a server or a user-space daemon.
+const REMOTE_FILESYSTEMS: &[&str] =
+    &["nfs", "nfs4", "cifs", "smb3", "9p", "virtiofs", "ceph", "glusterfs", "lustre", "afs", "fuse"];
+
+/// Whether asking a filesystem for its space can wait (network and FUSE
+/// filesystems); local ones answer from in-memory counters.
+pub fn statfs_may_wait(fs_type: &str) -> bool {
+    let base = fs_type.split('.').next().unwrap_or(fs_type);
+    REMOTE_FILESYSTEMS.contains(&base) || base == "fuseblk"
 }
 
 /// Whether `/dev/NAME` is a partition of a disk rather than a whole disk.
@@ -148,6 +163,16 @@ mod tests {
         let space = statvfs("/").unwrap();
         assert!(space.total > 0 && space.available <= space.total);
         assert!(statvfs("/no/such/mount/point").is_err());
+    }
+
+    #[test]
+    fn network_and_fuse_filesystems_may_wait() {
+        for fs_type in ["nfs4", "cifs", "fuse.sshfs", "fuseblk", "ceph"] {
+            assert!(statfs_may_wait(fs_type), "{fs_type}");
+        }
+        for fs_type in ["ext4", "xfs", "btrfs", "zfs", "vfat", "overlay", "tmpfs"] {
+            assert!(!statfs_may_wait(fs_type), "{fs_type}");
+        }
     }
 
     #[test]

@@ -13,19 +13,19 @@ use tokio::time::Instant;
 pub trait Collect: Send + 'static {
     fn collect(&mut self) -> Message;
 
-    /// True when a collection only reads procfs and memory, a few microseconds,
-    /// and never waits on a device, a disk or the network. Such a collection runs
-    /// on the async worker itself: handing it to the blocking pool costs two thread
-    /// wake-ups, more CPU than the collection.
-    fn never_waits(&self) -> bool {
+    /// True when the next collection only reads procfs, sysfs and memory, a few
+    /// microseconds, and cannot wait on a device, a disk or the network. Such a
+    /// collection runs on the async worker itself: handing it to the blocking pool
+    /// costs two thread wake-ups, more CPU than the collection. Asked before each
+    /// collection (what a collector reads may change, as mounts do); it must itself
+    /// never wait.
+    fn never_waits(&mut self) -> bool {
         false
     }
 }
 
 pub struct Cached<C> {
     ttl: Duration,
-    /// Asked of the collector once: what it reads does not change at run time.
-    inline: bool,
     collector: Arc<Mutex<C>>,
     /// The last answer and when its collection finished.
     last: tokio::sync::Mutex<Option<(Instant, Message)>>,
@@ -33,8 +33,7 @@ pub struct Cached<C> {
 
 impl<C: Collect> Cached<C> {
     pub fn new(collector: C, ttl: Duration) -> Self {
-        let inline = collector.never_waits();
-        Self { ttl, inline, collector: Arc::new(Mutex::new(collector)), last: tokio::sync::Mutex::new(None) }
+        Self { ttl, collector: Arc::new(Mutex::new(collector)), last: tokio::sync::Mutex::new(None) }
     }
 
     /// The cached answer when it is younger than the TTL or was collected while this
@@ -47,13 +46,18 @@ impl<C: Collect> Cached<C> {
         {
             return frame.clone();
         }
-        let frame = if self.inline { self.collect_inline() } else { self.collect_blocking().await };
+        let frame = match self.collect_inline() {
+            Some(frame) => frame,
+            None => self.collect_blocking().await,
+        };
         *last = Some((Instant::now(), frame.clone()));
         frame
     }
 
-    fn collect_inline(&self) -> Message {
-        self.collector.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).collect()
+    /// The collection, run here when the collector says it cannot wait.
+    fn collect_inline(&self) -> Option<Message> {
+        let mut collector = self.collector.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        collector.never_waits().then(|| collector.collect())
     }
 
     async fn collect_blocking(&self) -> Message {

@@ -102,14 +102,14 @@ impl Collect for MetricsCollector {
 
     /// Without temperatures (hwmon drivers may wait on a bus) and GPUs (NVML may
     /// wait on the driver), a sample is four procfs reads.
-    fn never_waits(&self) -> bool {
+    fn never_waits(&mut self) -> bool {
         self.temperature.is_none() && self.gpus.is_none()
     }
 }
 
 /// Reads a text file, logging (not failing) when it cannot be read: a metrics
 /// answer with one part missing is more useful than none.
-pub(crate) fn read_logged(path: &Path) -> Option<String> {
+fn read_logged(path: &Path) -> Option<String> {
     std::fs::read_to_string(path)
         .inspect_err(|e| tracing::debug!(path = %path.display(), error = %e, "read failed"))
         .ok()
