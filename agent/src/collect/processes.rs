@@ -60,6 +60,12 @@ pub struct ProcessScanner {
     loadavg: Option<KeptFile>,
     /// The last pid handed out as of the last listing, and when that was.
     listed: Option<(u32, Instant)>,
+    /// The last pid handed out as of this scan, and as of the last time the CPU
+    /// source was told which processes live.
+    scan_last_pid: Option<u32>,
+    retained_last_pid: Option<u32>,
+    /// Whether a known process left since the CPU source was last told.
+    departed: bool,
     dirent_buffer: Vec<u8>,
     stat_buffer: Vec<u8>,
     cpu_scanned: Vec<ScannedCpu>,
@@ -120,6 +126,9 @@ impl ProcessScanner {
             listing: Vec::new(),
             loadavg,
             listed: None,
+            scan_last_pid: None,
+            retained_last_pid: None,
+            departed: false,
             dirent_buffer: Vec::new(),
             stat_buffer: Vec::new(),
             cpu_scanned: Vec::new(),
@@ -149,6 +158,7 @@ impl ProcessScanner {
     /// the last scan knew.
     fn list_and_merge(&mut self) -> std::io::Result<()> {
         let last_pid = self.last_pid();
+        self.scan_last_pid = last_pid;
         if last_pid.is_some()
             && self.listed.is_some_and(|(pid, at)| Some(pid) == last_pid && at.elapsed() < RELIST_AFTER)
         {
@@ -166,10 +176,13 @@ impl ProcessScanner {
         self.listed = last_pid.map(|pid| (pid, Instant::now()));
         let mut known = std::mem::take(&mut self.tracked).into_iter().peekable();
         for &pid in &self.listing {
-            while known.next_if(|t| t.pid < pid).is_some() {}
+            while known.next_if(|t| t.pid < pid).is_some() {
+                self.departed = true;
+            }
             let tracked = known.next_if(|t| t.pid == pid).unwrap_or_else(|| Tracked::new(pid));
             self.merged.push(tracked);
         }
+        self.departed |= known.next().is_some();
         Ok(())
     }
 
@@ -197,6 +210,7 @@ impl ProcessScanner {
             false
         });
         self.merged = merged;
+        self.departed |= issues.vanished + issues.unparsable > 0;
         self.last_issues = issues;
     }
 
@@ -236,6 +250,11 @@ impl ProcessScanner {
     /// Cumulative CPU ns of each scanned process into `cpu_ns`. On a source
     /// failure every process reads as its previous value, so the scan still
     /// answers, with 0%, rather than failing the request.
+    ///
+    /// The source is told which processes live only when some may have exited
+    /// since it was last told: a known process left, or a pid was handed out (a
+    /// process born and gone between two scans leaves an entry in the eBPF map).
+    /// For the eBPF source that call walks its whole map, a syscall per entry.
     fn fill_cpu_ns(&mut self) {
         let mut source = self.cpu_source.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let read = source.cumulative_ns(&self.cpu_scanned, &mut self.cpu_ns);
@@ -246,9 +265,14 @@ impl ProcessScanner {
             self.cpu_ns.clear();
             self.cpu_ns.extend(self.merged.iter().map(|t| t.cpu_ns.unwrap_or(0)));
         }
-        self.listing.clear();
-        self.listing.extend(self.merged.iter().map(|t| t.pid));
-        source.retain_live(&self.listing);
+        let new_pids = self.scan_last_pid.is_none() || self.scan_last_pid != self.retained_last_pid;
+        if self.departed || new_pids {
+            self.listing.clear();
+            self.listing.extend(self.merged.iter().map(|t| t.pid));
+            source.retain_live(&self.listing);
+            self.departed = false;
+            self.retained_last_pid = self.scan_last_pid;
+        }
     }
 
     /// Rewrites the answer's rows in place from the merged list.
@@ -358,6 +382,47 @@ mod tests {
         assert_eq!(pids(scanner.scan().unwrap()), [1, 2]);
         std::fs::remove_dir_all(root.path().join("1")).unwrap();
         assert_eq!(pids(scanner.scan().unwrap()), [2], "an exit shows without a listing");
+    }
+
+    /// A /proc source that records the live lists it is given.
+    struct Recording(Arc<Mutex<Vec<Vec<u32>>>>);
+
+    impl CpuTimeSource for Recording {
+        fn kind(&self) -> crate::cputime::CpuSourceKind {
+            crate::cputime::CpuSourceKind::Proc
+        }
+        fn cumulative_ns(
+            &mut self,
+            procs: &[ScannedCpu],
+            out: &mut Vec<u64>,
+        ) -> Result<(), crate::cputime::CpuTimeError> {
+            ProcCpuTime::new(100).cumulative_ns(procs, out)
+        }
+        fn retain_live(&mut self, live: &[u32]) {
+            self.0.lock().unwrap().push(live.to_vec());
+        }
+    }
+
+    #[test]
+    fn the_cpu_source_forgets_processes_only_when_some_may_have_exited() {
+        let root = fake_proc(&[(1, "init", 0, 1), (2, "b", 0, 1)]);
+        std::os::unix::fs::symlink(std::process::id().to_string(), root.path().join("self")).unwrap();
+        let loadavg = |last_pid: u32| std::fs::write(root.path().join("loadavg"), format!("0 0 0 1/9 {last_pid}\n"));
+        loadavg(2).unwrap();
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let source: SharedCpuSource = Arc::new(Mutex::new(Box::new(Recording(Arc::clone(&calls)))));
+        let mut scanner = ProcessScanner::new(root.path().to_path_buf(), 4096, 2, source, 0);
+        scanner.scan().unwrap();
+        scanner.scan().unwrap();
+        assert_eq!(*calls.lock().unwrap(), [vec![1, 2]], "nothing could have exited in between");
+        std::fs::remove_dir_all(root.path().join("2")).unwrap();
+        scanner.scan().unwrap();
+        scanner.scan().unwrap();
+        assert_eq!(calls.lock().unwrap().last(), Some(&vec![1]));
+        assert_eq!(calls.lock().unwrap().len(), 2);
+        loadavg(3).unwrap();
+        scanner.scan().unwrap();
+        assert_eq!(calls.lock().unwrap().len(), 3, "a pid was handed out: maybe born and gone");
     }
 
     #[test]
