@@ -42,21 +42,17 @@ pub fn protobuf_frame<M: prost::Message>(message: &M) -> Message {
 /// Frames protobuf answers one after another, keeping the encode buffer and the
 /// compressor between them: a fresh compressor is a few hundred KiB allocated and
 /// zeroed (and page-faulted in) for every processes answer.
+#[derive(Default)]
 pub struct ProtobufFramer {
     encoded: Vec<u8>,
-    compress: Compress,
+    /// Made on the first answer large enough to gzip, so an idle agent does not
+    /// hold it.
+    compress: Option<Compress>,
 }
 
 /// gzip member header (RFC 1952 §2.3): magic, deflate, no flags, no mtime, no
 /// extra flags, unknown OS.
 const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
-
-impl Default for ProtobufFramer {
-    fn default() -> Self {
-        // Raw deflate: the gzip header and trailer are written here.
-        Self { encoded: Vec::new(), compress: Compress::new(Compression::fast(), false) }
-    }
-}
 
 impl ProtobufFramer {
     /// The same frame as [`protobuf_frame`].
@@ -72,12 +68,14 @@ impl ProtobufFramer {
 
     fn gzip(&mut self) -> Vec<u8> {
         let input = &self.encoded;
-        self.compress.reset();
+        // Raw deflate: the gzip header and trailer are written here.
+        let compress = self.compress.get_or_insert_with(|| Compress::new(Compression::fast(), false));
+        compress.reset();
         let mut out = Vec::with_capacity(input.len() / 3 + 64);
         out.extend_from_slice(&GZIP_HEADER);
         loop {
-            let consumed = usize::try_from(self.compress.total_in()).unwrap_or(input.len()).min(input.len());
-            match self.compress.compress_vec(&input[consumed..], &mut out, FlushCompress::Finish) {
+            let consumed = usize::try_from(compress.total_in()).unwrap_or(input.len()).min(input.len());
+            match compress.compress_vec(&input[consumed..], &mut out, FlushCompress::Finish) {
                 Ok(Status::StreamEnd) => break,
                 // Out of room in `out`: compress_vec writes only into spare capacity.
                 Ok(Status::Ok | Status::BufError) => out.reserve(out.capacity().max(1024)),
