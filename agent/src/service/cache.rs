@@ -2,7 +2,7 @@
 //! one collection: collectors are expensive (a processes scan reads every
 //! `/proc/PID/stat`), and fifty clients polling at once must not scan fifty times.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, TryLockError};
 use std::time::Duration;
 
 use hyper_tungstenite::tungstenite::Message;
@@ -56,7 +56,13 @@ impl<C: Collect> Cached<C> {
 
     /// The collection, run here when the collector says it cannot wait.
     fn collect_inline(&self) -> Option<Message> {
-        let mut collector = self.collector.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // A collection still running on the blocking pool (its requester gone)
+        // holds the collector; waiting for it here would stall the async worker.
+        let mut collector = match self.collector.try_lock() {
+            Ok(collector) => collector,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return None,
+        };
         collector.never_waits().then(|| collector.collect())
     }
 
@@ -102,6 +108,33 @@ mod tests {
         tokio::time::advance(Duration::from_millis(60)).await;
         assert_eq!(cache.get().await, Message::text("2"));
         assert_eq!(count.load(Ordering::SeqCst), 2);
+    }
+
+    /// Collects on the caller's thread when allowed to.
+    struct Inline(Arc<AtomicUsize>);
+
+    impl Collect for Inline {
+        fn collect(&mut self) -> Message {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Message::text(format!("{:?}", std::thread::current().id()))
+        }
+        fn never_waits(&mut self) -> bool {
+            true
+        }
+    }
+
+    #[tokio::test]
+    async fn collectors_that_never_wait_run_on_the_caller_unless_busy() {
+        let count = Arc::new(AtomicUsize::new(0));
+        let cache = Cached::new(Inline(Arc::clone(&count)), Duration::ZERO);
+        let here = format!("{:?}", std::thread::current().id());
+        assert_eq!(cache.get().await, Message::text(here.clone()));
+        // A collection left running on the blocking pool holds the collector.
+        let held = Arc::clone(&cache.collector);
+        let guard = held.lock().unwrap();
+        assert!(cache.collect_inline().is_none(), "a busy collector is not waited for on the worker");
+        drop(guard);
+        assert_eq!(count.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test(start_paused = true)]
