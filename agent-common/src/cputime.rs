@@ -25,6 +25,8 @@ pub const MAX_PROCESSES: u32 = 32_768;
 pub const TASK_PID_OFFSET_GLOBAL: &str = "TASK_PID_OFFSET";
 /// Global: byte offset of `tgid` (the process id) in `struct task_struct`, from BTF.
 pub const TASK_TGID_OFFSET_GLOBAL: &str = "TASK_TGID_OFFSET";
+/// Global: CLOCK_MONOTONIC ns just before loading; time before it is not counted.
+pub const LOADED_AT_GLOBAL: &str = "LOADED_AT_NS";
 /// Global: byte offset of `se.sum_exec_runtime` in `struct task_struct`, from BTF.
 pub const TASK_SUM_EXEC_OFFSET_GLOBAL: &str = "TASK_SUM_EXEC_OFFSET";
 /// Global: byte offset of `se.prev_sum_exec_runtime` in `struct task_struct`.
@@ -36,13 +38,18 @@ pub const PROGRAM_BTF: &str = "sched_switch_btf";
 pub const PROGRAM_RAW: &str = "sched_switch_raw";
 /// The tracepoint both programs attach to.
 pub const TRACEPOINT: &str = "sched_switch";
+/// The perf-event program that re-checks each CPU's running task.
+pub const PROGRAM_RESYNC: &str = "resync";
+/// CPU-clock period of `PROGRAM_RESYNC` on each CPU: bounds how long a switch the
+/// tracepoint did not report can go unnoticed.
+pub const RESYNC_PERIOD_NS: u64 = 2_000_000;
 
 /// A new process could not be inserted: the map is full. Its time is lost until an
 /// entry frees up.
 pub const ERR_MAP_FULL: u32 = 0;
 /// Reading `next->pid`/`next->tgid` failed, or the offsets were not set.
 pub const ERR_READ_TASK: u32 = 1;
-/// The task switched out was not the one recorded at the CPU's last switch-in: the
+/// The running task was not the one recorded at the CPU's last switch-in: the
 /// kernel switched tasks without the tracepoint (see docs/EBPF.md).
 pub const ERR_MISMATCH: u32 = 2;
 /// Number of error counters.

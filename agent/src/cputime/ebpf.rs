@@ -8,14 +8,18 @@
 use std::{io, os::unix::fs::MetadataExt, path::Path, time::Duration};
 
 use agent_common::cputime::{
-    ERR_COUNT, ERR_MAP_FULL, ERR_MISMATCH, ERR_READ_TASK, ERRORS_MAP, MAX_PROCESSES, PROCESS_TIME_MAP,
-    PROGRAM_BTF, PROGRAM_RAW, ProcessTime, TASK_PID_OFFSET_GLOBAL, TASK_PREV_SUM_EXEC_OFFSET_GLOBAL,
+    ERR_COUNT, ERR_MAP_FULL, LOADED_AT_GLOBAL, ERR_MISMATCH, ERR_READ_TASK, ERRORS_MAP, MAX_PROCESSES, PROCESS_TIME_MAP,
+    PROGRAM_BTF, PROGRAM_RAW, PROGRAM_RESYNC, ProcessTime, RESYNC_PERIOD_NS, TASK_PID_OFFSET_GLOBAL, TASK_PREV_SUM_EXEC_OFFSET_GLOBAL,
     TASK_SUM_EXEC_OFFSET_GLOBAL, TASK_TGID_OFFSET_GLOBAL, TRACEPOINT,
 };
 use aya::{
     Btf, Ebpf, EbpfError, EbpfLoader,
     maps::{HashMap, MapData, MapError, PerCpuArray},
-    programs::{BtfTracePoint, ProgramError, RawTracePoint},
+    programs::{
+        BtfTracePoint, PerfEvent, ProgramError, RawTracePoint,
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+    },
+    util::online_cpus,
 };
 
 use super::{
@@ -79,6 +83,8 @@ pub enum EbpfLoadError {
         #[source]
         source: ProgramError,
     },
+    #[error("listing online CPUs: {0}")]
+    OnlineCpus(#[source] io::Error),
     #[error("opening map {map}: {source}")]
     Map {
         map: &'static str,
@@ -108,13 +114,17 @@ pub fn load_kind(kind: AttachKind) -> Result<EbpfCpuTime, EbpfLoadError> {
     let offsets = btf::task_offsets(Path::new(btf::VMLINUX_BTF))?;
     let mut ebpf = load_object(offsets)?;
     attach(&mut ebpf, kind)?;
-    let source = EbpfCpuTime::new(ebpf, kind)?;
-    prime_cpus();
-    Ok(source)
+    attach_resync(&mut ebpf)?;
+    // Until `resync` has run once on a CPU, the task it runs may not be counted yet;
+    // two periods cover it, so the first reading already sees every CPU.
+    std::thread::sleep(Duration::from_nanos(2 * RESYNC_PERIOD_NS));
+    EbpfCpuTime::new(ebpf, kind)
 }
 
 fn load_object(offsets: TaskOffsets) -> Result<Ebpf, EbpfLoadError> {
+    let loaded_at = monotonic_ns();
     EbpfLoader::new()
+        .override_global(LOADED_AT_GLOBAL, &loaded_at, true)
         .override_global(TASK_PID_OFFSET_GLOBAL, &offsets.pid, true)
         .override_global(TASK_TGID_OFFSET_GLOBAL, &offsets.tgid, true)
         .override_global(TASK_SUM_EXEC_OFFSET_GLOBAL, &offsets.sum_exec_runtime, true)
@@ -144,6 +154,23 @@ fn attach(ebpf: &mut Ebpf, kind: AttachKind) -> Result<(), EbpfLoadError> {
             program.load().map_err(|e| load_error(name, e))?;
             program.attach(TRACEPOINT).map_err(wrap("attaching"))?;
         }
+    }
+    Ok(())
+}
+
+/// Starts the `resync` perf-event program on every online CPU, each
+/// `RESYNC_PERIOD_NS` of CPU clock (see the program for why).
+fn attach_resync(ebpf: &mut Ebpf) -> Result<(), EbpfLoadError> {
+    let name = PROGRAM_RESYNC;
+    let wrap = |action| move |source| EbpfLoadError::Program { action, program: name, source };
+    let program = ebpf.program_mut(name).ok_or(EbpfLoadError::Missing(name))?;
+    let program: &mut PerfEvent = program.try_into().map_err(wrap("selecting"))?;
+    program.load().map_err(|e| load_error(name, e))?;
+    let cpus = online_cpus().map_err(|(_, source)| EbpfLoadError::OnlineCpus(source))?;
+    for cpu in cpus {
+        let config = PerfEventConfig::Software(SoftwareEvent::CpuClock);
+        let scope = PerfEventScope::AllProcessesOneCpu { cpu };
+        program.attach(config, scope, SamplePolicy::Period(RESYNC_PERIOD_NS), false).map_err(wrap("attaching"))?;
     }
     Ok(())
 }
@@ -198,37 +225,6 @@ fn check_pid_namespace() -> Result<(), EbpfLoadError> {
         Ok(meta) if meta.ino() != PROC_PID_INIT_INO => Err(EbpfLoadError::ForeignPidNamespace),
         _ => Ok(()),
     }
-}
-
-/// Makes every CPU switch once, so each records the task it runs. Without this a
-/// task that was already running when the program attached, and never leaves its
-/// CPU, would not be counted until it did: the program only counts slices whose
-/// start it saw. A thread pinned to a CPU arrives there (one switch) and exits (a
-/// second one, whose incoming task the program now records).
-fn prime_cpus() {
-    // SAFETY: sysconf has no preconditions.
-    let configured = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) }.max(1) as usize;
-    let threads: Vec<_> = (0..configured).map(|cpu| std::thread::spawn(move || pin_to(cpu))).collect();
-    for (cpu, thread) in threads.into_iter().enumerate() {
-        match thread.join() {
-            Ok(Ok(())) => {}
-            // Offline CPUs and CPUs outside our cpuset refuse; they record their
-            // tasks at their next switch.
-            Ok(Err(error)) => tracing::debug!("priming CPU {cpu}: {error}"),
-            Err(_) => tracing::debug!("priming CPU {cpu}: thread panicked"),
-        }
-    }
-}
-
-fn pin_to(cpu: usize) -> io::Result<()> {
-    // SAFETY: cpu_set_t is plain data; all zeroes is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: CPU_SET only writes inside `set`; a `cpu` beyond its 1024 bits
-    // panics on the index (caught by `prime_cpus`' join), it does not write past it.
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 is this thread.
-    let rc = unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
 /// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
@@ -324,11 +320,14 @@ impl EbpfCpuTime {
         Ok(ErrorCounts { map_full: sum(ERR_MAP_FULL)?, read_task: sum(ERR_READ_TASK)?, mismatch: sum(ERR_MISMATCH)? })
     }
 
-    /// Run time and count of the attached program, for measuring its cost.
-    pub fn program_stats(&self) -> Result<ProgramStats, ProgramError> {
-        let program = self.ebpf.program(self.attach.program_name()).ok_or(ProgramError::NotLoaded)?;
-        let info = program.info()?;
-        Ok(ProgramStats { run_time: info.run_time(), run_count: info.run_count() })
+    /// Run time and count of the switch program and of `resync`, for measuring
+    /// their cost.
+    pub fn program_stats(&self) -> Result<[(&'static str, ProgramStats); 2], ProgramError> {
+        let stats = |name: &'static str| -> Result<(&'static str, ProgramStats), ProgramError> {
+            let info = self.ebpf.program(name).ok_or(ProgramError::NotLoaded)?.info()?;
+            Ok((name, ProgramStats { run_time: info.run_time(), run_count: info.run_count() }))
+        };
+        Ok([stats(self.attach.program_name())?, stats(PROGRAM_RESYNC)?])
     }
 
     /// Logs failures the program counted since the last report.
