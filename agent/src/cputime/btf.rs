@@ -303,7 +303,8 @@ mod tests {
             let mut out = Vec::new();
             out.extend_from_slice(&MAGIC.to_ne_bytes());
             out.extend_from_slice(&[1, 0]);
-            let words = [HEADER_LEN as u32, 0, self.types.len() as u32, self.types.len() as u32, self.strings.len() as u32];
+            let words =
+                [HEADER_LEN as u32, 0, self.types.len() as u32, self.types.len() as u32, self.strings.len() as u32];
             for word in words {
                 out.extend_from_slice(&word.to_ne_bytes());
             }

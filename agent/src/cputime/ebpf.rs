@@ -8,16 +8,16 @@
 use std::{io, os::unix::fs::MetadataExt, path::Path, time::Duration};
 
 use agent_common::cputime::{
-    ERR_COUNT, ERR_MAP_FULL, LOADED_AT_GLOBAL, ERR_MISMATCH, ERR_READ_TASK, ERRORS_MAP, MAX_PROCESSES, PROCESS_TIME_MAP,
-    PROGRAM_BTF, PROGRAM_RAW, PROGRAM_RESYNC, ProcessTime, RESYNC_PERIOD_NS, TASK_PID_OFFSET_GLOBAL, TASK_PREV_SUM_EXEC_OFFSET_GLOBAL,
-    TASK_SUM_EXEC_OFFSET_GLOBAL, TASK_TGID_OFFSET_GLOBAL, TRACEPOINT,
+    ERR_COUNT, ERR_MAP_FULL, ERR_MISMATCH, ERR_READ_TASK, ERRORS_MAP, LOADED_AT_GLOBAL, MAX_PROCESSES,
+    PROCESS_TIME_MAP, PROGRAM_BTF, PROGRAM_RAW, PROGRAM_RESYNC, ProcessTime, RESYNC_PERIOD_NS, TASK_PID_OFFSET_GLOBAL,
+    TASK_PREV_SUM_EXEC_OFFSET_GLOBAL, TASK_SUM_EXEC_OFFSET_GLOBAL, TASK_TGID_OFFSET_GLOBAL, TRACEPOINT,
 };
 use aya::{
     Btf, Ebpf, EbpfError, EbpfLoader,
     maps::{HashMap, MapData, MapError, PerCpuArray},
     programs::{
         BtfTracePoint, PerfEvent, ProgramError, RawTracePoint,
-        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+        perf_event::{PerfEventConfig, PerfEventLinkId, PerfEventScope, SamplePolicy, SoftwareEvent},
     },
     util::online_cpus,
 };
@@ -114,11 +114,17 @@ pub fn load_kind(kind: AttachKind) -> Result<EbpfCpuTime, EbpfLoadError> {
     let offsets = btf::task_offsets(Path::new(btf::VMLINUX_BTF))?;
     let mut ebpf = load_object(offsets)?;
     attach(&mut ebpf, kind)?;
-    attach_resync(&mut ebpf)?;
-    // Until `resync` has run once on a CPU, the task it runs may not be counted yet;
-    // two periods cover it, so the first reading already sees every CPU.
-    std::thread::sleep(Duration::from_nanos(2 * RESYNC_PERIOD_NS));
-    EbpfCpuTime::new(ebpf, kind)
+    load_resync(&mut ebpf)?;
+    let mut source = EbpfCpuTime::new(ebpf, kind)?;
+    // Prove now that `resync` attaches, so a failure falls back to /proc at start
+    // rather than at the first request; then leave it off until a reading needs it.
+    source.resume_resync().map_err(|source| EbpfLoadError::Program {
+        action: "attaching",
+        program: PROGRAM_RESYNC,
+        source,
+    })?;
+    source.pause_resync();
+    Ok(source)
 }
 
 fn load_object(offsets: TaskOffsets) -> Result<Ebpf, EbpfLoadError> {
@@ -158,20 +164,15 @@ fn attach(ebpf: &mut Ebpf, kind: AttachKind) -> Result<(), EbpfLoadError> {
     Ok(())
 }
 
-/// Starts the `resync` perf-event program on every online CPU, each
-/// `RESYNC_PERIOD_NS` of CPU clock (see the program for why).
-fn attach_resync(ebpf: &mut Ebpf) -> Result<(), EbpfLoadError> {
+/// Loads the `resync` perf-event program; [`EbpfCpuTime::resume_resync`] attaches
+/// it on every online CPU, each `RESYNC_PERIOD_NS` of CPU clock (see the program
+/// for why).
+fn load_resync(ebpf: &mut Ebpf) -> Result<(), EbpfLoadError> {
     let name = PROGRAM_RESYNC;
-    let wrap = |action| move |source| EbpfLoadError::Program { action, program: name, source };
     let program = ebpf.program_mut(name).ok_or(EbpfLoadError::Missing(name))?;
-    let program: &mut PerfEvent = program.try_into().map_err(wrap("selecting"))?;
+    let program: &mut PerfEvent =
+        program.try_into().map_err(|source| EbpfLoadError::Program { action: "selecting", program: name, source })?;
     program.load().map_err(|e| load_error(name, e))?;
-    let cpus = online_cpus().map_err(|(_, source)| EbpfLoadError::OnlineCpus(source))?;
-    for cpu in cpus {
-        let config = PerfEventConfig::Software(SoftwareEvent::CpuClock);
-        let scope = PerfEventScope::AllProcessesOneCpu { cpu };
-        program.attach(config, scope, SamplePolicy::Period(RESYNC_PERIOD_NS), false).map_err(wrap("attaching"))?;
-    }
     Ok(())
 }
 
@@ -265,6 +266,10 @@ pub struct EbpfCpuTime {
     /// Error counts already logged, so each new failure is reported once.
     reported: ErrorCounts,
     attach: AttachKind,
+    /// The `resync` attachments, one per CPU; empty while the agent is idle. Its
+    /// timer interrupts every CPU every `RESYNC_PERIOD_NS`, which an agent nobody
+    /// watches should not do.
+    resync_links: Vec<PerfEventLinkId>,
 }
 
 impl EbpfCpuTime {
@@ -274,7 +279,43 @@ impl EbpfCpuTime {
         let errors = take(&mut ebpf, ERRORS_MAP)?;
         let times = HashMap::try_from(times).map_err(|source| EbpfLoadError::Map { map: PROCESS_TIME_MAP, source })?;
         let errors = PerCpuArray::try_from(errors).map_err(|source| EbpfLoadError::Map { map: ERRORS_MAP, source })?;
-        Ok(Self { ebpf, times, errors, reported: ErrorCounts::default(), attach })
+        Ok(Self { ebpf, times, errors, reported: ErrorCounts::default(), attach, resync_links: Vec::new() })
+    }
+
+    /// Attaches `resync` on every online CPU unless it is attached, and waits until it
+    /// has run everywhere: until then a CPU may run a task not counted yet, and two
+    /// periods cover it, so the next reading already sees every CPU.
+    pub fn resume_resync(&mut self) -> Result<(), ProgramError> {
+        if !self.resync_links.is_empty() {
+            return Ok(());
+        }
+        let cpus = online_cpus().map_err(|(_, error)| ProgramError::IOError(error))?;
+        let program: &mut PerfEvent =
+            self.ebpf.program_mut(PROGRAM_RESYNC).ok_or(ProgramError::NotLoaded)?.try_into()?;
+        for cpu in cpus {
+            let config = PerfEventConfig::Software(SoftwareEvent::CpuClock);
+            let scope = PerfEventScope::AllProcessesOneCpu { cpu };
+            match program.attach(config, scope, SamplePolicy::Period(RESYNC_PERIOD_NS), false) {
+                Ok(link) => self.resync_links.push(link),
+                Err(error) => {
+                    self.pause_resync();
+                    return Err(error);
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_nanos(2 * RESYNC_PERIOD_NS));
+        Ok(())
+    }
+
+    /// Detaches `resync`; the next reading attaches it again.
+    pub fn pause_resync(&mut self) {
+        let Some(program) = self.ebpf.program_mut(PROGRAM_RESYNC) else { return };
+        let Ok(program) = <&mut PerfEvent>::try_from(program) else { return };
+        for link in self.resync_links.drain(..) {
+            if let Err(error) = program.detach(link) {
+                tracing::debug!("detaching resync: {error}");
+            }
+        }
     }
 
     pub fn attach_kind(&self) -> AttachKind {
@@ -347,7 +388,9 @@ impl EbpfCpuTime {
         }
         let mismatch = new(counts.mismatch, self.reported.mismatch);
         if mismatch > 0 {
-            tracing::warn!("eBPF program saw {mismatch} switch-outs of an unexpected task");
+            // Some kernels switch some tasks without the tracepoint (docs/EBPF.md);
+            // a few a second is normal there, so this is no warning.
+            tracing::debug!("eBPF program saw {mismatch} switch-outs of an unexpected task");
         }
         self.reported = counts;
     }
@@ -366,6 +409,11 @@ impl CpuTimeSource for EbpfCpuTime {
 
     fn cumulative_ns(&mut self, procs: &[ScannedCpu], out: &mut Vec<u64>) -> Result<(), CpuTimeError> {
         out.clear();
+        if let Err(error) = self.resume_resync() {
+            // Readings stay right for every task that switches; only tasks that
+            // leave a CPU unseen by the tracepoint are charged late.
+            tracing::warn!("attaching resync failed: {error}");
+        }
         for proc in procs {
             let ns = self
                 .process_ns(proc.pid)
@@ -380,6 +428,10 @@ impl CpuTimeSource for EbpfCpuTime {
     /// still on a CPU is kept: its pid was reused by a process born after the scan
     /// (or the dead one's last switch is a moment away), and deleting it mid-slice
     /// would leave the slice's end unmatched. It goes at a later scan.
+    fn idle(&mut self) {
+        self.pause_resync();
+    }
+
     fn retain_live(&mut self, live: &[u32]) {
         let gone: Vec<u32> = self
             .times

@@ -59,6 +59,10 @@ pub trait CpuTimeSource: Send {
     /// Drops whatever the source keeps for processes that are gone. `live` is every pid
     /// of one complete /proc scan, sorted.
     fn retain_live(&mut self, live: &[u32]);
+
+    /// No client is connected: stop any periodic kernel work until the next reading,
+    /// so an agent nobody watches costs the host nothing but its tracepoint.
+    fn idle(&mut self) {}
 }
 
 /// Picks the CPU-time source once at start-up: the eBPF program unless
