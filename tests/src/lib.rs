@@ -56,6 +56,14 @@ impl Agent {
         Ok((Self::spawn(command, args, &[])?, dir))
     }
 
+    /// Starts the agent under `strace`, recording every file-related system call of
+    /// every thread into `trace`.
+    pub fn start_traced(trace: &std::path::Path, args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<Agent> {
+        let mut command = Command::new("strace");
+        command.args(["-f", "-qq", "-e", "trace=%file", "-o"]).arg(trace).arg(agent_binary());
+        Self::spawn(command, args, envs)
+    }
+
     fn spawn(mut command: Command, args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<Agent> {
         command.args(["--bind", "127.0.0.1", "--port", "0"]).args(args);
         command.env("RUST_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());

@@ -389,3 +389,35 @@ async fn journal_answers_decode_in_the_real_client() {
         _ => assert!(journal.notice.is_some(), "no journal and no notice: {journal:?}"),
     }
 }
+
+/// Paths only the GPU and temperature collectors read.
+const SENSOR_PATHS: [&str; 5] = ["/sys/class/hwmon", "/sys/class/thermal", "/sys/class/drm", "libnvidia-ml", "/hwmon"];
+
+/// Runs the agent under strace, asks for metrics and disks, and returns the sensor
+/// paths it touched.
+async fn sensor_paths_touched(envs: &[(&str, &str)]) -> Vec<String> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let trace = dir.path().join("trace");
+    let agent = Agent::start_traced(&trace, &[], envs).expect("agent starts under strace");
+    let mut ws = raw_client(&agent).await;
+    ask(&mut ws, "get_metrics").await;
+    ask(&mut ws, "get_disks").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    ask(&mut ws, "get_metrics").await;
+    drop(agent);
+    let trace = std::fs::read_to_string(&trace).expect("strace output");
+    trace.lines().filter(|l| SENSOR_PATHS.iter().any(|p| l.contains(p))).map(str::to_owned).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gpu_and_temperature_toggles_stop_all_sensor_access() {
+    if std::process::Command::new("strace").arg("-V").output().is_err() {
+        assert!(!ebpf_required(), "CI installs strace");
+        eprintln!("skipping: no strace");
+        return;
+    }
+    let on = sensor_paths_touched(&[]).await;
+    assert!(!on.is_empty(), "with collection on the agent looks for sensors (the test can see it)");
+    let off = sensor_paths_touched(&[("SOCKTOP_AGENT_GPU", "0"), ("SOCKTOP_AGENT_TEMP", "0")]).await;
+    assert!(off.is_empty(), "toggled off, yet: {off:?}");
+}
