@@ -25,10 +25,13 @@ fn main() -> anyhow::Result<()> {
     let host = HostFacts::read(&cli.proc_root).context("reading the host's clock facts")?;
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.worker_threads(cli.worker_threads.unwrap_or(host.cpus.min(4)).max(1)).enable_all();
-    runtime.build().context("starting the async runtime")?.block_on(serve(cli, host))
+    // Loading the eBPF program blocks for a few milliseconds: do it before the
+    // runtime starts. It logs the source chosen, and why when it is /proc.
+    let (cpu_source, _fallback_reason) = cputime::select_source(!cli.ebpf);
+    runtime.build().context("starting the async runtime")?.block_on(serve(cli, host, cpu_source))
 }
 
-async fn serve(cli: Cli, host: HostFacts) -> anyhow::Result<()> {
+async fn serve(cli: Cli, host: HostFacts, cpu_source: Box<dyn CpuTimeSource>) -> anyhow::Result<()> {
     let mut config = cli.config();
     let room = raise_open_files_limit().saturating_sub(config.limits.max_connections as u64 + SPARE_FILES);
     config.limits.kept_stat_files = config.limits.kept_stat_files.min(usize::try_from(room).unwrap_or(usize::MAX));
@@ -46,7 +49,6 @@ async fn serve(cli: Cli, host: HostFacts) -> anyhow::Result<()> {
     let listener = TcpListener::bind((cli.bind, cli.port()))
         .await
         .with_context(|| format!("binding {}:{}", cli.bind, cli.port()))?;
-    let cpu_source = select_cpu_source(cli.ebpf, &host);
     let service = Arc::new(Service::new(&config, host, cpu_source));
     tracing::info!(
         "listening on {}://{}/ws; TLS {}; token {}; cpu source: {}",
@@ -58,10 +60,6 @@ async fn serve(cli: Cli, host: HostFacts) -> anyhow::Result<()> {
     );
     socktop_agent::server::run(listener, tls, config, service, shutdown_signal()).await;
     Ok(())
-}
-
-fn select_cpu_source(_ebpf: bool, host: &HostFacts) -> Box<dyn CpuTimeSource> {
-    Box::new(cputime::proc::ProcCpuTime::new(host.clock.ticks_per_second()))
 }
 
 /// Files kept free for everything but client sockets and kept stat files (TLS

@@ -38,7 +38,33 @@ impl Agent {
     /// Starts the agent on an ephemeral loopback port with `args` and `envs` added,
     /// and waits until it listens.
     pub fn start(args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<Agent> {
-        let mut command = Command::new(agent_binary());
+        Self::spawn(Command::new(agent_binary()), args, envs)
+    }
+
+    /// Starts the agent as user `nobody` (when the tests run as root), from a copy
+    /// of the binary in a folder that user can reach.
+    pub fn start_unprivileged(args: &[&str]) -> anyhow::Result<(Agent, tempfile::TempDir)> {
+        let dir = tempfile::tempdir()?;
+        if !running_as_root() {
+            return Ok((Self::start(args, &[])?, dir));
+        }
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        let binary = dir.path().join("socktop_agent");
+        std::fs::copy(agent_binary(), &binary)?;
+        let mut command = Command::new("setpriv");
+        command.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"]).arg(&binary);
+        Ok((Self::spawn(command, args, &[])?, dir))
+    }
+
+    /// Starts the agent under `strace`, recording every file-related system call of
+    /// every thread into `trace`.
+    pub fn start_traced(trace: &std::path::Path, args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<Agent> {
+        let mut command = Command::new("strace");
+        command.args(["-f", "-qq", "-e", "trace=%file", "-o"]).arg(trace).arg(agent_binary());
+        Self::spawn(command, args, envs)
+    }
+
+    fn spawn(mut command: Command, args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<Agent> {
         command.args(["--bind", "127.0.0.1", "--port", "0"]).args(args);
         command.env("RUST_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         for var in ["SOCKTOP_TOKEN", "SOCKTOP_ENABLE_SSL", "SOCKTOP_PORT", "SOCKTOP_AGENT_EBPF"] {
@@ -114,6 +140,11 @@ impl Drop for Agent {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn running_as_root() -> bool {
+    let uid = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    uid.is_ok_and(|uid| uid == "0")
 }
 
 fn listening_port(line: &str) -> Option<u16> {

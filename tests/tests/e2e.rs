@@ -116,19 +116,32 @@ async fn readme_json_requests_get_the_same_answers() {
     assert!(processes.rows.iter().any(|p| p.pid == std::process::id()));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_busy_loop_reads_one_cpu_and_a_sleeper_reads_zero() {
-    let agent = Agent::start(&["--ebpf", "off"], &[("SOCKTOP_AGENT_PROCESSES_TTL_MS", "0")]).unwrap();
-    assert!(agent.wait_for_log("cpu source: proc", Duration::from_secs(1)).is_some());
+/// Whether this run must prove the eBPF path (CI sets it; it runs as root).
+fn ebpf_required() -> bool {
+    std::env::var("SOCKTOP_REQUIRE_EBPF").is_ok_and(|v| v == "1")
+}
+
+/// Starts the agent with the CPU source asked for (`on` or `off`) and checks the
+/// processes list against the kernel's tick count of a busy loop and a sleeper.
+async fn busy_and_idle_processes_match_the_kernel(ebpf: &str) {
+    let agent = Agent::start(&["--ebpf", ebpf], &[("SOCKTOP_AGENT_PROCESSES_TTL_MS", "0")]).expect("agent starts");
+    let source = agent.wait_for_log("cpu source: ", Duration::from_secs(5)).expect("source logged");
+    if ebpf == "off" {
+        assert!(source.contains("cpu source: proc"), "{source}");
+    } else if !source.contains("cpu source: ebpf") {
+        assert!(!ebpf_required(), "eBPF required but: {source}");
+        eprintln!("skipping the eBPF half: {source}");
+        return;
+    }
     let (busy, idle) = (Workload::busy_loop(), Workload::idle());
-    let mut client = connect_to_socktop_agent(agent.ws_url()).await.unwrap();
+    let mut client = connect_to_socktop_agent(agent.ws_url()).await.expect("client connects");
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let ticks_before = host::cpu_ticks(busy.pid());
     let started = std::time::Instant::now();
-    client::processes(&mut client).await.unwrap();
+    client::processes(&mut client).await.expect("processes answer");
     tokio::time::sleep(Duration::from_millis(2000)).await;
-    let processes = client::processes(&mut client).await.unwrap();
+    let processes = client::processes(&mut client).await.expect("processes answer");
     let wall = started.elapsed();
     let ticks = host::cpu_ticks(busy.pid()) - ticks_before;
 
@@ -139,6 +152,26 @@ async fn a_busy_loop_reads_one_cpu_and_a_sleeper_reads_zero() {
     assert!((usage(busy.pid()) - truth).abs() < 5.0, "busy {} vs kernel {truth:.1}", usage(busy.pid()));
     assert!(usage(busy.pid()) > 20.0, "a busy loop must show: {}", usage(busy.pid()));
     assert!(usage(idle.pid()) < 0.5, "sleep shows {}", usage(idle.pid()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proc_mode_a_busy_loop_reads_one_cpu_and_a_sleeper_reads_zero() {
+    busy_and_idle_processes_match_the_kernel("off").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ebpf_mode_a_busy_loop_reads_one_cpu_and_a_sleeper_reads_zero() {
+    busy_and_idle_processes_match_the_kernel("on").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unprivileged_agent_says_why_it_falls_back_to_proc_and_serves() {
+    let (agent, _dir) = Agent::start_unprivileged(&[]).unwrap();
+    let source = agent.wait_for_log("cpu source: ", Duration::from_secs(5)).expect("source logged");
+    assert!(source.contains("cpu source: proc (not permitted"), "{source}");
+    let mut client = connect_to_socktop_agent(agent.ws_url()).await.unwrap();
+    assert_eq!(client::metrics(&mut client).await.unwrap().mem_total, host::mem_total());
+    assert!(client::processes(&mut client).await.unwrap().process_count > 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -355,4 +388,36 @@ async fn journal_answers_decode_in_the_real_client() {
         }
         _ => assert!(journal.notice.is_some(), "no journal and no notice: {journal:?}"),
     }
+}
+
+/// Paths only the GPU and temperature collectors read.
+const SENSOR_PATHS: [&str; 5] = ["/sys/class/hwmon", "/sys/class/thermal", "/sys/class/drm", "libnvidia-ml", "/hwmon"];
+
+/// Runs the agent under strace, asks for metrics and disks, and returns the sensor
+/// paths it touched.
+async fn sensor_paths_touched(envs: &[(&str, &str)]) -> Vec<String> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let trace = dir.path().join("trace");
+    let agent = Agent::start_traced(&trace, &[], envs).expect("agent starts under strace");
+    let mut ws = raw_client(&agent).await;
+    ask(&mut ws, "get_metrics").await;
+    ask(&mut ws, "get_disks").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    ask(&mut ws, "get_metrics").await;
+    drop(agent);
+    let trace = std::fs::read_to_string(&trace).expect("strace output");
+    trace.lines().filter(|l| SENSOR_PATHS.iter().any(|p| l.contains(p))).map(str::to_owned).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gpu_and_temperature_toggles_stop_all_sensor_access() {
+    if std::process::Command::new("strace").arg("-V").output().is_err() {
+        assert!(!ebpf_required(), "CI installs strace");
+        eprintln!("skipping: no strace");
+        return;
+    }
+    let on = sensor_paths_touched(&[]).await;
+    assert!(!on.is_empty(), "with collection on the agent looks for sensors (the test can see it)");
+    let off = sensor_paths_touched(&[("SOCKTOP_AGENT_GPU", "0"), ("SOCKTOP_AGENT_TEMP", "0")]).await;
+    assert!(off.is_empty(), "toggled off, yet: {off:?}");
 }

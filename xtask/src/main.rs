@@ -1,26 +1,36 @@
-//! Workspace tasks: `cargo xtask <command>`. Each command lives in its own module;
-//! this file only dispatches.
+//! Workspace tasks: `cargo xtask <command>`. One module per command; this file only
+//! parses the command line and dispatches.
 
 mod bench;
+mod build_ebpf;
+mod ebpf_cost;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
-#[derive(Debug, Parser)]
-#[command(name = "xtask", about = "Build and benchmark tasks for the socktop agent workspace")]
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build and measurement tasks for the socktop agent")]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Subcommand)]
 enum Command {
+    /// Build the eBPF CPU-time program and install it in agent/ebpf/ (or --check it).
+    BuildEbpf(build_ebpf::Args),
+    /// Measure the eBPF program's cost per context switch (needs root).
+    EbpfCost(ebpf_cost::Args),
     /// Benchmark this agent side by side with the original socktop_agent.
     Bench(bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Bench(args) => bench::run(args),
+        Some(Command::BuildEbpf(args)) => build_ebpf::run(&args),
+        Some(Command::EbpfCost(args)) => ebpf_cost::run(&args),
+        Some(Command::Bench(args)) => bench::run(args),
+        // `cargo xtask` alone lists the commands.
+        None => Ok(Cli::command().print_help()?),
     }
 }
 
@@ -28,4 +38,9 @@ fn main() -> anyhow::Result<()> {
 fn workspace_root() -> std::path::PathBuf {
     let manifest_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
+}
+
+/// The cargo that runs this xtask, so nested builds use the same toolchain front end.
+fn cargo() -> std::ffi::OsString {
+    std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
 }

@@ -6,6 +6,8 @@
 //! exited ones included). Turning two readings into a percentage is done once, in
 //! [`cpu_percent`], so both modes show the same scale.
 
+pub mod btf;
+pub mod ebpf;
 pub mod proc;
 
 use std::time::Duration;
@@ -57,6 +59,32 @@ pub trait CpuTimeSource: Send {
     /// Drops whatever the source keeps for processes that are gone. `live` is every pid
     /// of one complete /proc scan, sorted.
     fn retain_live(&mut self, live: &[u32]);
+
+    /// No client is connected: stop any periodic kernel work until the next reading,
+    /// so an agent nobody watches costs the host nothing but its tracepoint.
+    fn idle(&mut self) {}
+}
+
+/// Picks the CPU-time source once at start-up: the eBPF program unless
+/// `force_proc` (`--no-ebpf` / `SOCKTOP_AGENT_EBPF=0`) or it cannot load, else
+/// /proc. Logs exactly one line, `cpu source: ebpf` or `cpu source: proc (<reason>)`,
+/// and returns the reason of a fallback.
+pub fn select_source(force_proc: bool) -> (Box<dyn CpuTimeSource>, Option<String>) {
+    let loaded = if force_proc {
+        Err("disabled by --no-ebpf or SOCKTOP_AGENT_EBPF=0".to_owned())
+    } else {
+        ebpf::load().map_err(|error| error.to_string())
+    };
+    match loaded {
+        Ok(source) => {
+            tracing::info!("cpu source: ebpf");
+            (Box::new(source), None)
+        }
+        Err(reason) => {
+            tracing::info!("cpu source: proc ({reason})");
+            (Box::new(proc::ProcCpuTime::new(procfs::ticks_per_second())), Some(reason))
+        }
+    }
 }
 
 /// Share of the whole machine, in percent clamped to 0..=100, of `busy_ns` spent

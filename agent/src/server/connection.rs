@@ -20,6 +20,7 @@ use crate::protocol::framing::json_frame;
 type Answer = Pin<Box<dyn Future<Output = Message> + Send>>;
 
 pub(super) async fn run(websocket: HyperWebsocketStream, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let _client = shared.service.client_connected();
     let (mut sink, mut requests) = websocket.split();
     let mut pending: FuturesOrdered<Answer> = FuturesOrdered::new();
     let limits = shared.config.limits;

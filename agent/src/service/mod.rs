@@ -7,6 +7,7 @@ mod disks;
 mod metrics;
 mod processes;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use hyper_tungstenite::tungstenite::Message;
@@ -31,7 +32,24 @@ pub struct Service {
     disks: Cached<DisksCollector>,
     processes: Cached<ProcessesCollector>,
     details: ProcessDetails,
+    cpu_source: SharedCpuSource,
     cpu_source_kind: CpuSourceKind,
+    /// Connected WebSocket clients; when it drops to zero the CPU-time source is
+    /// told to go idle.
+    clients: AtomicUsize,
+}
+
+/// Held by a connection while it is open.
+pub struct ClientGuard(Arc<Service>);
+
+impl Drop for ClientGuard {
+    fn drop(&mut self) {
+        if self.0.clients.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let source = Arc::clone(&self.0.cpu_source);
+            // Detaching eBPF programs blocks briefly; keep it off the async workers.
+            tokio::task::spawn_blocking(move || source.lock().unwrap_or_else(|p| p.into_inner()).idle());
+        }
+    }
 }
 
 /// Facts about the host the collectors need, read once at start.
@@ -60,15 +78,28 @@ impl Service {
             Arc::clone(&cpu_source),
             config.limits.kept_stat_files,
         );
-        let details =
-            ProcessDetails::new(&collection.proc_root, host.clock, host.cpus, cpu_source, config.ttls.processes);
+        let details = ProcessDetails::new(
+            &collection.proc_root,
+            host.clock,
+            host.cpus,
+            Arc::clone(&cpu_source),
+            config.ttls.processes,
+        );
         Self {
             metrics: Cached::new(MetricsCollector::new(collection), config.ttls.metrics),
             disks: Cached::new(DisksCollector::new(collection), config.ttls.disks),
             processes: Cached::new(ProcessesCollector::new(scanner), config.ttls.processes),
             details,
+            cpu_source,
             cpu_source_kind,
+            clients: AtomicUsize::new(0),
         }
+    }
+
+    /// Counts a connected client until the guard is dropped.
+    pub fn client_connected(self: &Arc<Self>) -> ClientGuard {
+        self.clients.fetch_add(1, Ordering::AcqRel);
+        ClientGuard(Arc::clone(self))
     }
 
     pub fn cpu_source_kind(&self) -> CpuSourceKind {

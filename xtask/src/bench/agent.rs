@@ -277,7 +277,7 @@ pub fn ticks_per_second() -> u64 {
 
 /// Builds our agent in release and returns its path.
 pub fn build_ours(root: &Path) -> anyhow::Result<PathBuf> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let cargo = crate::cargo();
     eprintln!("bench: building socktop_agent (release)");
     let status = Command::new(cargo)
         .current_dir(root)
@@ -301,7 +301,7 @@ pub fn original(root: &Path, given: Option<PathBuf>) -> anyhow::Result<PathBuf> 
     if binary.is_file() {
         return Ok(binary);
     }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let cargo = crate::cargo();
     eprintln!("bench: installing socktop_agent {ORIGINAL_VERSION} into {}", install_root.display());
     let status = Command::new(cargo)
         .args(["install", "--locked", "--version", ORIGINAL_VERSION, "socktop_agent", "--root"])

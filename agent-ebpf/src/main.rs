@@ -1,0 +1,334 @@
+//! Per-process on-CPU time, counted at every context switch.
+//!
+//! On `sched_switch` the program closes the slice of the task leaving the CPU and
+//! opens the slice of the task coming in, in that task's process entry
+//! (`agent_common::cputime::ProcessTime`): opening adds `-now` to `acc_ns` and 1 to
+//! `running`; closing adds back the start plus the slice's length as the scheduler
+//! counted it, and -1. User space evaluates `acc_ns + running * now` and so sees
+//! the slices still running, even of a task that never leaves its CPU.
+//!
+//! Keyed by process (tgid), not thread: the agent reports processes, the time of a
+//! thread that exits stays in its process's entry with nothing to fold, and the map
+//! grows with processes, not threads.
+//!
+//! Some kernels switch some tasks without the tracepoint; a CPU-clock perf event
+//! (`resync`) re-checks every CPU's running task and repairs the record.
+#![no_std]
+#![no_main]
+#![feature(asm_experimental_arch)]
+
+use core::arch::asm;
+
+use agent_common::cputime::{
+    CpuSlot, ERR_COUNT, ERR_MAP_FULL, ERR_MISMATCH, ERR_READ_TASK, MAX_PROCESSES, ProcessTime,
+};
+use aya_ebpf::{
+    Global,
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::{btf_tracepoint, map, perf_event, raw_tracepoint},
+    maps::{HashMap, PerCpuArray},
+    programs::{BtfTracePointContext, PerfEventContext, RawTracePointContext},
+};
+
+/// Offset of `pid` in `struct task_struct`, set by user space from the kernel's BTF.
+#[unsafe(no_mangle)]
+static TASK_PID_OFFSET: Global<u32> = Global::new(0);
+/// Offset of `tgid` in `struct task_struct`, set by user space from the kernel's BTF.
+#[unsafe(no_mangle)]
+static TASK_TGID_OFFSET: Global<u32> = Global::new(0);
+/// Offset of `se.sum_exec_runtime` in `struct task_struct`, from BTF.
+#[unsafe(no_mangle)]
+static TASK_SUM_EXEC_OFFSET: Global<u32> = Global::new(0);
+/// Offset of `se.prev_sum_exec_runtime` in `struct task_struct`, from BTF.
+#[unsafe(no_mangle)]
+static TASK_PREV_SUM_EXEC_OFFSET: Global<u32> = Global::new(0);
+/// CLOCK_MONOTONIC ns just before loading: nothing before it is counted.
+#[unsafe(no_mangle)]
+static LOADED_AT_NS: Global<u64> = Global::new(0);
+
+#[map]
+static PROCESS_TIME: HashMap<u32, ProcessTime> = HashMap::with_max_entries(MAX_PROCESSES, 0);
+#[map]
+static CPU_SLOT: PerCpuArray<CpuSlot> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ERR_COUNT, 0);
+
+/// Index of `next` among the tracepoint's arguments:
+/// `TP_PROTO(bool preempt, struct task_struct *prev, struct task_struct *next,
+/// unsigned int prev_state)` in include/trace/events/sched.h (`preempt` came first
+/// in v4.4, `prev_state` was appended in v5.18, so `next` has been 2 throughout).
+const NEXT_ARG: usize = 2;
+/// Index of `prev`, the task leaving the CPU (same source).
+const PREV_ARG: usize = 1;
+
+/// `EEXIST` from include/uapi/asm-generic/errno-base.h, negated as helpers return it.
+const NEG_EEXIST: i32 = -17;
+
+#[btf_tracepoint(function = "sched_switch")]
+pub fn sched_switch_btf(ctx: BtfTracePointContext) -> u32 {
+    on_switch(ctx.arg(PREV_ARG), ctx.arg(NEXT_ARG));
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn sched_switch_raw(ctx: RawTracePointContext) -> u32 {
+    on_switch(ctx.arg(PREV_ARG), ctx.arg(NEXT_ARG));
+    0
+}
+
+/// Runs every `RESYNC_PERIOD_NS` of CPU clock on each CPU, in the context of the
+/// task actually running. When that is not the task the slot recorded, the kernel
+/// switched without the tracepoint, and the slot is repaired as a traced switch to
+/// the running task would have left it. This also picks up a task that was already
+/// running when the program was attached and never leaves its CPU.
+#[perf_event]
+pub fn resync(_ctx: PerfEventContext) -> u32 {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(slot) = CPU_SLOT.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: per-CPU value; the switch handler runs with interrupts off, so this
+    // timer handler cannot interrupt it, nor it this one.
+    let slot = unsafe { &mut *slot };
+    let current = bpf_get_current_pid_tgid();
+    if current as u32 == slot.tid {
+        return 0;
+    }
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    account_unseen_switch(slot, task, (current >> 32) as u32, now);
+    *slot = switch_in(read_task(task), now);
+    0
+}
+
+#[inline(always)]
+fn on_switch(prev: *const u8, next: *const u8) {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(slot) = CPU_SLOT.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: a per-CPU array value, touched only by this CPU, whose switch handler
+    // cannot be re-entered (it runs with interrupts off under the runqueue lock).
+    let slot = unsafe { &mut *slot };
+    // At sched_switch the current task is still the one leaving.
+    let current = bpf_get_current_pid_tgid();
+    let incoming = read_task(next);
+    if current as u32 != slot.tid {
+        account_unseen_switch(slot, prev, (current >> 32) as u32, now);
+    } else if slot.tgid != 0 {
+        let end = counted_end(slot, now);
+        if let Some(next_slot) = switch_within_process(slot, &incoming, end, now) {
+            *slot = next_slot;
+            return;
+        }
+        close_slice(slot.tgid, end);
+    }
+    *slot = switch_in(incoming, now);
+}
+
+/// What the program reads of a task: its ids and its runtime so far.
+struct Incoming {
+    slot: CpuSlot,
+}
+
+/// Reads `task` as a slot starting now would record it; None when the read failed.
+#[inline(always)]
+fn read_task(task: *const u8) -> Option<Incoming> {
+    let (tid, tgid) = read_ids(task)?;
+    let base_runtime_ns = runtime_ns(task as u64)?;
+    Some(Incoming { slot: CpuSlot { tgid, tid, start_ns: 0, task: task as u64, base_runtime_ns } })
+}
+
+/// Where the slice this CPU opened at its last switch-in ends, on the clock of its
+/// start: the start plus the slice's length as the scheduler counted it
+/// (`se.sum_exec_runtime`, brought up to date just before this tracepoint), so the
+/// totals agree with the kernel's accounting.
+#[inline(always)]
+fn counted_end(slot: &CpuSlot, now: u64) -> u64 {
+    let ran = runtime_ns(slot.task).map(|sum| sum.saturating_sub(slot.base_runtime_ns));
+    slot.start_ns.wrapping_add(ran.unwrap_or(now.wrapping_sub(slot.start_ns)))
+}
+
+/// A switch between two threads of one process closes one slice and opens the
+/// next in the same entry: one update instead of two, on the hottest path (a
+/// process's threads handing work to each other). None when `next` is elsewhere.
+#[inline(always)]
+fn switch_within_process(slot: &CpuSlot, incoming: &Option<Incoming>, end: u64, now: u64) -> Option<CpuSlot> {
+    let next = &incoming.as_ref()?.slot;
+    if next.tgid != slot.tgid || next.tid == 0 {
+        return None;
+    }
+    let time = PROCESS_TIME.get_ptr_mut(next.tgid)?;
+    add(time, end.wrapping_sub(now), 0);
+    Some(CpuSlot { start_ns: now, ..*next })
+}
+
+/// The CPU runs `task` (of process `tgid`) although the slot recorded another task
+/// (or none): the kernel switched without the tracepoint (some tasks leave the CPU
+/// untraced; ftrace misses them too).
+///
+/// The running task gets the scheduler's count of its slice so far, since it was
+/// picked. The recorded task's slice is withdrawn, closed at its own start: it may
+/// since have run, and been counted, on another CPU, so counting it here could
+/// count it twice. Its untraced run is lost instead; `ERR_MISMATCH` says how often,
+/// and `resync` keeps such windows under `RESYNC_PERIOD_NS`.
+#[inline(always)]
+fn account_unseen_switch(slot: &CpuSlot, task: *const u8, tgid: u32, now: u64) {
+    if slot.tgid != 0 {
+        count_error(ERR_MISMATCH);
+        close_slice(slot.tgid, slot.start_ns);
+    }
+    if tgid == 0 {
+        return;
+    }
+    // The running task was picked after the slot's slice began (or, on a CPU not yet
+    // seen, it counts from the load); the bound also keeps a class that does not
+    // keep `prev_sum_exec_runtime` (real-time) from counting more than that.
+    let since = if slot.tgid != 0 { slot.start_ns } else { LOADED_AT_NS.load() };
+    let slice = last_slice_ns(task).unwrap_or(0).min(now.saturating_sub(since));
+    charge(tgid, slice);
+}
+
+/// `se.sum_exec_runtime` of a task: the scheduler's count of its on-CPU ns.
+#[inline(always)]
+fn runtime_ns(task: u64) -> Option<u64> {
+    read_task_field::<u64>(task as *const u8, TASK_SUM_EXEC_OFFSET.load())
+}
+
+/// The scheduler's count of a task's current slice: `se.sum_exec_runtime` minus
+/// `se.prev_sum_exec_runtime`, which it sets when it picks the task.
+#[inline(always)]
+fn last_slice_ns(task: *const u8) -> Option<u64> {
+    let sum = runtime_ns(task as u64)?;
+    let prev = read_task_field::<u64>(task, TASK_PREV_SUM_EXEC_OFFSET.load())?;
+    Some(sum.saturating_sub(prev))
+}
+
+/// Ends a running slice of `tgid` at `at`.
+#[inline(always)]
+fn close_slice(tgid: u32, at: u64) {
+    // No entry: user space deleted it because the process left /proc. Recreating it
+    // here would leave `running` at -1, so the slice's tail is dropped instead.
+    if let Some(time) = PROCESS_TIME.get_ptr_mut(tgid) {
+        add(time, at, 1u64.wrapping_neg());
+    }
+}
+
+/// Adds a finished stretch of `ns` to `tgid`.
+#[inline(always)]
+fn charge(tgid: u32, ns: u64) {
+    if !update_or_insert(tgid, ns, 0) {
+        count_error(ERR_MAP_FULL);
+    }
+}
+
+/// Opens a slice for the incoming task and returns what this CPU must remember.
+#[inline(always)]
+fn switch_in(incoming: Option<Incoming>, now: u64) -> CpuSlot {
+    let Some(Incoming { slot }) = incoming else {
+        count_error(ERR_READ_TASK);
+        return CpuSlot::default();
+    };
+    // pid 0 is the idle task: idle time belongs to no process.
+    if slot.tid == 0 {
+        return CpuSlot::default();
+    }
+    if !update_or_insert(slot.tgid, now.wrapping_neg(), 1) {
+        count_error(ERR_MAP_FULL);
+        return CpuSlot::default();
+    }
+    CpuSlot { start_ns: now, ..slot }
+}
+
+/// Adds the deltas to `tgid`'s entry, inserting it if needed. False when the map is
+/// full.
+#[inline(always)]
+fn update_or_insert(tgid: u32, acc_delta: u64, running_delta: u64) -> bool {
+    if let Some(time) = PROCESS_TIME.get_ptr_mut(tgid) {
+        add(time, acc_delta, running_delta);
+        return true;
+    }
+    let fresh = ProcessTime { acc_ns: acc_delta, running: running_delta };
+    match PROCESS_TIME.insert(tgid, fresh, u64::from(BPF_NOEXIST)) {
+        Ok(()) => true,
+        // Another CPU inserted the same process between our lookup and insert.
+        Err(NEG_EEXIST) => match PROCESS_TIME.get_ptr_mut(tgid) {
+            Some(time) => {
+                add(time, acc_delta, running_delta);
+                true
+            }
+            None => false,
+        },
+        Err(_) => false,
+    }
+}
+
+/// Atomically adds to both fields, `acc_ns` first: user space reads an entry twice
+/// and keeps it only when both reads agree, which this order makes sufficient.
+#[inline(always)]
+fn add(time: *mut ProcessTime, acc_delta: u64, running_delta: u64) {
+    // SAFETY: `time` points into a map value, 8-byte aligned, alive for the program's
+    // run; other CPUs update it only through these atomics.
+    unsafe {
+        atomic_add(&raw mut (*time).acc_ns, acc_delta);
+        atomic_add(&raw mut (*time).running, running_delta);
+    }
+}
+
+/// `lock *(u64 *)(dst) += value`: BPF's atomic add (BPF_ATOMIC | BPF_ADD, no fetch,
+/// so any BPF CPU version has it). Written as asm because the BPF target declares no
+/// compare-and-swap and so core offers no `AtomicU64::fetch_add` there.
+///
+/// # Safety
+/// `dst` must be valid for writes and 8-byte aligned.
+#[inline(always)]
+unsafe fn atomic_add(dst: *mut u64, value: u64) {
+    // SAFETY: upheld by the caller; the asm touches only `*dst`.
+    unsafe { asm!("lock *(u64 *)({0} + 0) += {1}", in(reg) dst, in(reg) value, options(nostack)) };
+}
+
+/// `(pid, tgid)` of a task, read at the offsets user space took from BTF: in one
+/// read when they are adjacent, as they are in every kernel so far
+/// (include/linux/sched.h declares `pid_t pid; pid_t tgid;`).
+#[inline(always)]
+fn read_ids(task: *const u8) -> Option<(u32, u32)> {
+    let pid_offset = TASK_PID_OFFSET.load();
+    let tgid_offset = TASK_TGID_OFFSET.load();
+    if tgid_offset == pid_offset.wrapping_add(4) {
+        let ids = read_task_field::<[u32; 2]>(task, pid_offset)?;
+        return Some((ids[0], ids[1]));
+    }
+    let pid = read_task_field::<u32>(task, pid_offset)?;
+    let tgid = read_task_field::<u32>(task, tgid_offset)?;
+    Some((pid, tgid))
+}
+
+/// A field of a `task_struct` at `offset`; None when the offset was not set (0 is
+/// never one of these fields) or the read faulted.
+#[inline(always)]
+fn read_task_field<T>(task: *const u8, offset: u32) -> Option<T> {
+    if offset == 0 {
+        return None;
+    }
+    // SAFETY: probe reads check their source and fail instead of faulting.
+    unsafe { bpf_probe_read_kernel(task.wrapping_add(offset as usize).cast::<T>()) }.ok()
+}
+
+#[inline(always)]
+fn count_error(index: u32) {
+    if let Some(counter) = ERRORS.get_ptr_mut(index) {
+        // SAFETY: per-CPU value, this CPU only, no re-entry (see `on_switch`).
+        unsafe { *counter += 1 };
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+/// "Dual MIT/GPL" is GPL-compatible for the kernel, which the probe-read helper needs.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,480 @@
+//! The eBPF CPU-time source: loads the embedded `sched_switch` program (built by
+//! `cargo xtask build-ebpf`), attaches it, and reads per-process on-CPU time from
+//! its map, including the slices still running at the instant of the read.
+//!
+//! Values count from the moment the program was attached, not from process start:
+//! the processes collector only ever uses their differences.
+
+use std::{io, os::unix::fs::MetadataExt, path::Path, time::Duration};
+
+use agent_common::cputime::{
+    ERR_COUNT, ERR_MAP_FULL, ERR_MISMATCH, ERR_READ_TASK, ERRORS_MAP, LOADED_AT_GLOBAL, MAX_PROCESSES,
+    PROCESS_TIME_MAP, PROGRAM_BTF, PROGRAM_RAW, PROGRAM_RESYNC, ProcessTime, RESYNC_PERIOD_NS, TASK_PID_OFFSET_GLOBAL,
+    TASK_PREV_SUM_EXEC_OFFSET_GLOBAL, TASK_SUM_EXEC_OFFSET_GLOBAL, TASK_TGID_OFFSET_GLOBAL, TRACEPOINT,
+};
+use aya::{
+    Btf, Ebpf, EbpfError, EbpfLoader,
+    maps::{HashMap, MapData, MapError, PerCpuArray},
+    programs::{
+        BtfTracePoint, PerfEvent, ProgramError, RawTracePoint,
+        perf_event::{PerfEventConfig, PerfEventLinkId, PerfEventScope, SamplePolicy, SoftwareEvent},
+    },
+    util::online_cpus,
+};
+
+use super::{
+    CpuSourceKind, CpuTimeError, CpuTimeSource, ScannedCpu,
+    btf::{self, TaskOffsets},
+};
+
+/// The program object, committed in the repository so building the agent needs no
+/// eBPF toolchain.
+fn object() -> &'static [u8] {
+    aya::include_bytes_aligned!("../../ebpf/socktop-cpu.bpf.o")
+}
+
+/// Which of the program's two twins is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachKind {
+    /// `tp_btf/sched_switch` (kernel >= 5.5): typed arguments, cheapest to call.
+    BtfTracePoint,
+    /// `raw_tp/sched_switch`: for kernels that have BTF but refuse `tp_btf`.
+    RawTracePoint,
+}
+
+impl AttachKind {
+    fn program_name(self) -> &'static str {
+        match self {
+            AttachKind::BtfTracePoint => PROGRAM_BTF,
+            AttachKind::RawTracePoint => PROGRAM_RAW,
+        }
+    }
+}
+
+/// Why the eBPF source could not start; the agent then falls back to /proc.
+#[derive(Debug, thiserror::Error)]
+pub enum EbpfLoadError {
+    #[error("not permitted: needs root, or CAP_BPF with CAP_PERFMON")]
+    NotPermitted,
+    #[error("not in the host pid namespace, so the kernel's pids would not match /proc")]
+    ForeignPidNamespace,
+    #[error("no usable kernel BTF, which gives the task_struct layout: {0}")]
+    NoBtf(#[from] btf::BtfError),
+    #[error("kernel BTF for tp_btf: {0}")]
+    KernelBtf(#[source] aya::BtfError),
+    #[error("loading the eBPF object: {0}")]
+    Object(#[source] EbpfError),
+    #[error("the embedded eBPF object has no {0}")]
+    Missing(&'static str),
+    #[error("the verifier rejected {program}: {last_line}")]
+    Verifier {
+        program: &'static str,
+        /// The last line of the verifier log, which names the failing check.
+        last_line: String,
+        /// The whole verifier log.
+        log: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{action} {program}: {source}")]
+    Program {
+        action: &'static str,
+        program: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("listing online CPUs: {0}")]
+    OnlineCpus(#[source] io::Error),
+    #[error("opening map {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+}
+
+/// Loads the program, preferring `tp_btf` and falling back to its `raw_tp` twin.
+pub fn load() -> Result<EbpfCpuTime, EbpfLoadError> {
+    match load_kind(AttachKind::BtfTracePoint) {
+        Err(btf_error) if !matches!(btf_error, EbpfLoadError::NotPermitted | EbpfLoadError::ForeignPidNamespace) => {
+            tracing::debug!("tp_btf program unavailable ({btf_error}); trying raw_tp");
+            load_kind(AttachKind::RawTracePoint).map_err(|raw_error| {
+                tracing::debug!("raw_tp program unavailable: {raw_error}");
+                btf_error
+            })
+        }
+        other => other,
+    }
+}
+
+/// Loads and attaches one twin of the program.
+pub fn load_kind(kind: AttachKind) -> Result<EbpfCpuTime, EbpfLoadError> {
+    check_privileges()?;
+    check_pid_namespace()?;
+    let offsets = btf::task_offsets(Path::new(btf::VMLINUX_BTF))?;
+    let mut ebpf = load_object(offsets)?;
+    attach(&mut ebpf, kind)?;
+    load_resync(&mut ebpf)?;
+    let mut source = EbpfCpuTime::new(ebpf, kind)?;
+    // Prove now that `resync` attaches, so a failure falls back to /proc at start
+    // rather than at the first request; then leave it off until a reading needs it.
+    source.resume_resync().map_err(|source| EbpfLoadError::Program {
+        action: "attaching",
+        program: PROGRAM_RESYNC,
+        source,
+    })?;
+    source.pause_resync();
+    Ok(source)
+}
+
+fn load_object(offsets: TaskOffsets) -> Result<Ebpf, EbpfLoadError> {
+    let loaded_at = monotonic_ns();
+    EbpfLoader::new()
+        .override_global(LOADED_AT_GLOBAL, &loaded_at, true)
+        .override_global(TASK_PID_OFFSET_GLOBAL, &offsets.pid, true)
+        .override_global(TASK_TGID_OFFSET_GLOBAL, &offsets.tgid, true)
+        .override_global(TASK_SUM_EXEC_OFFSET_GLOBAL, &offsets.sum_exec_runtime, true)
+        .override_global(TASK_PREV_SUM_EXEC_OFFSET_GLOBAL, &offsets.prev_sum_exec_runtime, true)
+        .load(object())
+        .map_err(|error| match &error {
+            EbpfError::MapError(MapError::CreateError { io_error, .. }) if is_eperm(io_error) => {
+                EbpfLoadError::NotPermitted
+            }
+            _ => EbpfLoadError::Object(error),
+        })
+}
+
+fn attach(ebpf: &mut Ebpf, kind: AttachKind) -> Result<(), EbpfLoadError> {
+    let name = kind.program_name();
+    let program = ebpf.program_mut(name).ok_or(EbpfLoadError::Missing(name))?;
+    let wrap = |action| move |source| EbpfLoadError::Program { action, program: name, source };
+    match kind {
+        AttachKind::BtfTracePoint => {
+            let btf = Btf::from_sys_fs().map_err(EbpfLoadError::KernelBtf)?;
+            let program: &mut BtfTracePoint = program.try_into().map_err(wrap("selecting"))?;
+            program.load(TRACEPOINT, &btf).map_err(|e| load_error(name, e))?;
+            program.attach().map_err(wrap("attaching"))?;
+        }
+        AttachKind::RawTracePoint => {
+            let program: &mut RawTracePoint = program.try_into().map_err(wrap("selecting"))?;
+            program.load().map_err(|e| load_error(name, e))?;
+            program.attach(TRACEPOINT).map_err(wrap("attaching"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Loads the `resync` perf-event program; [`EbpfCpuTime::resume_resync`] attaches
+/// it on every online CPU, each `RESYNC_PERIOD_NS` of CPU clock (see the program
+/// for why).
+fn load_resync(ebpf: &mut Ebpf) -> Result<(), EbpfLoadError> {
+    let name = PROGRAM_RESYNC;
+    let program = ebpf.program_mut(name).ok_or(EbpfLoadError::Missing(name))?;
+    let program: &mut PerfEvent =
+        program.try_into().map_err(|source| EbpfLoadError::Program { action: "selecting", program: name, source })?;
+    program.load().map_err(|e| load_error(name, e))?;
+    Ok(())
+}
+
+/// Sorts a program load failure into "not permitted", "verifier said no" and the rest.
+fn load_error(program: &'static str, error: ProgramError) -> EbpfLoadError {
+    match error {
+        ProgramError::LoadError { io_error, .. } if is_eperm(&io_error) => EbpfLoadError::NotPermitted,
+        ProgramError::LoadError { io_error, verifier_log } => {
+            let log = verifier_log.to_string();
+            let last_line = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").to_owned();
+            EbpfLoadError::Verifier { program, last_line, log, source: io_error }
+        }
+        source => EbpfLoadError::Program { action: "loading", program, source },
+    }
+}
+
+fn is_eperm(error: &io::Error) -> bool {
+    error.raw_os_error() == Some(libc::EPERM)
+}
+
+// Capability numbers from include/uapi/linux/capability.h.
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// Tracing programs need CAP_SYS_ADMIN, or CAP_BPF with CAP_PERFMON (Linux >= 5.8).
+fn check_privileges() -> Result<(), EbpfLoadError> {
+    match std::fs::read_to_string("/proc/self/status").ok().and_then(|s| effective_caps(&s)) {
+        Some(caps) if !may_trace(caps) => Err(EbpfLoadError::NotPermitted),
+        // Unknown: let the kernel decide.
+        _ => Ok(()),
+    }
+}
+
+/// The `CapEff:` mask of a `/proc/PID/status` file.
+fn effective_caps(status: &str) -> Option<u64> {
+    let line = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    u64::from_str_radix(line.trim(), 16).ok()
+}
+
+fn may_trace(caps: u64) -> bool {
+    let has = |cap: u32| caps & (1u64 << cap) != 0;
+    has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))
+}
+
+/// The program sees pids of the initial pid namespace; /proc in another namespace
+/// lists other numbers. `PROC_PID_INIT_INO` is from include/linux/proc_ns.h.
+fn check_pid_namespace() -> Result<(), EbpfLoadError> {
+    const PROC_PID_INIT_INO: u64 = 0xEFFF_FFFC;
+    match std::fs::metadata("/proc/self/ns/pid") {
+        Ok(meta) if meta.ino() != PROC_PID_INIT_INO => Err(EbpfLoadError::ForeignPidNamespace),
+        _ => Ok(()),
+    }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid timespec; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64).wrapping_mul(1_000_000_000).wrapping_add(ts.tv_nsec as u64)
+}
+
+/// Counters the program bumps when it cannot count a switch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ErrorCounts {
+    /// Switch-ins of a new process refused because the map was full.
+    pub map_full: u64,
+    /// Switch-ins whose task ids could not be read.
+    pub read_task: u64,
+    /// Switch-outs of a task other than the one recorded at switch-in.
+    pub mismatch: u64,
+}
+
+/// Run statistics of the attached program (while `kernel.bpf_stats_enabled` is on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProgramStats {
+    pub run_time: Duration,
+    pub run_count: u64,
+}
+
+/// How many times an entry is read before giving up on two equal reads.
+const MAX_READS: usize = 8;
+
+/// The eBPF CPU-time source. Dropping it detaches the program and frees its maps.
+pub struct EbpfCpuTime {
+    /// Owns the attached program; it stays attached as long as this lives.
+    ebpf: Ebpf,
+    times: HashMap<MapData, u32, ProcessTime>,
+    errors: PerCpuArray<MapData, u64>,
+    /// Error counts already logged, so each new failure is reported once.
+    reported: ErrorCounts,
+    attach: AttachKind,
+    /// The `resync` attachments, one per CPU; empty while the agent is idle. Its
+    /// timer interrupts every CPU every `RESYNC_PERIOD_NS`, which an agent nobody
+    /// watches should not do.
+    resync_links: Vec<PerfEventLinkId>,
+}
+
+impl EbpfCpuTime {
+    fn new(mut ebpf: Ebpf, attach: AttachKind) -> Result<Self, EbpfLoadError> {
+        let take = |ebpf: &mut Ebpf, map| ebpf.take_map(map).ok_or(EbpfLoadError::Missing(map));
+        let times = take(&mut ebpf, PROCESS_TIME_MAP)?;
+        let errors = take(&mut ebpf, ERRORS_MAP)?;
+        let times = HashMap::try_from(times).map_err(|source| EbpfLoadError::Map { map: PROCESS_TIME_MAP, source })?;
+        let errors = PerCpuArray::try_from(errors).map_err(|source| EbpfLoadError::Map { map: ERRORS_MAP, source })?;
+        Ok(Self { ebpf, times, errors, reported: ErrorCounts::default(), attach, resync_links: Vec::new() })
+    }
+
+    /// Attaches `resync` on every online CPU unless it is attached, and waits until it
+    /// has run everywhere: until then a CPU may run a task not counted yet, and two
+    /// periods cover it, so the next reading already sees every CPU.
+    pub fn resume_resync(&mut self) -> Result<(), ProgramError> {
+        if !self.resync_links.is_empty() {
+            return Ok(());
+        }
+        let cpus = online_cpus().map_err(|(_, error)| ProgramError::IOError(error))?;
+        let program: &mut PerfEvent =
+            self.ebpf.program_mut(PROGRAM_RESYNC).ok_or(ProgramError::NotLoaded)?.try_into()?;
+        for cpu in cpus {
+            let config = PerfEventConfig::Software(SoftwareEvent::CpuClock);
+            let scope = PerfEventScope::AllProcessesOneCpu { cpu };
+            match program.attach(config, scope, SamplePolicy::Period(RESYNC_PERIOD_NS), false) {
+                Ok(link) => self.resync_links.push(link),
+                Err(error) => {
+                    self.pause_resync();
+                    return Err(error);
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_nanos(2 * RESYNC_PERIOD_NS));
+        Ok(())
+    }
+
+    /// Detaches `resync`; the next reading attaches it again.
+    pub fn pause_resync(&mut self) {
+        let Some(program) = self.ebpf.program_mut(PROGRAM_RESYNC) else { return };
+        let Ok(program) = <&mut PerfEvent>::try_from(program) else { return };
+        for link in self.resync_links.drain(..) {
+            if let Err(error) = program.detach(link) {
+                tracing::debug!("detaching resync: {error}");
+            }
+        }
+    }
+
+    pub fn attach_kind(&self) -> AttachKind {
+        self.attach
+    }
+
+    /// Cumulative on-CPU ns of process `tgid` since the program was attached, at
+    /// the instant of the call; 0 if it has not run since.
+    pub fn process_ns(&self, tgid: u32) -> Result<u64, MapError> {
+        // The kernel updates the two fields of an entry one after the other, and a
+        // lookup copies them at some moment in between: two equal reads in a row
+        // prove the copy was whole (see `add` in the eBPF program).
+        let mut last = self.entry(tgid)?;
+        for _ in 0..MAX_READS {
+            let now = monotonic_ns();
+            let again = self.entry(tgid)?;
+            if again == last {
+                return Ok(again.map_or(0, |time| time.at(now)));
+            }
+            last = again;
+        }
+        tracing::debug!("eBPF entry of {tgid} kept changing over {MAX_READS} reads");
+        Ok(last.map_or(0, |time| time.at(monotonic_ns())))
+    }
+
+    /// Whether the map holds an entry for `tgid`.
+    pub fn is_tracked(&self, tgid: u32) -> Result<bool, MapError> {
+        Ok(self.entry(tgid)?.is_some())
+    }
+
+    fn entry(&self, tgid: u32) -> Result<Option<ProcessTime>, MapError> {
+        match self.times.get(&tgid, 0) {
+            Ok(time) => Ok(Some(time)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// The program's error counters, summed over CPUs.
+    pub fn error_counts(&self) -> Result<ErrorCounts, MapError> {
+        let sum = |index: u32| -> Result<u64, MapError> { Ok(self.errors.get(&index, 0)?.iter().sum()) };
+        debug_assert_eq!(ERR_COUNT, 3);
+        Ok(ErrorCounts { map_full: sum(ERR_MAP_FULL)?, read_task: sum(ERR_READ_TASK)?, mismatch: sum(ERR_MISMATCH)? })
+    }
+
+    /// Run time and count of the switch program and of `resync`, for measuring
+    /// their cost.
+    pub fn program_stats(&self) -> Result<[(&'static str, ProgramStats); 2], ProgramError> {
+        let stats = |name: &'static str| -> Result<(&'static str, ProgramStats), ProgramError> {
+            let info = self.ebpf.program(name).ok_or(ProgramError::NotLoaded)?.info()?;
+            Ok((name, ProgramStats { run_time: info.run_time(), run_count: info.run_count() }))
+        };
+        Ok([stats(self.attach.program_name())?, stats(PROGRAM_RESYNC)?])
+    }
+
+    /// Logs failures the program counted since the last report.
+    fn report_errors(&mut self) {
+        let counts = match self.error_counts() {
+            Ok(counts) => counts,
+            Err(error) => return tracing::warn!("reading the eBPF error counters: {error}"),
+        };
+        let new = |now: u64, before: u64| now.saturating_sub(before);
+        let full = new(counts.map_full, self.reported.map_full);
+        if full > 0 {
+            tracing::warn!("eBPF process map full ({MAX_PROCESSES} entries): {full} switch-ins not counted");
+        }
+        let unread = new(counts.read_task, self.reported.read_task);
+        if unread > 0 {
+            tracing::warn!("eBPF program could not read {unread} task ids; their time is not counted");
+        }
+        let mismatch = new(counts.mismatch, self.reported.mismatch);
+        if mismatch > 0 {
+            // Some kernels switch some tasks without the tracepoint (docs/EBPF.md);
+            // a few a second is normal there, so this is no warning.
+            tracing::debug!("eBPF program saw {mismatch} switch-outs of an unexpected task");
+        }
+        self.reported = counts;
+    }
+
+    /// True when `tgid`'s entry shows no thread on a CPU, so it may be deleted
+    /// without unbalancing a running slice (see `retain_live`).
+    fn is_idle(&self, tgid: u32) -> bool {
+        matches!(self.entry(tgid), Ok(Some(time)) if time.running == 0)
+    }
+}
+
+impl CpuTimeSource for EbpfCpuTime {
+    fn kind(&self) -> CpuSourceKind {
+        CpuSourceKind::Ebpf
+    }
+
+    fn cumulative_ns(&mut self, procs: &[ScannedCpu], out: &mut Vec<u64>) -> Result<(), CpuTimeError> {
+        out.clear();
+        if let Err(error) = self.resume_resync() {
+            // Readings stay right for every task that switches; only tasks that
+            // leave a CPU unseen by the tracepoint are charged late.
+            tracing::warn!("attaching resync failed: {error}");
+        }
+        for proc in procs {
+            let ns = self
+                .process_ns(proc.pid)
+                .map_err(|error| CpuTimeError::Map { map: PROCESS_TIME_MAP, source: Box::new(error) })?;
+            out.push(ns);
+        }
+        self.report_errors();
+        Ok(())
+    }
+
+    /// Deletes the entries of processes absent from `live`. An entry with a thread
+    /// still on a CPU is kept: its pid was reused by a process born after the scan
+    /// (or the dead one's last switch is a moment away), and deleting it mid-slice
+    /// would leave the slice's end unmatched. It goes at a later scan.
+    fn idle(&mut self) {
+        self.pause_resync();
+    }
+
+    fn retain_live(&mut self, live: &[u32]) {
+        let gone: Vec<u32> = self
+            .times
+            .keys()
+            .filter_map(|key| key.map_err(|error| tracing::debug!("listing eBPF entries: {error}")).ok())
+            .filter(|tgid| live.binary_search(tgid).is_err())
+            .collect();
+        for tgid in gone {
+            if !self.is_idle(tgid) {
+                continue;
+            }
+            match self.times.remove(&tgid) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(error) => tracing::warn!("deleting the eBPF entry of {tgid}: {error}"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn effective_caps_come_from_the_capeff_line() {
+        let status = "Name:\tcat\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\nCapBnd:\t0\n";
+        assert_eq!(effective_caps(status), Some(0x1ff_ffff_ffff));
+        assert_eq!(effective_caps("Name:\tcat\n"), None);
+    }
+
+    #[test]
+    fn tracing_needs_sys_admin_or_bpf_with_perfmon() {
+        assert!(may_trace(1 << CAP_SYS_ADMIN));
+        assert!(may_trace((1 << CAP_BPF) | (1 << CAP_PERFMON)));
+        assert!(!may_trace(1 << CAP_BPF));
+        assert!(!may_trace(0));
+    }
+
+    #[test]
+    fn the_embedded_object_is_a_bpf_elf() {
+        let object = object();
+        assert_eq!(&object[..4], b"\x7fELF");
+        // e_machine at offset 18: EM_BPF is 247 (include/uapi/linux/elf-em.h).
+        assert_eq!(u16::from_le_bytes([object[18], object[19]]), 247);
+    }
+}
