@@ -28,6 +28,7 @@ fn main() -> anyhow::Result<()> {
     // Loading the eBPF program blocks for a few milliseconds: do it before the
     // runtime starts. It logs the source chosen, and why when it is /proc.
     let (cpu_source, _fallback_reason) = cputime::select_source(!cli.ebpf);
+    release_freed_heap();
     runtime.build().context("starting the async runtime")?.block_on(serve(cli, host, cpu_source))
 }
 
@@ -60,6 +61,17 @@ async fn serve(cli: Cli, host: HostFacts, cpu_source: Box<dyn CpuTimeSource>) ->
     );
     socktop_agent::server::run(listener, tls, config, service, shutdown_signal()).await;
     Ok(())
+}
+
+/// Gives the C heap's free pages back to the kernel. Loading the eBPF program
+/// parses the kernel's BTF (megabytes, all freed once it is loaded), which glibc
+/// would otherwise keep mapped: measured, an idle agent held 25 MiB instead of 6.
+fn release_freed_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Files kept free for everything but client sockets and kept stat files (TLS
