@@ -43,7 +43,7 @@ pub struct BenchArgs {
     repeats: Option<usize>,
     /// Let our agent count per-process CPU time with eBPF when it can (`--ebpf` of
     /// the agent); off forces its /proc source, the original's method.
-    #[arg(long, default_value = "on", value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(long, default_value = "on", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
     ebpf: bool,
     /// Run only these phases (comma-separated).
     #[arg(long, value_delimiter = ',', value_enum)]
