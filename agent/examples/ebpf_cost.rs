@@ -19,7 +19,9 @@ fn main() -> anyhow::Result<()> {
     let seconds: u64 = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(5);
     // Statistics stay on while this descriptor is open.
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling BPF run-time stats")?;
-    let source = ebpf::load().context("loading the eBPF programs")?;
+    let mut source = ebpf::load().context("loading the eBPF programs")?;
+    // Measure the state while a client reads: `resync` attached too.
+    source.resume_resync().context("attaching resync")?;
     let before = source.program_stats()?;
     let switches_before = context_switches()?;
     let started = Instant::now();

@@ -66,12 +66,12 @@ pub trait CpuTimeSource: Send {
 }
 
 /// Picks the CPU-time source once at start-up: the eBPF program unless
-/// `force_proc` (`--no-ebpf` / `SOCKTOP_AGENT_EBPF=0`) or it cannot load, else
+/// `force_proc` (`--ebpf off` / `SOCKTOP_AGENT_EBPF=0`) or it cannot load, else
 /// /proc. Logs exactly one line, `cpu source: ebpf` or `cpu source: proc (<reason>)`,
 /// and returns the reason of a fallback.
 pub fn select_source(force_proc: bool) -> (Box<dyn CpuTimeSource>, Option<String>) {
     let loaded = if force_proc {
-        Err("disabled by --no-ebpf or SOCKTOP_AGENT_EBPF=0".to_owned())
+        Err("disabled by --ebpf off or SOCKTOP_AGENT_EBPF=0".to_owned())
     } else {
         ebpf::load().map_err(|error| error.to_string())
     };
