@@ -137,6 +137,12 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
+        // Under strace the agent is strace's child, and killing strace leaves it
+        // running detached: kill the children first.
+        let children = format!("/proc/{0}/task/{0}/children", self.child.id());
+        for pid in std::fs::read_to_string(children).unwrap_or_default().split_whitespace() {
+            let _ = Command::new("kill").args(["-KILL", pid]).status();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

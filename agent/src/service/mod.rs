@@ -61,7 +61,11 @@ pub struct HostFacts {
 
 impl HostFacts {
     pub fn read(proc_root: &std::path::Path) -> Result<Self, ClockError> {
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // Online CPUs of the host, not this process's affinity mask: CPU shares are
+        // of the whole machine even when the agent is pinned to one CPU.
+        // SAFETY: sysconf has no preconditions; it returns -1 for unknown names.
+        let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+        let cpus = usize::try_from(online).unwrap_or(1).max(1);
         Ok(Self { cpus, clock: HostClock::from_proc(proc_root)? })
     }
 }
