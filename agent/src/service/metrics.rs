@@ -5,7 +5,6 @@
 //! place ([`KeptFile`]): an open, a buffer allocation and a close per file per
 //! request cost more than the reads.
 
-use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hyper_tungstenite::tungstenite::Message;
@@ -35,12 +34,13 @@ impl MetricsCollector {
     /// interval. Disabled collectors are never built, so they touch no file.
     pub fn new(collection: &Collection) -> Self {
         let proc_root = &collection.proc_root;
-        let baseline = read_logged(&proc_root.join("stat")).map(|t| cpu::parse_proc_stat(&t)).unwrap_or_default();
+        let kept = |file: &str| KeptFile::new(proc_root.join(file));
+        let mut stat = kept("stat");
+        let baseline = read_kept(&mut stat).map(cpu::parse_proc_stat).unwrap_or_default();
         let temperature = collection.temperature.then(|| CpuTemperature::discover(&collection.sys_root)).flatten();
         let gpus = collection.gpu.then(|| GpuCollector::new(&collection.sys_root, cfg!(feature = "nvidia")));
-        let kept = |file: &str| KeptFile::new(proc_root.join(file));
         Self {
-            stat: kept("stat"),
+            stat,
             meminfo: kept("meminfo"),
             net_dev: kept("net/dev"),
             cpu: cpu::CpuUsage::new(baseline),
@@ -105,14 +105,6 @@ impl Collect for MetricsCollector {
     fn never_waits(&mut self) -> bool {
         self.temperature.is_none() && self.gpus.is_none()
     }
-}
-
-/// Reads a text file, logging (not failing) when it cannot be read: a metrics
-/// answer with one part missing is more useful than none.
-fn read_logged(path: &Path) -> Option<String> {
-    std::fs::read_to_string(path)
-        .inspect_err(|e| tracing::debug!(path = %path.display(), error = %e, "read failed"))
-        .ok()
 }
 
 pub(crate) fn epoch_ms() -> u64 {
