@@ -8,4 +8,5 @@ pub mod cputime;
 pub mod protocol;
 pub mod server;
 pub mod service;
+mod sync;
 pub mod tls;

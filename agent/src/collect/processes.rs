@@ -256,7 +256,7 @@ impl ProcessScanner {
     /// process born and gone between two scans leaves an entry in the eBPF map).
     /// For the eBPF source that call walks its whole map, a syscall per entry.
     fn fill_cpu_ns(&mut self) {
-        let mut source = self.cpu_source.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut source = crate::sync::lock(&self.cpu_source);
         let read = source.cumulative_ns(&self.cpu_scanned, &mut self.cpu_ns);
         if let Err(e) = &read {
             tracing::warn!(error = %e, "reading per-process CPU time failed");

@@ -69,7 +69,7 @@ impl<C: Collect> Cached<C> {
     async fn collect_blocking(&self) -> Message {
         let collector = Arc::clone(&self.collector);
         let collected = tokio::task::spawn_blocking(move || {
-            let mut collector = collector.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut collector = crate::sync::lock(&collector);
             collector.collect()
         })
         .await;

@@ -17,6 +17,7 @@ use crate::collect::stat::parse_stat;
 use crate::cputime::{ScannedCpu, cpu_percent};
 use crate::protocol::answer::{ErrorAnswer, ProcessDetail, ProcessMetricsResponse};
 use crate::protocol::framing::json_frame;
+use crate::sync::lock;
 
 /// Most pids whose answers and CPU readings are kept.
 const CACHED_PIDS: usize = 64;
@@ -137,10 +138,4 @@ impl Inner {
 
 fn pid_error(request: &str, pid: u32, error: String) -> Message {
     json_frame(&ErrorAnswer { error, request: request.to_owned(), pid: Some(pid) })
-}
-
-/// Locks a mutex, taking the data even if a panicking thread poisoned it: every
-/// value kept here is valid on its own.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -47,7 +47,7 @@ impl Drop for ClientGuard {
         if self.0.clients.fetch_sub(1, Ordering::AcqRel) == 1 {
             let source = Arc::clone(&self.0.cpu_source);
             // Detaching eBPF programs blocks briefly; keep it off the async workers.
-            tokio::task::spawn_blocking(move || source.lock().unwrap_or_else(|p| p.into_inner()).idle());
+            tokio::task::spawn_blocking(move || crate::sync::lock(&source).idle());
         }
     }
 }
