@@ -76,6 +76,12 @@ pub fn parse_btime(proc_stat: &str) -> Option<u64> {
     proc_stat.lines().find_map(|line| line.strip_prefix("btime ")).and_then(|value| value.trim().parse().ok())
 }
 
+/// Wall-clock time since the Unix epoch, for the `sampled_at_ms` and `cached_at`
+/// stamps of answers (zero if the clock is set before 1970).
+pub fn unix_now() -> std::time::Duration {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

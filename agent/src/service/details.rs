@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 
 use hyper_tungstenite::tungstenite::Message;
 
-use super::metrics::epoch_ms;
-use crate::collect::clock::HostClock;
+use crate::collect::clock::{HostClock, unix_now};
 use crate::collect::journal::journal_entries;
 use crate::collect::pid_cache::BoundedPidCache;
 use crate::collect::process_detail::{DetailError, read_process_detail};
@@ -80,7 +79,7 @@ impl ProcessDetails {
         }
         let inner = Arc::clone(&self.inner);
         let frame = match tokio::task::spawn_blocking(move || inner.detail(pid)).await {
-            Ok(Ok(detail)) => json_frame(&ProcessMetricsResponse { process: detail, cached_at: epoch_ms() / 1000 }),
+            Ok(Ok(detail)) => json_frame(&ProcessMetricsResponse { process: detail, cached_at: unix_now().as_secs() }),
             Ok(Err(DetailError::NotFound(_))) => pid_error("get_process_metrics", pid, format!("no process {pid}")),
             Ok(Err(e)) => pid_error("get_process_metrics", pid, e.to_string()),
             Err(e) => pid_error("get_process_metrics", pid, format!("collection failed: {e}")),

@@ -5,11 +5,10 @@
 //! place ([`KeptFile`]): an open, a buffer allocation and a close per file per
 //! request cost more than the reads.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use hyper_tungstenite::tungstenite::Message;
 
 use super::cache::Collect;
+use crate::collect::clock::unix_now;
 use crate::collect::gpu::GpuCollector;
 use crate::collect::procfs::KeptFile;
 use crate::collect::temperature::CpuTemperature;
@@ -55,7 +54,7 @@ impl MetricsCollector {
         let memory = read_kept(&mut self.meminfo).map(memory::parse_meminfo).unwrap_or_default();
         let networks = read_kept(&mut self.net_dev).map(network::parse_net_dev).unwrap_or_default();
         Metrics {
-            sampled_at_ms: epoch_ms(),
+            sampled_at_ms: unix_now().as_millis() as u64,
             cpu_total: shares.total,
             cpu_per_core: shares.per_core,
             mem_total: memory.mem_total,
@@ -105,8 +104,4 @@ impl Collect for MetricsCollector {
     fn never_waits(&mut self) -> bool {
         self.temperature.is_none() && self.gpus.is_none()
     }
-}
-
-pub(crate) fn epoch_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }

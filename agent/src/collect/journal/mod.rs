@@ -6,7 +6,7 @@ mod parse;
 
 use std::ffi::OsString;
 use std::process::{ExitStatus, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -76,7 +76,7 @@ impl JournalCommand {
 
     /// The newest `limit` entries of `pid`, newest first.
     pub async fn entries(&self, pid: u32, limit: usize) -> JournalResponse {
-        let cached_at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let cached_at = crate::collect::clock::unix_now().as_secs();
         match self.run(pid, limit).await {
             Ok(output) => respond(output, limit, cached_at),
             Err(err) => {

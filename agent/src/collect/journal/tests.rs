@@ -1,7 +1,7 @@
 //! journalctl stood in for by `sh -c SCRIPT`, which receives the real arguments as
 //! "$@": output, failures and hangs are all real processes.
 
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::*;
 
