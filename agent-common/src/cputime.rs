@@ -81,10 +81,10 @@ pub struct CpuSlot {
     pub tid: u32,
     /// When the slice started (CLOCK_MONOTONIC ns).
     pub start_ns: u64,
-    /// Kernel address of the task's `task_struct`, to read its runtime at switch-out.
-    pub task: u64,
     /// The task's `se.sum_exec_runtime` at switch-in.
     pub base_runtime_ns: u64,
+    /// The clock reading `start_ns` is chained from (the program's `next_start`).
+    pub anchor_ns: u64,
 }
 
 #[cfg(feature = "user")]

@@ -67,14 +67,56 @@ const NEG_EEXIST: i32 = -17;
 
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch_btf(ctx: BtfTracePointContext) -> u32 {
-    on_switch(ctx.arg(PREV_ARG), ctx.arg(NEXT_ARG));
+    on_switch(BtfTask(ctx.arg(PREV_ARG)), BtfTask(ctx.arg(NEXT_ARG)));
     0
 }
 
 #[raw_tracepoint(tracepoint = "sched_switch")]
 pub fn sched_switch_raw(ctx: RawTracePointContext) -> u32 {
-    on_switch(ctx.arg(PREV_ARG), ctx.arg(NEXT_ARG));
+    on_switch(RawTask(ctx.arg(PREV_ARG)), RawTask(ctx.arg(NEXT_ARG)));
     0
+}
+
+/// A `task_struct` the program reads fields of, at offsets user space took from BTF.
+trait Task: Copy {
+    /// The field at `offset`; None when the offset was not set (0 is never one of the
+    /// fields read) or the read faulted.
+    fn field<T: Copy>(self, offset: u32) -> Option<T>;
+}
+
+/// A task as `tp_btf` passes it: a pointer the verifier knows the type of. Fields
+/// are plain loads, which the verifier checks against BTF (the offsets are read-only
+/// globals, so it sees them as constants) and the JIT guards against faults: several
+/// times cheaper than a probe-read helper call, on the hottest path.
+#[derive(Clone, Copy)]
+struct BtfTask(*const u8);
+
+impl Task for BtfTask {
+    #[inline(always)]
+    fn field<T: Copy>(self, offset: u32) -> Option<T> {
+        if offset == 0 {
+            return None;
+        }
+        // SAFETY: a typed kernel pointer from the tracepoint; the verifier admits the
+        // load only at a real field of `task_struct` of this size.
+        Some(unsafe { core::ptr::read_volatile(self.0.wrapping_add(offset as usize).cast::<T>()) })
+    }
+}
+
+/// A task as `raw_tp` (or `bpf_get_current_task`) gives it: a plain number to the
+/// verifier, so fields go through the probe-read helper.
+#[derive(Clone, Copy)]
+struct RawTask(*const u8);
+
+impl Task for RawTask {
+    #[inline(always)]
+    fn field<T: Copy>(self, offset: u32) -> Option<T> {
+        if offset == 0 {
+            return None;
+        }
+        // SAFETY: probe reads check their source and fail instead of faulting.
+        unsafe { bpf_probe_read_kernel(self.0.wrapping_add(offset as usize).cast::<T>()) }.ok()
+    }
 }
 
 /// Runs every `RESYNC_PERIOD_NS` of CPU clock on each CPU, in the context of the
@@ -95,15 +137,14 @@ pub fn resync(_ctx: PerfEventContext) -> u32 {
     if current as u32 == slot.tid {
         return 0;
     }
-    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let task = RawTask(unsafe { bpf_get_current_task() } as *const u8);
     account_unseen_switch(slot, task, (current >> 32) as u32, now);
-    *slot = switch_in(read_task(task), now);
+    *slot = switch_in(read_task(task), now, now);
     0
 }
 
 #[inline(always)]
-fn on_switch(prev: *const u8, next: *const u8) {
-    let now = unsafe { bpf_ktime_get_ns() };
+fn on_switch<T: Task>(prev: T, next: T) {
     let Some(slot) = CPU_SLOT.get_ptr_mut(0) else {
         return;
     };
@@ -113,17 +154,52 @@ fn on_switch(prev: *const u8, next: *const u8) {
     // At sched_switch the current task is still the one leaving.
     let current = bpf_get_current_pid_tgid();
     let incoming = read_task(next);
+    if current as u32 == slot.tid && slot.tgid != 0 {
+        // The slot's task is `current`, which is `prev`.
+        if let Some(end) = counted_end(slot, prev) {
+            let (start, anchor_ns) = next_start(slot, end);
+            if let Some(next_slot) = switch_within_process(slot, &incoming, end, start) {
+                *slot = CpuSlot { anchor_ns, ..next_slot };
+                return;
+            }
+            close_slice(slot.tgid, end);
+            *slot = switch_in(incoming, start, anchor_ns);
+            return;
+        }
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
     if current as u32 != slot.tid {
         account_unseen_switch(slot, prev, (current >> 32) as u32, now);
     } else if slot.tgid != 0 {
-        let end = counted_end(slot, now);
-        if let Some(next_slot) = switch_within_process(slot, &incoming, end, now) {
-            *slot = next_slot;
-            return;
-        }
-        close_slice(slot.tgid, end);
+        // `prev`'s run time could not be read: the slice ends now by the clock.
+        close_slice(slot.tgid, now);
     }
-    *slot = switch_in(incoming, now);
+    *slot = switch_in(incoming, now, now);
+}
+
+/// Longest stretch of counted run time over which slice starts are chained before
+/// the clock is read again.
+const CHAIN_LIMIT_NS: u64 = 1_000_000;
+
+/// When the slice of the task coming in starts, and the clock reading that start is
+/// chained from.
+///
+/// Reading the clock (`bpf_ktime_get_ns`, ~25 ns here) was a quarter of the
+/// program's cost. A slice's start matters only while it runs (user space adds
+/// `now - start`; closing it adds its counted length, so closed totals never depend
+/// on it). The scheduler ends the outgoing task's count and starts the incoming
+/// one's at the same run-queue clock reading, so the next start is the end just
+/// counted. That chain advances by counted time, which leaves out interrupt and
+/// steal time, so it may lag the clock by their share of the chain: the clock is
+/// read again once `CHAIN_LIMIT_NS` of run time have been chained (a few µs of lag
+/// at most), and after idle or any switch without a counted end.
+#[inline(always)]
+fn next_start(slot: &CpuSlot, end: u64) -> (u64, u64) {
+    if end.wrapping_sub(slot.anchor_ns) < CHAIN_LIMIT_NS {
+        return (end, slot.anchor_ns);
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    (now, now)
 }
 
 /// What the program reads of a task: its ids and its runtime so far.
@@ -133,34 +209,38 @@ struct Incoming {
 
 /// Reads `task` as a slot starting now would record it; None when the read failed.
 #[inline(always)]
-fn read_task(task: *const u8) -> Option<Incoming> {
-    let (tid, tgid) = read_ids(task)?;
-    let base_runtime_ns = runtime_ns(task as u64)?;
-    Some(Incoming { slot: CpuSlot { tgid, tid, start_ns: 0, task: task as u64, base_runtime_ns } })
+fn read_task<T: Task>(task: T) -> Option<Incoming> {
+    let tid = task.field::<u32>(TASK_PID_OFFSET.load())?;
+    let tgid = task.field::<u32>(TASK_TGID_OFFSET.load())?;
+    let base_runtime_ns = runtime_ns(task)?;
+    Some(Incoming { slot: CpuSlot { tgid, tid, start_ns: 0, base_runtime_ns, anchor_ns: 0 } })
 }
 
 /// Where the slice this CPU opened at its last switch-in ends, on the clock of its
 /// start: the start plus the slice's length as the scheduler counted it
 /// (`se.sum_exec_runtime`, brought up to date just before this tracepoint), so the
-/// totals agree with the kernel's accounting.
+/// totals agree with the kernel's accounting. None when `task` could not be read.
 #[inline(always)]
-fn counted_end(slot: &CpuSlot, now: u64) -> u64 {
-    let ran = runtime_ns(slot.task).map(|sum| sum.saturating_sub(slot.base_runtime_ns));
-    slot.start_ns.wrapping_add(ran.unwrap_or(now.wrapping_sub(slot.start_ns)))
+fn counted_end<T: Task>(slot: &CpuSlot, task: T) -> Option<u64> {
+    let ran = runtime_ns(task)?.saturating_sub(slot.base_runtime_ns);
+    Some(slot.start_ns.wrapping_add(ran))
 }
 
 /// A switch between two threads of one process closes one slice and opens the
 /// next in the same entry: one update instead of two, on the hottest path (a
-/// process's threads handing work to each other). None when `next` is elsewhere.
+/// process's threads handing work to each other), and none when the next slice
+/// starts where the last ended. None when `next` is elsewhere.
 #[inline(always)]
-fn switch_within_process(slot: &CpuSlot, incoming: &Option<Incoming>, end: u64, now: u64) -> Option<CpuSlot> {
+fn switch_within_process(slot: &CpuSlot, incoming: &Option<Incoming>, end: u64, start: u64) -> Option<CpuSlot> {
     let next = &incoming.as_ref()?.slot;
     if next.tgid != slot.tgid || next.tid == 0 {
         return None;
     }
-    let time = PROCESS_TIME.get_ptr_mut(next.tgid)?;
-    add(time, end.wrapping_sub(now), 0);
-    Some(CpuSlot { start_ns: now, ..*next })
+    if end != start {
+        let time = PROCESS_TIME.get_ptr_mut(next.tgid)?;
+        add(time, end.wrapping_sub(start), 0);
+    }
+    Some(CpuSlot { start_ns: start, ..*next })
 }
 
 /// The CPU runs `task` (of process `tgid`) although the slot recorded another task
@@ -173,7 +253,7 @@ fn switch_within_process(slot: &CpuSlot, incoming: &Option<Incoming>, end: u64, 
 /// count it twice. Its untraced run is lost instead; `ERR_MISMATCH` says how often,
 /// and `resync` keeps such windows under `RESYNC_PERIOD_NS`.
 #[inline(always)]
-fn account_unseen_switch(slot: &CpuSlot, task: *const u8, tgid: u32, now: u64) {
+fn account_unseen_switch<T: Task>(slot: &CpuSlot, task: T, tgid: u32, now: u64) {
     if slot.tgid != 0 {
         count_error(ERR_MISMATCH);
         close_slice(slot.tgid, slot.start_ns);
@@ -191,16 +271,16 @@ fn account_unseen_switch(slot: &CpuSlot, task: *const u8, tgid: u32, now: u64) {
 
 /// `se.sum_exec_runtime` of a task: the scheduler's count of its on-CPU ns.
 #[inline(always)]
-fn runtime_ns(task: u64) -> Option<u64> {
-    read_task_field::<u64>(task as *const u8, TASK_SUM_EXEC_OFFSET.load())
+fn runtime_ns<T: Task>(task: T) -> Option<u64> {
+    task.field::<u64>(TASK_SUM_EXEC_OFFSET.load())
 }
 
 /// The scheduler's count of a task's current slice: `se.sum_exec_runtime` minus
 /// `se.prev_sum_exec_runtime`, which it sets when it picks the task.
 #[inline(always)]
-fn last_slice_ns(task: *const u8) -> Option<u64> {
-    let sum = runtime_ns(task as u64)?;
-    let prev = read_task_field::<u64>(task, TASK_PREV_SUM_EXEC_OFFSET.load())?;
+fn last_slice_ns<T: Task>(task: T) -> Option<u64> {
+    let sum = runtime_ns(task)?;
+    let prev = task.field::<u64>(TASK_PREV_SUM_EXEC_OFFSET.load())?;
     Some(sum.saturating_sub(prev))
 }
 
@@ -222,9 +302,10 @@ fn charge(tgid: u32, ns: u64) {
     }
 }
 
-/// Opens a slice for the incoming task and returns what this CPU must remember.
+/// Opens a slice starting at `start` for the incoming task and returns what this CPU
+/// must remember; `anchor_ns` is the clock reading `start` is chained from.
 #[inline(always)]
-fn switch_in(incoming: Option<Incoming>, now: u64) -> CpuSlot {
+fn switch_in(incoming: Option<Incoming>, start: u64, anchor_ns: u64) -> CpuSlot {
     let Some(Incoming { slot }) = incoming else {
         count_error(ERR_READ_TASK);
         return CpuSlot::default();
@@ -233,11 +314,11 @@ fn switch_in(incoming: Option<Incoming>, now: u64) -> CpuSlot {
     if slot.tid == 0 {
         return CpuSlot::default();
     }
-    if !update_or_insert(slot.tgid, now.wrapping_neg(), 1) {
+    if !update_or_insert(slot.tgid, start.wrapping_neg(), 1) {
         count_error(ERR_MAP_FULL);
         return CpuSlot::default();
     }
-    CpuSlot { start_ns: now, ..slot }
+    CpuSlot { start_ns: start, anchor_ns, ..slot }
 }
 
 /// Adds the deltas to `tgid`'s entry, inserting it if needed. False when the map is
@@ -285,33 +366,6 @@ fn add(time: *mut ProcessTime, acc_delta: u64, running_delta: u64) {
 unsafe fn atomic_add(dst: *mut u64, value: u64) {
     // SAFETY: upheld by the caller; the asm touches only `*dst`.
     unsafe { asm!("lock *(u64 *)({0} + 0) += {1}", in(reg) dst, in(reg) value, options(nostack)) };
-}
-
-/// `(pid, tgid)` of a task, read at the offsets user space took from BTF: in one
-/// read when they are adjacent, as they are in every kernel so far
-/// (include/linux/sched.h declares `pid_t pid; pid_t tgid;`).
-#[inline(always)]
-fn read_ids(task: *const u8) -> Option<(u32, u32)> {
-    let pid_offset = TASK_PID_OFFSET.load();
-    let tgid_offset = TASK_TGID_OFFSET.load();
-    if tgid_offset == pid_offset.wrapping_add(4) {
-        let ids = read_task_field::<[u32; 2]>(task, pid_offset)?;
-        return Some((ids[0], ids[1]));
-    }
-    let pid = read_task_field::<u32>(task, pid_offset)?;
-    let tgid = read_task_field::<u32>(task, tgid_offset)?;
-    Some((pid, tgid))
-}
-
-/// A field of a `task_struct` at `offset`; None when the offset was not set (0 is
-/// never one of these fields) or the read faulted.
-#[inline(always)]
-fn read_task_field<T>(task: *const u8, offset: u32) -> Option<T> {
-    if offset == 0 {
-        return None;
-    }
-    // SAFETY: probe reads check their source and fail instead of faulting.
-    unsafe { bpf_probe_read_kernel(task.wrapping_add(offset as usize).cast::<T>()) }.ok()
 }
 
 #[inline(always)]

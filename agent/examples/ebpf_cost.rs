@@ -1,13 +1,14 @@
 //! What the CPU-time programs cost: enables the kernel's BPF run-time statistics
 //! (`kernel.bpf_stats_enabled`, through BPF_ENABLE_STATS), attaches the programs,
-//! drives context switches with two threads ping-ponging a byte through pipes, and
-//! prints the programs' average run time and the switch rate.
+//! drives context switches by ping-ponging a byte between two threads, then between
+//! two processes, and prints the programs' average run time and the switch rate.
 //!
 //! Usage: `cargo xtask ebpf-cost [--seconds N]` (root).
 
 use std::{
     io::{Read, Write},
     os::unix::net::UnixStream,
+    process::{Command, Stdio},
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
@@ -16,33 +17,83 @@ use anyhow::Context;
 use socktop_agent::cputime::ebpf;
 
 fn main() -> anyhow::Result<()> {
-    let seconds: u64 = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(5);
+    let mut args = std::env::args().skip(1);
+    let first = args.next();
+    if first.as_deref() == Some(ECHO_ARG) {
+        return echo(std::io::stdin().lock(), std::io::stdout().lock()).map_err(Into::into);
+    }
+    let seconds: u64 = first.map(|s| s.parse()).transpose()?.unwrap_or(5);
     // Statistics stay on while this descriptor is open.
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling BPF run-time stats")?;
     let mut source = ebpf::load().context("loading the eBPF programs")?;
     // Measure the state while a client reads: `resync` attached too.
     source.resume_resync().context("attaching resync")?;
+    println!("attached: {:?}", source.attach_kind());
+    let duration = Duration::from_secs(seconds);
+    measure(&source, "two threads of one process", || ping_pong_threads(duration))?;
+    measure(&source, "two processes", || ping_pong_processes(duration))?;
+    Ok(())
+}
+
+/// Runs `load` and prints the switch rate and the programs' cost while it ran.
+fn measure(source: &ebpf::EbpfCpuTime, label: &str, load: impl FnOnce() -> anyhow::Result<u64>) -> anyhow::Result<()> {
     let before = source.program_stats()?;
     let switches_before = context_switches()?;
     let started = Instant::now();
-    let round_trips = ping_pong(Duration::from_secs(seconds))?;
+    let round_trips = load()?;
     let elapsed = started.elapsed().as_secs_f64();
     let switches = context_switches()? - switches_before;
     let after = source.program_stats()?;
-    println!("attached: {:?}", source.attach_kind());
-    println!("load: {round_trips} ping-pong round trips in {elapsed:.2} s");
-    println!("context switches: {switches} ({:.0}/s, all CPUs)", switches as f64 / elapsed);
+    println!("load ({label}): {round_trips} ping-pong round trips in {elapsed:.2} s");
+    println!("  context switches: {switches} ({:.0}/s, all CPUs)", switches as f64 / elapsed);
     for ((name, b), (_, a)) in before.iter().zip(after.iter()) {
         let runs = a.run_count - b.run_count;
         let ns = (a.run_time - b.run_time).as_nanos() as f64;
-        println!("{name}: {runs} runs, {:.1} ns per run", ns / runs.max(1) as f64);
+        println!("  {name}: {runs} runs, {:.1} ns per run", ns / runs.max(1) as f64);
     }
     Ok(())
 }
 
+/// Argument that makes this program the echoing side of `ping_pong_processes`.
+const ECHO_ARG: &str = "--echo";
+
+/// Sends back every byte it reads until end of input.
+fn echo(mut input: impl Read, mut output: impl Write) -> std::io::Result<()> {
+    let mut byte = [0u8];
+    while input.read(&mut byte)? == 1 {
+        output.write_all(&byte)?;
+        output.flush()?;
+    }
+    Ok(())
+}
+
+/// This program and a child copy of it (`--echo`) bouncing one byte over pipes:
+/// every switch leaves one process for another (or for idle).
+fn ping_pong_processes(duration: Duration) -> anyhow::Result<u64> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .arg(ECHO_ARG)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting the echo process")?;
+    let mut to_child = child.stdin.take().context("child stdin")?;
+    let mut from_child = child.stdout.take().context("child stdout")?;
+    let mut trips = 0u64;
+    let deadline = Instant::now() + duration;
+    let mut byte = [0u8];
+    while Instant::now() < deadline {
+        to_child.write_all(&byte)?;
+        from_child.read_exact(&mut byte)?;
+        trips += 1;
+    }
+    drop(to_child);
+    child.wait()?;
+    Ok(trips)
+}
+
 /// Two threads bouncing one byte over a socket pair until `duration` is up; each
 /// hop blocks the sender and wakes the receiver, so a switch on each side.
-fn ping_pong(duration: Duration) -> anyhow::Result<u64> {
+fn ping_pong_threads(duration: Duration) -> anyhow::Result<u64> {
     let (mut left, mut right) = UnixStream::pair()?;
     let stop = AtomicBool::new(false);
     std::thread::scope(|scope| {

@@ -11,28 +11,57 @@ use anyhow::{Context, ensure};
 
 use super::report::{Row, Section, Summary, Table};
 
-/// Seconds of context-switch load the example measures over.
-const SECONDS: &str = "5";
+/// Seconds of each context-switch load the example measures over.
+const SECONDS: &str = "3";
+/// Runs of the example, for a median and a range.
+const RUNS: usize = 3;
 
 pub fn add_row(root: &Path, table: &mut Table) {
     if !root.join("agent/examples/ebpf_cost.rs").is_file() {
         table.notes.push("eBPF cost per sched_switch: not measured, this tree has no `ebpf_cost` example yet.".into());
         return;
     }
-    match measure(root) {
-        Ok(ns) => table.push(Row {
+    let mut runs = Vec::new();
+    for _ in 0..RUNS {
+        match measure(root) {
+            Ok(loads) => runs.push(loads),
+            Err(e) => {
+                table.notes.push(format!("eBPF cost per sched_switch: not measured ({e:#})."));
+                return;
+            }
+        }
+    }
+    let Some(first) = runs.first() else { return };
+    for (index, load) in first.iter().enumerate() {
+        let figures: Vec<&LoadCost> = runs.iter().filter_map(|run| run.get(index)).collect();
+        let summary = |pick: fn(&LoadCost) -> f64| Summary::of(&figures.iter().map(|f| pick(f)).collect::<Vec<_>>());
+        table.push(Row {
             section: Section::Ebpf,
-            label: "eBPF `sched_switch` program, run time per context switch (ping-pong load)".into(),
+            label: format!("eBPF `sched_switch` program, run time per context switch, ping-pong {}", load.label),
             unit: "ns",
-            ours: vec![Summary::of(&[ns])],
+            ours: vec![summary(|f| f.ns_per_run)],
             original: vec![None],
-        }),
-        Err(e) => table.notes.push(format!("eBPF cost per sched_switch: not measured ({e:#}).")),
+        });
+        table.push(Row {
+            section: Section::Ebpf,
+            label: format!("context switches during that load ({})", load.label),
+            unit: "/s",
+            ours: vec![summary(|f| f.switches_per_second)],
+            original: vec![None],
+        });
     }
 }
 
-/// Runs the example and reads the `sched_switch` program's run time per run.
-fn measure(root: &Path) -> anyhow::Result<f64> {
+/// One load of the example and what the `sched_switch` program cost under it.
+#[derive(Debug, PartialEq)]
+struct LoadCost {
+    label: String,
+    switches_per_second: f64,
+    ns_per_run: f64,
+}
+
+/// Runs the example once and reads its figures for each load.
+fn measure(root: &Path) -> anyhow::Result<Vec<LoadCost>> {
     let cargo = crate::cargo();
     let output = Command::new(cargo)
         .current_dir(root)
@@ -46,14 +75,36 @@ fn measure(root: &Path) -> anyhow::Result<f64> {
         String::from_utf8_lossy(&output.stderr)
     );
     let stdout = String::from_utf8_lossy(&output.stdout);
-    cost_per_switch(&stdout).with_context(|| format!("no cost per switch in its output: {stdout}"))
+    let loads = parse_loads(&stdout);
+    ensure!(!loads.is_empty(), "no cost per switch in its output: {stdout}");
+    Ok(loads)
 }
 
-/// From the example's line `sched_switch_btf: 123 runs, 97.0 ns per run`.
-fn cost_per_switch(output: &str) -> Option<f64> {
-    let line = output.lines().find(|l| l.starts_with("sched_switch"))?;
-    let before = line.split(" ns per run").next().filter(|b| b.len() < line.len())?;
-    before.rsplit(' ').next()?.parse().ok()
+/// From the example's blocks:
+/// ```text
+/// load (two processes): 900 ping-pong round trips in 3.00 s
+///   context switches: 4000 (1333/s, all CPUs)
+///   sched_switch_btf: 4000 runs, 97.0 ns per run
+/// ```
+fn parse_loads(output: &str) -> Vec<LoadCost> {
+    let mut loads = Vec::new();
+    let mut current: Option<(String, Option<f64>)> = None;
+    for line in output.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("load (") {
+            current = rest.split_once("):").map(|(label, _)| (label.to_owned(), None));
+        } else if let Some(rest) = line.strip_prefix("context switches: ") {
+            let rate = rest.split_once('(').and_then(|(_, r)| r.split_once("/s")).and_then(|(r, _)| r.parse().ok());
+            if let Some((_, slot)) = current.as_mut() {
+                *slot = rate;
+            }
+        } else if line.starts_with("sched_switch") {
+            let ns = line.strip_suffix(" ns per run").and_then(|b| b.rsplit(' ').next()).and_then(|n| n.parse().ok());
+            if let (Some((label, Some(switches_per_second))), Some(ns_per_run)) = (current.take(), ns) {
+                loads.push(LoadCost { label, switches_per_second, ns_per_run });
+            }
+        }
+    }
+    loads
 }
 
 #[cfg(test)]
@@ -61,11 +112,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_figure_is_the_sched_switch_run_time() {
-        let output = "attached: TpBtf\nload: 900 ping-pong round trips in 5.00 s\n\
-                      context switches: 4000 (800/s, all CPUs)\n\
-                      sched_switch_btf: 4000 runs, 97.5 ns per run\nresync: 10 runs, 76.0 ns per run\n";
-        assert_eq!(cost_per_switch(output), Some(97.5));
-        assert_eq!(cost_per_switch("sched_switch_btf: no runs\n"), None);
+    fn each_load_gives_its_switch_rate_and_run_time() {
+        let output = "attached: BtfTracePoint\n\
+                      load (two threads of one process): 900 ping-pong round trips in 3.00 s\n\
+                      \x20 context switches: 4000 (1333/s, all CPUs)\n\
+                      \x20 sched_switch_btf: 4000 runs, 97.5 ns per run\n\
+                      \x20 resync: 10 runs, 76.0 ns per run\n\
+                      load (two processes): 800 ping-pong round trips in 3.00 s\n\
+                      \x20 context switches: 3000 (1000/s, all CPUs)\n\
+                      \x20 sched_switch_raw: 3000 runs, 88 ns per run\n";
+        assert_eq!(
+            parse_loads(output),
+            vec![
+                LoadCost { label: "two threads of one process".into(), switches_per_second: 1333.0, ns_per_run: 97.5 },
+                LoadCost { label: "two processes".into(), switches_per_second: 1000.0, ns_per_run: 88.0 },
+            ]
+        );
+        assert_eq!(parse_loads("load (x): 1\n  sched_switch_btf: no runs\n"), vec![]);
     }
 }
