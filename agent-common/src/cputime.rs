@@ -38,6 +38,19 @@ pub const PROGRAM_BTF: &str = "sched_switch_btf";
 pub const PROGRAM_RAW: &str = "sched_switch_raw";
 /// The tracepoint both programs attach to.
 pub const TRACEPOINT: &str = "sched_switch";
+/// The task-iterator program that lists every process in one read (`iter/task`).
+pub const PROGRAM_PROCESSES: &str = "processes";
+/// The kernel's name of the iterator target `PROGRAM_PROCESSES` attaches to.
+pub const ITER_TARGET: &str = "task";
+/// Global: byte offset of `start_time` (u64 ns) in `struct task_struct`, from BTF.
+pub const TASK_START_TIME_OFFSET_GLOBAL: &str = "TASK_START_TIME_OFFSET";
+/// Global: byte offset of `comm` (char[16]) in `struct task_struct`, from BTF.
+pub const TASK_COMM_OFFSET_GLOBAL: &str = "TASK_COMM_OFFSET";
+/// Global: byte offset of `mm` in `struct task_struct`, from BTF.
+pub const TASK_MM_OFFSET_GLOBAL: &str = "TASK_MM_OFFSET";
+/// Global: byte offsets in `struct mm_struct` of the file, anon and shmem page
+/// counters that make up the resident set (`[u32; 3]`), from BTF.
+pub const MM_RSS_OFFSETS_GLOBAL: &str = "MM_RSS_OFFSETS";
 /// The perf-event program that re-checks each CPU's running task.
 pub const PROGRAM_RESYNC: &str = "resync";
 /// CPU-clock period of `PROGRAM_RESYNC` on each CPU: bounds how long a switch the
@@ -87,12 +100,32 @@ pub struct CpuSlot {
     pub anchor_ns: u64,
 }
 
+/// One process as `PROGRAM_PROCESSES` writes it: what `/proc/PID/stat` would say of
+/// it, plus its on-CPU time from `PROCESS_TIME_MAP` at the instant it was written.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ProcessRecord {
+    pub tgid: u32,
+    /// Zero; keeps the record free of padding.
+    pub reserved: u32,
+    /// `task_struct.start_time`: with the tgid, names the process across pid reuse.
+    pub start_time_ns: u64,
+    /// Cumulative on-CPU ns ([`ProcessTime::at`] the write); 0 if never seen running.
+    pub cpu_ns: u64,
+    /// Resident pages, summed as `get_mm_rss()` does; 0 for kernel threads.
+    pub rss_pages: u64,
+    /// `task_struct.comm` of the group leader, NUL-padded.
+    pub comm: [u8; 16],
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: both are #[repr(C)], Copy, made only of integers, with no padding.
     unsafe impl aya::Pod for super::ProcessTime {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::CpuSlot {}
+    // SAFETY: as above (the comm bytes are integers too).
+    unsafe impl aya::Pod for super::ProcessRecord {}
 }
 
 #[cfg(test)]
@@ -111,5 +144,6 @@ mod tests {
     fn records_have_no_padding() {
         assert_eq!(core::mem::size_of::<ProcessTime>(), 16);
         assert_eq!(core::mem::size_of::<CpuSlot>(), 32);
+        assert_eq!(core::mem::size_of::<ProcessRecord>(), 48);
     }
 }

@@ -20,12 +20,16 @@
 use core::arch::asm;
 
 use agent_common::cputime::{
-    CpuSlot, ERR_COUNT, ERR_MAP_FULL, ERR_MISMATCH, ERR_READ_TASK, MAX_PROCESSES, ProcessTime,
+    CpuSlot, ERR_COUNT, ERR_MAP_FULL, ERR_MISMATCH, ERR_READ_TASK, MAX_PROCESSES, ProcessRecord, ProcessTime,
 };
 use aya_ebpf::{
     Global,
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    bindings::seq_file,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        generated::bpf_seq_write,
+    },
     macros::{btf_tracepoint, map, perf_event, raw_tracepoint},
     maps::{HashMap, PerCpuArray},
     programs::{BtfTracePointContext, PerfEventContext, RawTracePointContext},
@@ -43,6 +47,18 @@ static TASK_SUM_EXEC_OFFSET: Global<u32> = Global::new(0);
 /// Offset of `se.prev_sum_exec_runtime` in `struct task_struct`, from BTF.
 #[unsafe(no_mangle)]
 static TASK_PREV_SUM_EXEC_OFFSET: Global<u32> = Global::new(0);
+/// Offset of `start_time` in `struct task_struct`, from BTF.
+#[unsafe(no_mangle)]
+static TASK_START_TIME_OFFSET: Global<u32> = Global::new(0);
+/// Offset of `comm` in `struct task_struct`, from BTF.
+#[unsafe(no_mangle)]
+static TASK_COMM_OFFSET: Global<u32> = Global::new(0);
+/// Offset of `mm` in `struct task_struct`, from BTF.
+#[unsafe(no_mangle)]
+static TASK_MM_OFFSET: Global<u32> = Global::new(0);
+/// Offsets in `struct mm_struct` of the file, anon and shmem page counters, from BTF.
+#[unsafe(no_mangle)]
+static MM_RSS_OFFSETS: Global<[u32; 3]> = Global::new([0; 3]);
 /// CLOCK_MONOTONIC ns just before loading: nothing before it is counted.
 #[unsafe(no_mangle)]
 static LOADED_AT_NS: Global<u64> = Global::new(0);
@@ -102,6 +118,118 @@ impl Task for BtfTask {
         Some(unsafe { core::ptr::read_volatile(self.0.wrapping_add(offset as usize).cast::<T>()) })
     }
 }
+
+/// `struct bpf_iter__task` (kernel/bpf/task_iter.c): the context of an `iter/task`
+/// program, one call per task and a last one with `task` NULL.
+#[repr(C)]
+struct IterTaskContext {
+    meta: *const IterMeta,
+    task: *const u8,
+}
+
+/// The head of `struct bpf_iter_meta` (include/linux/bpf.h): the output file.
+#[repr(C)]
+struct IterMeta {
+    seq: *mut seq_file,
+}
+
+/// Lists every process, one [`ProcessRecord`] each, for the agent's processes scan:
+/// one read of the iterator replaces a `/proc/PID/stat` read per process (the
+/// kernel formats none of the ~50 fields the scan would not use) and the map
+/// lookup per process. Threads other than the group leader are skipped.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/task")]
+pub fn processes(ctx: *mut core::ffi::c_void) -> i32 {
+    // SAFETY: the kernel passes a `bpf_iter__task`; the verifier checks both loads.
+    let (meta, task) = unsafe {
+        let ctx = ctx.cast::<IterTaskContext>();
+        (core::ptr::read_volatile(&raw const (*ctx).meta), core::ptr::read_volatile(&raw const (*ctx).task))
+    };
+    if task.is_null() {
+        return 0;
+    }
+    if let Some(record) = describe_process(BtfTask(task)) {
+        // SAFETY: `meta` is the iterator's typed meta pointer; `seq` its first field.
+        let seq = unsafe { core::ptr::read_volatile(&raw const (*meta).seq) };
+        let size = core::mem::size_of::<ProcessRecord>() as u32;
+        // SAFETY: the record lives on this stack for the call. A full buffer
+        // (E2BIG) makes the kernel return what it has and call again for this task.
+        unsafe { bpf_seq_write(seq, (&raw const record).cast(), size) };
+    }
+    0
+}
+
+/// The record of `task` when it leads its thread group; None for other threads
+/// and tasks whose fields cannot be read.
+#[inline(always)]
+fn describe_process(task: BtfTask) -> Option<ProcessRecord> {
+    let tid = task.field::<u32>(TASK_PID_OFFSET.load())?;
+    let tgid = task.field::<u32>(TASK_TGID_OFFSET.load())?;
+    if tid != tgid {
+        return None;
+    }
+    let comm_offset = TASK_COMM_OFFSET.load();
+    let comm_head = task.field::<[u8; 8]>(comm_offset)?;
+    let comm_tail = task.field::<[u8; 8]>(comm_offset.wrapping_add(8))?;
+    let mut comm = [0u8; 16];
+    comm[..8].copy_from_slice(&comm_head);
+    comm[8..].copy_from_slice(&comm_tail);
+    Some(ProcessRecord {
+        tgid,
+        reserved: 0,
+        start_time_ns: task.field::<u64>(TASK_START_TIME_OFFSET.load())?,
+        cpu_ns: process_cpu_ns(tgid),
+        rss_pages: rss_pages(task),
+        comm,
+    })
+}
+
+/// Resident pages of `task`'s memory map as `get_mm_rss()` counts them: the file,
+/// anon and shmem counters, each read as `percpu_counter_read_positive` does
+/// (the shared count, negative read as 0). 0 for a task without one.
+#[inline(always)]
+fn rss_pages(task: BtfTask) -> u64 {
+    let Some(mm) = task.field::<u64>(TASK_MM_OFFSET.load()) else { return 0 };
+    if mm == 0 {
+        return 0;
+    }
+    // The loaded pointer is typed `struct mm_struct *` to the verifier.
+    let mm = BtfTask(mm as *const u8);
+    let offsets = MM_RSS_OFFSETS.load();
+    let counter = |offset: u32| mm.field::<i64>(offset).map_or(0, |pages| pages.max(0) as u64);
+    counter(offsets[0]) + counter(offsets[1]) + counter(offsets[2])
+}
+
+/// `tgid`'s cumulative on-CPU ns now, from its entry; 0 without one. The entry is
+/// read until two reads agree, as user space does (see `add`).
+#[inline(always)]
+fn process_cpu_ns(tgid: u32) -> u64 {
+    let Some(time) = PROCESS_TIME.get_ptr(tgid) else { return 0 };
+    let read = || {
+        // SAFETY: a map value pointer, valid for this run; fields are 8-byte aligned.
+        unsafe {
+            ProcessTime {
+                acc_ns: core::ptr::read_volatile(&raw const (*time).acc_ns),
+                running: core::ptr::read_volatile(&raw const (*time).running),
+            }
+        }
+    };
+    let mut last = read();
+    for _ in 0..MAX_ENTRY_READS {
+        let again = read();
+        if again == last {
+            break;
+        }
+        last = again;
+    }
+    if last.running == 0 {
+        return last.acc_ns;
+    }
+    last.at(unsafe { bpf_ktime_get_ns() })
+}
+
+/// Reads of a changing entry before taking the last one.
+const MAX_ENTRY_READS: u32 = 4;
 
 /// A task as `raw_tp` (or `bpf_get_current_task`) gives it: a plain number to the
 /// verifier, so fields go through the probe-read helper.

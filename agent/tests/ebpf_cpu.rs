@@ -21,7 +21,7 @@ use std::{
 };
 
 use socktop_agent::cputime::{
-    CpuTimeSource, ScannedCpu,
+    CpuTimeSource, ProcessRecord, ScannedCpu,
     ebpf::{self, AttachKind, EbpfCpuTime},
     proc::ProcCpuTime,
 };
@@ -299,6 +299,79 @@ fn ebpf_entries_of_exited_processes_go_after_retain_live() {
     assert!(!source.is_tracked(pid).unwrap(), "the exited process's entry survived retain_live");
     // This test process is alive and has run since loading: its entry stays.
     assert!(source.is_tracked(std::process::id()).unwrap());
+}
+
+/// The fields of `/proc/PID/stat` after the command name (proc(5) field N is at
+/// index N - 3), and the name.
+fn stat_fields(pid: u32) -> Option<(String, Vec<u64>)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let fields = stat[close + 2..].split_whitespace().skip(1).map(|f| f.parse().unwrap_or(0));
+    // Index 0 is field 3 (the state letter), kept as 0 here.
+    Some((stat[open + 1..close].to_owned(), std::iter::once(0).chain(fields).collect()))
+}
+
+fn listed(source: &mut EbpfCpuTime) -> Vec<ProcessRecord> {
+    let mut records = Vec::new();
+    source.list_processes(&mut records).unwrap();
+    records
+}
+
+#[test]
+fn ebpf_process_iterator_lists_what_proc_lists() {
+    let _serial = serial();
+    let Some(mut source) = load_or_skip(AttachKind::BtfTracePoint) else { return };
+    let sleeper = Proc(Command::new("sleep").arg("30").spawn().unwrap());
+    std::thread::sleep(Duration::from_millis(50));
+    let before = live_pids();
+    let records = listed(&mut source);
+    let after = live_pids();
+    let tgids: Vec<u32> = records.iter().map(|r| r.tgid).collect();
+    assert!(tgids.is_sorted(), "records not in pid order");
+    // Every process alive throughout is listed; nothing is listed that never was.
+    for pid in before.iter().filter(|pid| after.binary_search(pid).is_ok()) {
+        assert!(tgids.binary_search(pid).is_ok(), "pid {pid} is in /proc but not listed");
+    }
+    for tgid in &tgids {
+        let seen = before.binary_search(tgid).is_ok() || after.binary_search(tgid).is_ok();
+        assert!(seen, "tgid {tgid} listed but never in /proc (a thread?)");
+    }
+    // A sleeping process's name and resident pages match /proc/PID/stat exactly.
+    let record = records.iter().find(|r| r.tgid == sleeper.pid()).expect("the sleeper is listed");
+    let (name, fields) = stat_fields(sleeper.pid()).unwrap();
+    let comm = record.comm.split(|&b| b == 0).next().unwrap();
+    assert_eq!(comm, name.as_bytes());
+    assert_eq!(record.rss_pages, fields[24 - 3], "rss pages of the sleeper");
+    assert!(record.rss_pages > 0);
+    // Start times order as the processes started (kthreadd is the second task).
+    let kthreadd = records.iter().find(|r| r.tgid == 2).expect("kthreadd is listed");
+    assert!(record.start_time_ns > kthreadd.start_time_ns);
+    // Kernel threads have no memory map.
+    assert_eq!(kthreadd.rss_pages, 0);
+}
+
+#[test]
+fn ebpf_process_iterator_cpu_time_matches_the_kernel() {
+    let _serial = serial();
+    let Some(mut source) = load_or_skip(AttachKind::BtfTracePoint) else { return };
+    let busy = Subject::start("busy");
+    let pid = busy.proc.pid();
+    let sample = |source: &mut EbpfCpuTime| {
+        let records = listed(source);
+        let truth = busy.clock.read();
+        let record = records.iter().find(|r| r.tgid == pid).expect("the busy process is listed");
+        (record.cpu_ns as i64, truth)
+    };
+    let steal0 = steal_ns();
+    let (source0, truth0) = sample(&mut source);
+    std::thread::sleep(INTERVAL);
+    let (source1, truth1) = sample(&mut source);
+    let steal = steal_ns() - steal0;
+    let truth = truth1 - truth0;
+    assert!(truth > 100_000_000, "the busy loop barely ran: {truth} ns");
+    assert_within(source1 - source0, truth, EBPF_BOUND_NS + steal, "task iterator, busy loop");
+    assert_no_program_errors(&source);
 }
 
 #[test]

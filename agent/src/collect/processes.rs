@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::collect::procfs::{self, KeptFile, ProcDir};
-use crate::collect::stat::parse_stat;
-use crate::cputime::{CpuTimeSource, ScannedCpu, cpu_percent};
+use crate::collect::stat::{comm_name, parse_stat};
+use crate::cputime::{CpuTimeSource, ProcessRecord, ScannedCpu, cpu_percent};
 use crate::protocol::pb;
 
 /// The CPU-time source, shared by the processes list and the per-process detail.
@@ -70,6 +70,8 @@ pub struct ProcessScanner {
     stat_buffer: Vec<u8>,
     cpu_scanned: Vec<ScannedCpu>,
     cpu_ns: Vec<u64>,
+    /// What the CPU source listed, when it lists processes itself.
+    records: Vec<ProcessRecord>,
     answer: pb::Processes,
     previous_at: Option<Instant>,
     pub last_issues: ScanIssues,
@@ -95,6 +97,26 @@ impl Tracked {
     fn new(pid: u32) -> Tracked {
         Tracked { pid, stat: None, start_time: 0, cpu_ns: None, comm: Vec::new(), name: String::new(), rss_bytes: 0 }
     }
+
+    /// Takes this scan's reading of the process.
+    fn update(&mut self, start_time: u64, comm: &[u8], rss_bytes: u64) {
+        if start_time != self.start_time {
+            // A new process, or a reused pid: its CPU history starts now.
+            self.start_time = start_time;
+            self.cpu_ns = None;
+        }
+        if comm != self.comm.as_slice() {
+            self.comm.clear();
+            self.comm.extend_from_slice(comm);
+            self.name = comm_name(comm);
+        }
+        self.rss_bytes = rss_bytes;
+    }
+}
+
+/// The name in a NUL-padded `comm` buffer.
+fn comm_bytes(comm: &[u8]) -> &[u8] {
+    comm.split(|&b| b == 0).next().unwrap_or_default()
 }
 
 /// The outcome of reading one process's stat file.
@@ -133,6 +155,7 @@ impl ProcessScanner {
             stat_buffer: Vec::new(),
             cpu_scanned: Vec::new(),
             cpu_ns: Vec::new(),
+            records: Vec::new(),
             answer: pb::Processes::default(),
             previous_at: None,
             last_issues: ScanIssues::default(),
@@ -141,15 +164,53 @@ impl ProcessScanner {
 
     /// Reads every process and its CPU share since the previous call (0 on the first).
     pub fn scan(&mut self) -> std::io::Result<&pb::Processes> {
-        self.list_and_merge()?;
-        self.read_merged();
-        let now = Instant::now();
-        self.fill_cpu_ns();
+        let now = match self.read_from_cpu_source() {
+            Some(now) => now,
+            None => {
+                self.list_and_merge()?;
+                self.read_merged();
+                let now = Instant::now();
+                self.fill_cpu_ns();
+                now
+            }
+        };
         self.write_answer(now);
         std::mem::swap(&mut self.tracked, &mut self.merged);
         self.merged.clear();
         self.previous_at = Some(now);
         Ok(&self.answer)
+    }
+
+    /// Takes every process from the CPU source when it lists them itself (the eBPF
+    /// task iterator: one read for all, instead of a stat file each) and merges them
+    /// into `merged` with their CPU time in `cpu_ns`. Returns the reading's instant,
+    /// or None when the source cannot list or failed, and /proc must be scanned.
+    fn read_from_cpu_source(&mut self) -> Option<Instant> {
+        let cpu_source = Arc::clone(&self.cpu_source);
+        let mut source = crate::sync::lock(&cpu_source);
+        // Read first: a process created after it makes the next scan tell the source.
+        let last_pid = self.last_pid();
+        if let Err(e) = source.read_processes(&mut self.records)? {
+            tracing::warn!(error = %e, "listing processes through the CPU source failed; scanning /proc");
+            return None;
+        }
+        let now = Instant::now();
+        self.scan_last_pid = last_pid;
+        let mut known = std::mem::take(&mut self.tracked).into_iter().peekable();
+        self.cpu_ns.clear();
+        for record in &self.records {
+            while known.next_if(|t| t.pid < record.tgid).is_some() {
+                self.departed = true;
+            }
+            let mut tracked = known.next_if(|t| t.pid == record.tgid).unwrap_or_else(|| Tracked::new(record.tgid));
+            tracked.update(record.start_time_ns, comm_bytes(&record.comm), record.rss_pages * self.page_size);
+            self.cpu_ns.push(record.cpu_ns);
+            self.merged.push(tracked);
+        }
+        self.departed |= known.next().is_some();
+        self.last_issues = ScanIssues::default();
+        self.forget_exited(&mut **source);
+        Some(now)
     }
 
     /// Lists `/proc` and merges the listing with what the last scan knew into
@@ -232,17 +293,7 @@ impl ProcessScanner {
             // An empty read is a process that exited after the open.
             return if length == 0 { Read::Vanished } else { Read::Unparsable };
         };
-        if stat.start_time != tracked.start_time {
-            // A new process, or a reused pid: its CPU history starts now.
-            tracked.start_time = stat.start_time;
-            tracked.cpu_ns = None;
-        }
-        if stat.comm != tracked.comm.as_slice() {
-            tracked.comm.clear();
-            tracked.comm.extend_from_slice(stat.comm);
-            tracked.name = stat.name();
-        }
-        tracked.rss_bytes = stat.rss_pages * self.page_size;
+        tracked.update(stat.start_time, stat.comm, stat.rss_pages * self.page_size);
         self.cpu_scanned.push(ScannedCpu { pid: tracked.pid, ticks: stat.utime + stat.stime });
         Read::Ok
     }
@@ -250,13 +301,9 @@ impl ProcessScanner {
     /// Cumulative CPU ns of each scanned process into `cpu_ns`. On a source
     /// failure every process reads as its previous value, so the scan still
     /// answers, with 0%, rather than failing the request.
-    ///
-    /// The source is told which processes live only when some may have exited
-    /// since it was last told: a known process left, or a pid was handed out (a
-    /// process born and gone between two scans leaves an entry in the eBPF map).
-    /// For the eBPF source that call walks its whole map, a syscall per entry.
     fn fill_cpu_ns(&mut self) {
-        let mut source = crate::sync::lock(&self.cpu_source);
+        let cpu_source = Arc::clone(&self.cpu_source);
+        let mut source = crate::sync::lock(&cpu_source);
         let read = source.cumulative_ns(&self.cpu_scanned, &mut self.cpu_ns);
         if let Err(e) = &read {
             tracing::warn!(error = %e, "reading per-process CPU time failed");
@@ -265,6 +312,14 @@ impl ProcessScanner {
             self.cpu_ns.clear();
             self.cpu_ns.extend(self.merged.iter().map(|t| t.cpu_ns.unwrap_or(0)));
         }
+        self.forget_exited(&mut **source);
+    }
+
+    /// Tells the source which processes live, when some may have exited since it
+    /// was last told: a known process left, or a pid was handed out (a process born
+    /// and gone between two scans leaves an entry in the eBPF map). For the eBPF
+    /// source that call walks its whole map, a syscall per entry.
+    fn forget_exited(&mut self, source: &mut dyn CpuTimeSource) {
         let new_pids = self.scan_last_pid.is_none() || self.scan_last_pid != self.retained_last_pid;
         if self.departed || new_pids {
             self.listing.clear();

@@ -23,11 +23,16 @@ pub struct Stat<'a> {
 }
 
 impl Stat<'_> {
-    /// The command name as text; names are bytes to the kernel, so invalid UTF-8
-    /// is replaced rather than rejected.
+    /// The command name as text (see [`comm_name`]).
     pub fn name(&self) -> String {
-        String::from_utf8_lossy(self.comm).into_owned()
+        comm_name(self.comm)
     }
+}
+
+/// A command name as text; names are bytes to the kernel, so invalid UTF-8 is
+/// replaced rather than rejected.
+pub fn comm_name(comm: &[u8]) -> String {
+    String::from_utf8_lossy(comm).into_owned()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

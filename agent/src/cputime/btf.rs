@@ -1,7 +1,10 @@
-//! Offsets of `pid` and `tgid` in the running kernel's `struct task_struct`, read
-//! from its BTF (`/sys/kernel/btf/vmlinux`).
+//! Offsets of fields in the running kernel's structs, read from its BTF
+//! (`/sys/kernel/btf/vmlinux`): `pid`, `tgid` and the scheduler's runtimes in
+//! `struct task_struct` for the context-switch program ([`TaskOffsets`]), and a
+//! process's start time, name and resident set for the task iterator
+//! ([`ProcessOffsets`]).
 //!
-//! Rust eBPF has no CO-RE relocations, so the program reads `next->pid` and
+//! Rust eBPF has no CO-RE relocations, so the programs read e.g. `next->pid` and
 //! `next->tgid` at offsets this module finds and the loader passes in as globals.
 //! aya parses BTF too but keeps struct members private, hence this small reader.
 //! The format is the kernel's Documentation/bpf/btf.rst and include/uapi/linux/btf.h.
@@ -24,6 +27,20 @@ pub struct TaskOffsets {
     pub prev_sum_exec_runtime: u32,
 }
 
+/// Byte offsets a BPF task iterator reads to describe a process the way /proc/PID/stat does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessOffsets {
+    /// `task_struct.start_time` (u64, ns of CLOCK_MONOTONIC at fork).
+    pub start_time: u32,
+    /// `task_struct.comm` (char[16]).
+    pub comm: u32,
+    /// `task_struct.mm` (pointer to struct mm_struct; NULL for kernel threads).
+    pub mm: u32,
+    /// Offsets inside `struct mm_struct` of the three 8-byte signed counters whose sum is the
+    /// resident set in pages, as get_mm_rss() sums them: MM_FILEPAGES, MM_ANONPAGES, MM_SHMEMPAGES.
+    pub rss_counters: [u32; 3],
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
     #[error("reading {path}: {source}")]
@@ -38,12 +55,26 @@ pub enum BtfError {
     NoTaskStruct,
     #[error("struct task_struct has no integer member `{0}` of the expected size")]
     NoMember(&'static str),
+    #[error("BTF: `{0}` is missing or not {1}")]
+    BadMember(&'static str, &'static str),
+    #[error("BTF has no enumerator {0}")]
+    NoEnumerator(&'static str),
+    #[error("BTF: enumerator {name} = {value} is not an index into the {len} rss_stat counters")]
+    BadIndex { name: &'static str, value: i64, len: u32 },
 }
 
 /// Reads the BTF file at `path` and finds the task offsets in it.
 pub fn task_offsets(path: &Path) -> Result<TaskOffsets, BtfError> {
-    let data = std::fs::read(path).map_err(|source| BtfError::Read { path: path.to_owned(), source })?;
-    parse_task_offsets(&data)
+    parse_task_offsets(&read(path)?)
+}
+
+/// Reads the BTF file at `path` and finds the process offsets in it.
+pub fn process_offsets(path: &Path) -> Result<ProcessOffsets, BtfError> {
+    parse_process_offsets(&read(path)?)
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, BtfError> {
+    std::fs::read(path).map_err(|source| BtfError::Read { path: path.to_owned(), source })
 }
 
 /// Finds the task offsets in raw BTF bytes.
@@ -56,9 +87,50 @@ pub fn parse_task_offsets(data: &[u8]) -> Result<TaskOffsets, BtfError> {
     Ok(TaskOffsets {
         pid,
         tgid,
-        sum_exec_runtime: se_offset + btf.int_member_offset(se, "sum_exec_runtime", 8)?,
-        prev_sum_exec_runtime: se_offset + btf.int_member_offset(se, "prev_sum_exec_runtime", 8)?,
+        sum_exec_runtime: add(se_offset, btf.int_member_offset(se, "sum_exec_runtime", 8)?)?,
+        prev_sum_exec_runtime: add(se_offset, btf.int_member_offset(se, "prev_sum_exec_runtime", 8)?)?,
     })
+}
+
+/// Finds the process offsets in raw BTF bytes.
+pub fn parse_process_offsets(data: &[u8]) -> Result<ProcessOffsets, BtfError> {
+    let btf = Btf::parse(data)?;
+    let task = btf.find_struct("task_struct").ok_or(BtfError::NoTaskStruct)?;
+    let start_time = btf.int_member_offset(task, "start_time", 8)?;
+    let comm = btf.comm_offset(task)?;
+    let (mm, mm_struct) = btf.mm_member(task)?;
+    let rss = btf.rss_stat(mm_struct)?;
+    let mut rss_counters = [0; 3];
+    for (slot, name) in rss_counters.iter_mut().zip(RSS_ENUMERATORS) {
+        *slot = rss.offset(btf.counter_index(name, rss.len)?)?;
+    }
+    Ok(ProcessOffsets { start_time, comm, mm, rss_counters })
+}
+
+/// The `enum { MM_FILEPAGES, MM_ANONPAGES, MM_SWAPENTS, MM_SHMEMPAGES, NR_MM_COUNTERS }`
+/// entries get_mm_rss() adds up (swap entries are not resident). Their values are
+/// looked up, not assumed: the enum is the kernel's to reorder.
+const RSS_ENUMERATORS: [&str; 3] = ["MM_FILEPAGES", "MM_ANONPAGES", "MM_SHMEMPAGES"];
+
+/// `mm_struct.rss_stat` seen as `len` 8-byte counters, the first at `start` and the
+/// others every `stride` bytes.
+struct CounterArray {
+    start: u32,
+    stride: u32,
+    len: u32,
+}
+
+impl CounterArray {
+    fn offset(&self, index: u32) -> Result<u32, BtfError> {
+        let step = index.checked_mul(self.stride).ok_or(BtfError::Malformed("offset overflows u32"))?;
+        add(self.start, step)
+    }
+}
+
+/// `struct btf_array`: what an ARRAY type holds and how many.
+struct Array {
+    elem_type: u32,
+    nelems: u32,
 }
 
 const MAGIC: u16 = 0xeb9f;
@@ -66,13 +138,20 @@ const HEADER_LEN: usize = 24;
 
 // Kinds (BTF_KIND_* in include/uapi/linux/btf.h) this reader looks into.
 const KIND_INT: u32 = 1;
+const KIND_PTR: u32 = 2;
+const KIND_ARRAY: u32 = 3;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
+const KIND_ENUM: u32 = 6;
 const KIND_TYPEDEF: u32 = 8;
 const KIND_VOLATILE: u32 = 9;
 const KIND_CONST: u32 = 10;
 const KIND_RESTRICT: u32 = 11;
 const KIND_TYPE_TAG: u32 = 18;
+const KIND_ENUM64: u32 = 19;
+
+/// How deep anonymous members may nest; a malformed file could make one contain itself.
+const MAX_NESTING: usize = 32;
 
 /// One `struct btf_type` header and where its kind-specific data starts.
 #[derive(Debug, Clone, Copy)]
@@ -130,7 +209,7 @@ impl<'a> Btf<'a> {
     }
 
     fn find_struct(&self, name: &str) -> Option<&TypeRec> {
-        self.types.iter().find(|t| t.kind() == KIND_STRUCT && self.string(t.name_off) == name.as_bytes())
+        self.types.iter().find(|t| self.is_struct_named(t, name))
     }
 
     /// Byte offset of member `name` of `rec` when it is an integer of `size` bytes.
@@ -151,28 +230,142 @@ impl<'a> Btf<'a> {
     /// Byte offset and type of member `name` of `rec`, looking through anonymous
     /// struct and union members (randomized layouts wrap fields in one).
     fn find_member(&self, rec: &TypeRec, name: &str) -> Result<Option<(u32, u32)>, BtfError> {
+        self.find_member_within(rec, name, MAX_NESTING)
+    }
+
+    fn find_member_within(&self, rec: &TypeRec, name: &str, depth: usize) -> Result<Option<(u32, u32)>, BtfError> {
+        let depth = depth.checked_sub(1).ok_or(BtfError::Malformed("anonymous members nest too deep"))?;
         for i in 0..rec.vlen() {
             let member = self.member(rec, i)?;
             let member_name = self.string(member.name_off);
             let found = if member_name == name.as_bytes() {
                 Some((0, member.type_id))
             } else if member_name.is_empty() {
-                self.nested_member(member.type_id, name)?
+                self.nested_member(member.type_id, name, depth)?
             } else {
                 None
             };
             if let Some((inner, type_id)) = found {
-                return Ok(Some((member.byte_offset(rec.kind_flag())? + inner, type_id)));
+                return Ok(Some((add(member.byte_offset(rec.kind_flag())?, inner)?, type_id)));
             }
         }
         Ok(None)
     }
 
-    fn nested_member(&self, type_id: u32, name: &str) -> Result<Option<(u32, u32)>, BtfError> {
+    fn nested_member(&self, type_id: u32, name: &str, depth: usize) -> Result<Option<(u32, u32)>, BtfError> {
         match self.resolve(type_id) {
-            Some(inner) if matches!(inner.kind(), KIND_STRUCT | KIND_UNION) => self.find_member(inner, name),
+            Some(inner) if matches!(inner.kind(), KIND_STRUCT | KIND_UNION) => {
+                self.find_member_within(inner, name, depth)
+            }
             _ => Ok(None),
         }
+    }
+
+    /// Offset of `task_struct.comm` once checked to be `char[16]` (TASK_COMM_LEN), the
+    /// size the iterator copies.
+    fn comm_offset(&self, task: &TypeRec) -> Result<u32, BtfError> {
+        let bad = || BtfError::BadMember("task_struct.comm", "char[16]");
+        let (offset, type_id) = self.find_member(task, "comm")?.ok_or_else(bad)?;
+        match self.array(type_id)? {
+            Some(array) if array.nelems == 16 && self.is_int(array.elem_type, 1) => Ok(offset),
+            _ => Err(bad()),
+        }
+    }
+
+    /// Offset of `task_struct.mm` and the `struct mm_struct` it points to.
+    fn mm_member(&self, task: &TypeRec) -> Result<(u32, &TypeRec), BtfError> {
+        let bad = || BtfError::BadMember("task_struct.mm", "a pointer to struct mm_struct");
+        let (offset, type_id) = self.find_member(task, "mm")?.ok_or_else(bad)?;
+        let pointer = self.resolve(type_id).filter(|t| t.kind() == KIND_PTR).ok_or_else(bad)?;
+        let mm = self.resolve(pointer.size_or_type).filter(|t| self.is_struct_named(t, "mm_struct"));
+        Ok((offset, mm.ok_or_else(bad)?))
+    }
+
+    /// Where `mm_struct.rss_stat` keeps its counters, in either of its layouts.
+    fn rss_stat(&self, mm: &TypeRec) -> Result<CounterArray, BtfError> {
+        let bad = || BtfError::BadMember("mm_struct.rss_stat", "percpu_counter[] or struct mm_rss_stat");
+        let (offset, type_id) = self.find_member(mm, "rss_stat")?.ok_or_else(bad)?;
+        // Linux >= 6.2: `struct percpu_counter rss_stat[NR_MM_COUNTERS]`, the total in `count`.
+        if let Some(array) = self.array(type_id)? {
+            return self.counter_array(offset, &array, "count", "mm_struct.rss_stat[].count");
+        }
+        // Before: `struct mm_rss_stat { atomic_long_t count[NR_MM_COUNTERS]; } rss_stat`,
+        // atomic_long_t being a typedef of a struct holding `s64 counter`.
+        let stat = self.resolve(type_id).filter(|t| t.kind() == KIND_STRUCT).ok_or_else(bad)?;
+        let (count_offset, count_type) = self.find_member(stat, "count")?.ok_or_else(bad)?;
+        let array = self.array(count_type)?.ok_or_else(bad)?;
+        self.counter_array(add(offset, count_offset)?, &array, "counter", "mm_struct.rss_stat.count[].counter")
+    }
+
+    /// An array at `start` of structs that each hold an 8-byte integer `field`.
+    fn counter_array(
+        &self,
+        start: u32,
+        array: &Array,
+        field: &str,
+        what: &'static str,
+    ) -> Result<CounterArray, BtfError> {
+        let bad = || BtfError::BadMember(what, "an 8-byte integer in each element");
+        let elem = self.resolve(array.elem_type).filter(|t| t.kind() == KIND_STRUCT).ok_or_else(bad)?;
+        let inner = match self.find_member(elem, field)? {
+            Some((inner, type_id)) if self.is_int(type_id, 8) => inner,
+            _ => return Err(bad()),
+        };
+        // The element's size is the stride; a counter that pokes out of it is no counter.
+        let stride = elem.size_or_type;
+        if inner.checked_add(8).is_none_or(|end| end > stride) {
+            return Err(bad());
+        }
+        Ok(CounterArray { start: add(start, inner)?, stride, len: array.nelems })
+    }
+
+    /// The value of enumerator `name` as an index below `len`.
+    fn counter_index(&self, name: &'static str, len: u32) -> Result<u32, BtfError> {
+        let value = self.enumerator(name)?.ok_or(BtfError::NoEnumerator(name))?;
+        u32::try_from(value).ok().filter(|&index| index < len).ok_or(BtfError::BadIndex { name, value, len })
+    }
+
+    /// The value of enumerator `name` in the first ENUM or ENUM64 that has one (the
+    /// MM_* counters are in an anonymous enum, so the enum cannot be found by name).
+    fn enumerator(&self, name: &str) -> Result<Option<i64>, BtfError> {
+        for rec in &self.types {
+            let entry_len = match rec.kind() {
+                KIND_ENUM => 8,
+                KIND_ENUM64 => 12,
+                _ => continue,
+            };
+            for i in 0..rec.vlen() {
+                let at = rec.data + i * entry_len;
+                let word =
+                    |k: usize| read_u32(self.type_section, at + 4 * k).ok_or(BtfError::Malformed("truncated enum"));
+                if self.string(word(0)?) != name.as_bytes() {
+                    continue;
+                }
+                // kind_flag marks an unsigned enum; ENUM64 values are (val_hi32 << 32) | val_lo32.
+                let value = match (rec.kind(), rec.kind_flag()) {
+                    (KIND_ENUM, false) => i64::from(word(1)?.cast_signed()),
+                    (KIND_ENUM, true) => i64::from(word(1)?),
+                    _ => ((u64::from(word(2)?) << 32) | u64::from(word(1)?)).cast_signed(),
+                };
+                return Ok(Some(value));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The `struct btf_array` of `id` once typedefs and qualifiers are followed;
+    /// `None` when it is not an array.
+    fn array(&self, id: u32) -> Result<Option<Array>, BtfError> {
+        let Some(rec) = self.resolve(id).filter(|t| t.kind() == KIND_ARRAY) else {
+            return Ok(None);
+        };
+        let word =
+            |k: usize| read_u32(self.type_section, rec.data + 4 * k).ok_or(BtfError::Malformed("truncated array"));
+        Ok(Some(Array { elem_type: word(0)?, nelems: word(2)? }))
+    }
+
+    fn is_struct_named(&self, rec: &TypeRec, name: &str) -> bool {
+        rec.kind() == KIND_STRUCT && self.string(rec.name_off) == name.as_bytes()
     }
 
     fn member(&self, rec: &TypeRec, index: usize) -> Result<Member, BtfError> {
@@ -211,7 +404,7 @@ impl Member {
     fn byte_offset(&self, kind_flag: bool) -> Result<u32, BtfError> {
         let bits = if kind_flag { self.offset & 0x00ff_ffff } else { self.offset };
         if bits % 8 != 0 || (kind_flag && self.offset >> 24 != 0) {
-            return Err(BtfError::Malformed("task_struct member is a bitfield"));
+            return Err(BtfError::Malformed("struct member is a bitfield"));
         }
         Ok(bits / 8)
     }
@@ -246,6 +439,11 @@ fn extra_len(rec: &TypeRec) -> Result<usize, BtfError> {
         2 | 7..=12 | 16 | 18 => 0,
         _ => return Err(BtfError::Malformed("unknown type kind")),
     })
+}
+
+/// Adds offsets from the file, which a malformed one could make overflow.
+fn add(a: u32, b: u32) -> Result<u32, BtfError> {
+    a.checked_add(b).ok_or(BtfError::Malformed("offset overflows u32"))
 }
 
 fn section(data: &[u8], base: usize, off: u32, len: u32) -> Result<&[u8], BtfError> {
@@ -362,6 +560,213 @@ mod tests {
         assert!(matches!(parse_task_offsets(b"not btf at all"), Err(BtfError::Malformed(_))));
         let truncated = &sample_btf()[..40];
         assert!(matches!(parse_task_offsets(truncated), Err(BtfError::Malformed(_))));
+    }
+
+    /// The knobs of [`percpu_layout_btf`] that the error tests turn.
+    struct Layout {
+        enumerators: [(&'static str, u32); 5],
+        rss_len: u32,
+        comm_len: u32,
+    }
+
+    const KERNEL_LAYOUT: Layout = Layout {
+        enumerators: [
+            ("MM_FILEPAGES", 0),
+            ("MM_ANONPAGES", 1),
+            ("MM_SWAPENTS", 2),
+            ("MM_SHMEMPAGES", 3),
+            ("NR_MM_COUNTERS", 4),
+        ],
+        rss_len: 4,
+        comm_len: 16,
+    };
+
+    /// A Linux >= 6.2 layout: `struct percpu_counter rss_stat[]` (40 bytes each, `count`
+    /// at 8) at byte 64 of an anonymous struct at byte 64 of mm_struct; task_struct's
+    /// `mm` (const pointer), `start_time` and `comm` in an anonymous struct at byte 64.
+    fn percpu_layout_btf(layout: &Layout) -> Vec<u8> {
+        let mut b = Builder::new();
+        b.push(KIND_INT, "int", 4, 0, &[32]); // 1
+        b.push(KIND_INT, "char", 1, 0, &[8]); // 2
+        b.push(KIND_INT, "long long int", 8, 0, &[64]); // 3
+        b.push(KIND_TYPEDEF, "s64", 3, 0, &[]); // 4
+        b.push(KIND_TYPEDEF, "u64", 3, 0, &[]); // 5
+        let entries: Vec<u32> = layout.enumerators.iter().flat_map(|&(name, value)| [b.string(name), value]).collect();
+        b.push(KIND_ENUM, "", 4, 5, &entries); // 6: anonymous
+        let lock = b.member("lock", 1, 0);
+        let count = b.member("count", 4, 64);
+        let counters = b.member("counters", 5, 256);
+        b.push(KIND_STRUCT, "percpu_counter", 40, 3, &[lock, count, counters].concat()); // 7
+        b.push(KIND_ARRAY, "", 0, 0, &[7, 1, layout.rss_len]); // 8
+        let map_count = b.member("map_count", 1, 0);
+        let rss_stat = b.member("rss_stat", 8, 512);
+        b.push(KIND_STRUCT, "", 224, 2, &[map_count, rss_stat].concat()); // 9: anonymous
+        let mm_count = b.member("mm_count", 1, 0);
+        let anon = b.member("", 9, 512);
+        b.push(KIND_STRUCT, "mm_struct", 288, 2, &[mm_count, anon].concat()); // 10
+        b.push(KIND_PTR, "", 10, 0, &[]); // 11
+        b.push(KIND_CONST, "", 11, 0, &[]); // 12
+        b.push(KIND_ARRAY, "", 0, 0, &[2, 1, layout.comm_len]); // 13
+        let mm = b.member("mm", 12, 0);
+        let start_time = b.member("start_time", 5, 64);
+        let comm = b.member("comm", 13, 128);
+        b.push(KIND_STRUCT, "", 32, 3, &[mm, start_time, comm].concat()); // 14: anonymous
+        let flags = b.member("flags", 1, 0);
+        let anon = b.member("", 14, 512);
+        b.push(KIND_STRUCT, "task_struct", 96, 2, &[flags, anon].concat()); // 15
+        b.build()
+    }
+
+    /// A layout before Linux 6.2: `struct mm_rss_stat { atomic_long_t count[4]; }` at
+    /// byte 16 of an anonymous struct at byte 8 of mm_struct, atomic_long_t a typedef of
+    /// a typedef of an anonymous `struct { s64 counter; }`; the enum is an ENUM64, and
+    /// `comm` sits in an anonymous union.
+    fn mm_rss_stat_layout_btf() -> Vec<u8> {
+        let mut b = Builder::new();
+        b.push(KIND_INT, "int", 4, 0, &[32]); // 1
+        b.push(KIND_INT, "char", 1, 0, &[8]); // 2
+        b.push(KIND_INT, "long long int", 8, 0, &[64]); // 3
+        b.push(KIND_TYPEDEF, "s64", 3, 0, &[]); // 4
+        let entries: Vec<u32> =
+            KERNEL_LAYOUT.enumerators.iter().flat_map(|&(name, value)| [b.string(name), value, 0]).collect();
+        b.push(KIND_ENUM64, "", 8, 5, &entries); // 5: anonymous
+        let counter = b.member("counter", 4, 0);
+        b.push(KIND_STRUCT, "", 8, 1, &counter); // 6: anonymous
+        b.push(KIND_TYPEDEF, "atomic64_t", 6, 0, &[]); // 7
+        b.push(KIND_TYPEDEF, "atomic_long_t", 7, 0, &[]); // 8
+        b.push(KIND_ARRAY, "", 0, 0, &[8, 1, 4]); // 9
+        let count = b.member("count", 9, 0);
+        b.push(KIND_STRUCT, "mm_rss_stat", 32, 1, &count); // 10
+        let map_count = b.member("map_count", 1, 0);
+        let rss_stat = b.member("rss_stat", 10, 128);
+        b.push(KIND_STRUCT, "", 48, 2, &[map_count, rss_stat].concat()); // 11: anonymous
+        let pgd = b.member("pgd", 3, 0);
+        let anon = b.member("", 11, 64);
+        b.push(KIND_STRUCT, "mm_struct", 56, 2, &[pgd, anon].concat()); // 12
+        b.push(KIND_PTR, "", 12, 0, &[]); // 13
+        b.push(KIND_ARRAY, "", 0, 0, &[2, 1, 16]); // 14
+        b.push(KIND_TYPEDEF, "u64", 3, 0, &[]); // 15
+        let comm = b.member("comm", 14, 0);
+        b.push(KIND_UNION, "", 16, 1, &comm); // 16: anonymous
+        let start_time = b.member("start_time", 15, 64);
+        let mm = b.member("mm", 13, 128);
+        let anon = b.member("", 16, 192);
+        b.push(KIND_STRUCT, "task_struct", 40, 3, &[start_time, mm, anon].concat()); // 17
+        b.build()
+    }
+
+    #[test]
+    fn process_offsets_in_the_percpu_counter_layout() {
+        let offsets = parse_process_offsets(&percpu_layout_btf(&KERNEL_LAYOUT)).unwrap();
+        // rss_stat at 64 + 64 = 128; counter i at 128 + 40 * i + 8, i = 0, 1, 3.
+        let expected = ProcessOffsets { start_time: 72, comm: 80, mm: 64, rss_counters: [136, 176, 256] };
+        assert_eq!(offsets, expected);
+    }
+
+    #[test]
+    fn process_offsets_in_the_mm_rss_stat_layout() {
+        let offsets = parse_process_offsets(&mm_rss_stat_layout_btf()).unwrap();
+        // rss_stat.count at 8 + 16 = 24; counter i at 24 + 8 * i, i = 0, 1, 3.
+        let expected = ProcessOffsets { start_time: 8, comm: 24, mm: 16, rss_counters: [24, 32, 48] };
+        assert_eq!(offsets, expected);
+    }
+
+    #[test]
+    fn rss_indices_are_read_from_the_enum_not_assumed() {
+        let mut layout = KERNEL_LAYOUT;
+        layout.enumerators[0].1 = 2; // MM_FILEPAGES
+        layout.enumerators[1].1 = 0; // MM_ANONPAGES
+        layout.enumerators[3].1 = 1; // MM_SHMEMPAGES
+        let offsets = parse_process_offsets(&percpu_layout_btf(&layout)).unwrap();
+        assert_eq!(offsets.rss_counters, [216, 136, 176]);
+    }
+
+    #[test]
+    fn a_comm_that_is_not_char_16_is_rejected() {
+        let short = Layout { comm_len: 8, ..KERNEL_LAYOUT };
+        let err = parse_process_offsets(&percpu_layout_btf(&short)).unwrap_err();
+        assert!(matches!(err, BtfError::BadMember("task_struct.comm", _)), "{err}");
+
+        // comm as an array of 16 ints.
+        let mut b = Builder::new();
+        b.push(KIND_INT, "int", 4, 0, &[32]); // 1
+        b.push(KIND_INT, "long long unsigned int", 8, 0, &[64]); // 2
+        b.push(KIND_ARRAY, "", 0, 0, &[1, 1, 16]); // 3
+        let start_time = b.member("start_time", 2, 0);
+        let comm = b.member("comm", 3, 64);
+        b.push(KIND_STRUCT, "task_struct", 72, 2, &[start_time, comm].concat());
+        let err = parse_process_offsets(&b.build()).unwrap_err();
+        assert!(matches!(err, BtfError::BadMember("task_struct.comm", _)), "{err}");
+    }
+
+    #[test]
+    fn an_mm_that_is_not_a_pointer_to_mm_struct_is_rejected() {
+        let mut b = Builder::new();
+        b.push(KIND_INT, "char", 1, 0, &[8]); // 1
+        b.push(KIND_INT, "long long unsigned int", 8, 0, &[64]); // 2
+        b.push(KIND_ARRAY, "", 0, 0, &[1, 1, 16]); // 3
+        b.push(KIND_PTR, "", 2, 0, &[]); // 4: u64 *
+        let start_time = b.member("start_time", 2, 0);
+        let comm = b.member("comm", 3, 64);
+        let mm = b.member("mm", 4, 192);
+        b.push(KIND_STRUCT, "task_struct", 32, 3, &[start_time, comm, mm].concat());
+        let err = parse_process_offsets(&b.build()).unwrap_err();
+        assert!(matches!(err, BtfError::BadMember("task_struct.mm", _)), "{err}");
+    }
+
+    #[test]
+    fn a_missing_enumerator_is_an_error() {
+        let mut layout = KERNEL_LAYOUT;
+        layout.enumerators[3].0 = "MM_SHMEM";
+        let err = parse_process_offsets(&percpu_layout_btf(&layout)).unwrap_err();
+        assert!(matches!(err, BtfError::NoEnumerator("MM_SHMEMPAGES")), "{err}");
+    }
+
+    #[test]
+    fn too_few_counters_for_an_index_is_an_error() {
+        let short = Layout { rss_len: 3, ..KERNEL_LAYOUT };
+        let err = parse_process_offsets(&percpu_layout_btf(&short)).unwrap_err();
+        assert!(matches!(err, BtfError::BadIndex { name: "MM_SHMEMPAGES", value: 3, len: 3 }), "{err}");
+
+        let mut negative = KERNEL_LAYOUT;
+        negative.enumerators[0].1 = u32::MAX; // MM_FILEPAGES = -1
+        let err = parse_process_offsets(&percpu_layout_btf(&negative)).unwrap_err();
+        assert!(matches!(err, BtfError::BadIndex { name: "MM_FILEPAGES", value: -1, .. }), "{err}");
+    }
+
+    #[test]
+    fn every_truncation_of_the_process_btf_is_an_error_not_a_panic() {
+        for data in [percpu_layout_btf(&KERNEL_LAYOUT), mm_rss_stat_layout_btf()] {
+            for len in 0..data.len() {
+                assert!(parse_process_offsets(&data[..len]).is_err(), "prefix of {len} bytes");
+            }
+        }
+    }
+
+    #[test]
+    fn an_anonymous_member_that_contains_itself_is_an_error_not_a_stack_overflow() {
+        let mut b = Builder::new();
+        let anon = b.member("", 1, 0);
+        b.push(KIND_STRUCT, "task_struct", 8, 1, &anon); // 1
+        let err = parse_task_offsets(&b.build()).unwrap_err();
+        assert!(matches!(err, BtfError::Malformed(_)), "{err}");
+    }
+
+    #[test]
+    fn the_running_kernel_has_process_fields_at_distinct_aligned_offsets() {
+        let offsets = match process_offsets(Path::new(VMLINUX_BTF)) {
+            Err(BtfError::Read { .. }) => {
+                eprintln!("skipped: no readable {VMLINUX_BTF}");
+                return;
+            }
+            result => result.unwrap(),
+        };
+        eprintln!("running kernel: {offsets:?}");
+        let [file, anon, shmem] = offsets.rss_counters;
+        assert!(file != anon && anon != shmem && file != shmem, "{offsets:?}");
+        assert!(offsets.rss_counters.iter().all(|offset| offset % 8 == 0), "{offsets:?}");
+        let comm_end = offsets.comm + 16;
+        assert!(comm_end <= offsets.start_time || offsets.start_time + 8 <= offsets.comm, "{offsets:?}");
     }
 
     #[test]

@@ -5,26 +5,28 @@
 //! Values count from the moment the program was attached, not from process start:
 //! the processes collector only ever uses their differences.
 
-use std::{io, os::unix::fs::MetadataExt, path::Path, time::Duration};
+use std::{io, io::Read as _, os::unix::fs::MetadataExt, path::Path, time::Duration};
 
 use agent_common::cputime::{
-    ERR_COUNT, ERR_MAP_FULL, ERR_MISMATCH, ERR_READ_TASK, ERRORS_MAP, LOADED_AT_GLOBAL, MAX_PROCESSES,
-    PROCESS_TIME_MAP, PROGRAM_BTF, PROGRAM_RAW, PROGRAM_RESYNC, ProcessTime, RESYNC_PERIOD_NS, TASK_PID_OFFSET_GLOBAL,
-    TASK_PREV_SUM_EXEC_OFFSET_GLOBAL, TASK_SUM_EXEC_OFFSET_GLOBAL, TASK_TGID_OFFSET_GLOBAL, TRACEPOINT,
+    ERR_COUNT, ERR_MAP_FULL, ERR_MISMATCH, ERR_READ_TASK, ERRORS_MAP, ITER_TARGET, LOADED_AT_GLOBAL, MAX_PROCESSES,
+    MM_RSS_OFFSETS_GLOBAL, PROCESS_TIME_MAP, PROGRAM_BTF, PROGRAM_PROCESSES, PROGRAM_RAW, PROGRAM_RESYNC, ProcessTime,
+    RESYNC_PERIOD_NS, TASK_COMM_OFFSET_GLOBAL, TASK_MM_OFFSET_GLOBAL, TASK_PID_OFFSET_GLOBAL,
+    TASK_PREV_SUM_EXEC_OFFSET_GLOBAL, TASK_START_TIME_OFFSET_GLOBAL, TASK_SUM_EXEC_OFFSET_GLOBAL,
+    TASK_TGID_OFFSET_GLOBAL, TRACEPOINT,
 };
 use aya::{
     Btf, Ebpf, EbpfError, EbpfLoader,
     maps::{HashMap, MapData, MapError, PerCpuArray},
     programs::{
-        BtfTracePoint, PerfEvent, ProgramError, RawTracePoint,
+        BtfTracePoint, Iter, PerfEvent, ProgramError, RawTracePoint,
         perf_event::{PerfEventConfig, PerfEventLinkId, PerfEventScope, SamplePolicy, SoftwareEvent},
     },
     util::online_cpus,
 };
 
 use super::{
-    CpuSourceKind, CpuTimeError, CpuTimeSource, ScannedCpu,
-    btf::{self, TaskOffsets},
+    CpuSourceKind, CpuTimeError, CpuTimeSource, ProcessRecord, ScannedCpu,
+    btf::{self, ProcessOffsets, TaskOffsets},
 };
 
 /// The program object, committed in the repository so building the agent needs no
@@ -112,10 +114,17 @@ pub fn load_kind(kind: AttachKind) -> Result<EbpfCpuTime, EbpfLoadError> {
     check_privileges()?;
     check_pid_namespace()?;
     let offsets = btf::task_offsets(Path::new(btf::VMLINUX_BTF))?;
-    let mut ebpf = load_object(offsets)?;
+    let process_offsets = btf::process_offsets(Path::new(btf::VMLINUX_BTF))
+        .inspect_err(|error| tracing::info!("processes are listed from /proc: {error}"))
+        .ok();
+    let mut ebpf = load_object(offsets, process_offsets)?;
     attach(&mut ebpf, kind)?;
     load_resync(&mut ebpf)?;
-    let mut source = EbpfCpuTime::new(ebpf, kind)?;
+    let iterator = process_offsets.is_some() && load_iterator(&mut ebpf);
+    let mut source = EbpfCpuTime::new(ebpf, kind, iterator)?;
+    if iterator {
+        source.find_blind_pids();
+    }
     // Prove now that `resync` attaches, so a failure falls back to /proc at start
     // rather than at the first request; then leave it off until a reading needs it.
     source.resume_resync().map_err(|source| EbpfLoadError::Program {
@@ -127,21 +136,29 @@ pub fn load_kind(kind: AttachKind) -> Result<EbpfCpuTime, EbpfLoadError> {
     Ok(source)
 }
 
-fn load_object(offsets: TaskOffsets) -> Result<Ebpf, EbpfLoadError> {
+fn load_object(offsets: TaskOffsets, process: Option<ProcessOffsets>) -> Result<Ebpf, EbpfLoadError> {
     let loaded_at = monotonic_ns();
-    EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    loader
         .override_global(LOADED_AT_GLOBAL, &loaded_at, true)
         .override_global(TASK_PID_OFFSET_GLOBAL, &offsets.pid, true)
         .override_global(TASK_TGID_OFFSET_GLOBAL, &offsets.tgid, true)
         .override_global(TASK_SUM_EXEC_OFFSET_GLOBAL, &offsets.sum_exec_runtime, true)
-        .override_global(TASK_PREV_SUM_EXEC_OFFSET_GLOBAL, &offsets.prev_sum_exec_runtime, true)
-        .load(object())
-        .map_err(|error| match &error {
-            EbpfError::MapError(MapError::CreateError { io_error, .. }) if is_eperm(io_error) => {
-                EbpfLoadError::NotPermitted
-            }
-            _ => EbpfLoadError::Object(error),
-        })
+        .override_global(TASK_PREV_SUM_EXEC_OFFSET_GLOBAL, &offsets.prev_sum_exec_runtime, true);
+    // Left at 0 without them: the iterator is then not loaded at all.
+    if let Some(process) = &process {
+        loader
+            .override_global(TASK_START_TIME_OFFSET_GLOBAL, &process.start_time, true)
+            .override_global(TASK_COMM_OFFSET_GLOBAL, &process.comm, true)
+            .override_global(TASK_MM_OFFSET_GLOBAL, &process.mm, true)
+            .override_global(MM_RSS_OFFSETS_GLOBAL, &process.rss_counters, true);
+    }
+    loader.load(object()).map_err(|error| match &error {
+        EbpfError::MapError(MapError::CreateError { io_error, .. }) if is_eperm(io_error) => {
+            EbpfLoadError::NotPermitted
+        }
+        _ => EbpfLoadError::Object(error),
+    })
 }
 
 fn attach(ebpf: &mut Ebpf, kind: AttachKind) -> Result<(), EbpfLoadError> {
@@ -162,6 +179,22 @@ fn attach(ebpf: &mut Ebpf, kind: AttachKind) -> Result<(), EbpfLoadError> {
         }
     }
     Ok(())
+}
+
+/// Loads the process iterator; false (logged) when the kernel refuses it, and the
+/// processes scan reads /proc instead. It needs kernel BTF and Linux >= 5.8.
+fn load_iterator(ebpf: &mut Ebpf) -> bool {
+    let loaded = (|| -> Result<(), Box<dyn std::error::Error>> {
+        let btf = Btf::from_sys_fs()?;
+        let program: &mut Iter =
+            ebpf.program_mut(PROGRAM_PROCESSES).ok_or(EbpfLoadError::Missing(PROGRAM_PROCESSES))?.try_into()?;
+        program.load(ITER_TARGET, &btf).map_err(|e| load_error(PROGRAM_PROCESSES, e))?;
+        Ok(())
+    })();
+    if let Err(error) = &loaded {
+        tracing::info!("processes are listed from /proc: the task iterator did not load: {error}");
+    }
+    loaded.is_ok()
 }
 
 /// Loads the `resync` perf-event program; [`EbpfCpuTime::resume_resync`] attaches
@@ -228,6 +261,15 @@ fn check_pid_namespace() -> Result<(), EbpfLoadError> {
     }
 }
 
+/// The pids /proc lists, ascending.
+fn proc_pids() -> Vec<u32> {
+    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
+        .map(|dir| dir.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default();
+    pids.sort_unstable();
+    pids
+}
+
 /// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
 fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -270,16 +312,36 @@ pub struct EbpfCpuTime {
     /// timer interrupts every CPU every `RESYNC_PERIOD_NS`, which an agent nobody
     /// watches should not do.
     resync_links: Vec<PerfEventLinkId>,
+    /// Whether the process iterator loaded.
+    iterator: bool,
+    /// What the iterator wrote at the last reading, kept for its allocation.
+    iterator_output: Vec<u8>,
+    /// Processes the task iterator does not visit although /proc lists them, found
+    /// at load by comparing the two (on the development VM's 6.18 kernel, pid 1 and
+    /// its threads are never visited). Listings read these from /proc instead.
+    blind_pids: Vec<u32>,
+    stat_buffer: Vec<u8>,
 }
 
 impl EbpfCpuTime {
-    fn new(mut ebpf: Ebpf, attach: AttachKind) -> Result<Self, EbpfLoadError> {
+    fn new(mut ebpf: Ebpf, attach: AttachKind, iterator: bool) -> Result<Self, EbpfLoadError> {
         let take = |ebpf: &mut Ebpf, map| ebpf.take_map(map).ok_or(EbpfLoadError::Missing(map));
         let times = take(&mut ebpf, PROCESS_TIME_MAP)?;
         let errors = take(&mut ebpf, ERRORS_MAP)?;
         let times = HashMap::try_from(times).map_err(|source| EbpfLoadError::Map { map: PROCESS_TIME_MAP, source })?;
         let errors = PerCpuArray::try_from(errors).map_err(|source| EbpfLoadError::Map { map: ERRORS_MAP, source })?;
-        Ok(Self { ebpf, times, errors, reported: ErrorCounts::default(), attach, resync_links: Vec::new() })
+        Ok(Self {
+            ebpf,
+            times,
+            errors,
+            reported: ErrorCounts::default(),
+            attach,
+            resync_links: Vec::new(),
+            iterator,
+            iterator_output: Vec::new(),
+            blind_pids: Vec::new(),
+            stat_buffer: Vec::new(),
+        })
     }
 
     /// Attaches `resync` on every online CPU unless it is attached, and waits until it
@@ -339,6 +401,84 @@ impl EbpfCpuTime {
         }
         tracing::debug!("eBPF entry of {tgid} kept changing over {MAX_READS} reads");
         Ok(last.map_or(0, |time| time.at(monotonic_ns())))
+    }
+
+    /// Every process with its cumulative CPU time, from one pass of the task
+    /// iterator, in pid order. Each pass needs its own iterator file, made from a
+    /// fresh link (two syscalls; the program stays loaded).
+    pub fn list_processes(
+        &mut self,
+        out: &mut Vec<ProcessRecord>,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        out.clear();
+        if !self.iterator {
+            return Err("the task iterator is not loaded".into());
+        }
+        let program: &mut Iter = self.ebpf.program_mut(PROGRAM_PROCESSES).ok_or("no iterator program")?.try_into()?;
+        let link = program.attach()?;
+        let mut file = program.take_link(link)?.into_file()?;
+        self.iterator_output.clear();
+        file.read_to_end(&mut self.iterator_output)?;
+        let record_len = std::mem::size_of::<ProcessRecord>();
+        out.extend(self.iterator_output.chunks_exact(record_len).map(|bytes| {
+            // SAFETY: `bytes` holds `record_len` bytes, and `ProcessRecord` is plain
+            // integers (aya::Pod), valid for any bit pattern; read unaligned.
+            unsafe { bytes.as_ptr().cast::<ProcessRecord>().read_unaligned() }
+        }));
+        let visited = out.len();
+        for index in 0..self.blind_pids.len() {
+            let pid = self.blind_pids[index];
+            if out[..visited].binary_search_by_key(&pid, |record| record.tgid).is_err()
+                && let Some(record) = self.record_from_proc(pid)
+            {
+                out.push(record);
+            }
+        }
+        // The kernel walks tasks in pid order; sorting places the blind pids and
+        // guards the merge against a kernel that does not.
+        if !out.is_sorted_by_key(|record| record.tgid) {
+            out.sort_unstable_by_key(|record| record.tgid);
+        }
+        Ok(())
+    }
+
+    /// Compares one pass of the iterator with /proc and keeps the processes the
+    /// iterator missed although /proc listed them before and after it.
+    fn find_blind_pids(&mut self) {
+        let before = proc_pids();
+        let mut records = Vec::new();
+        if let Err(error) = self.list_processes(&mut records) {
+            self.iterator = false;
+            return tracing::info!("processes are listed from /proc: the task iterator failed: {error}");
+        }
+        let after = proc_pids();
+        self.blind_pids = before
+            .into_iter()
+            .filter(|pid| after.binary_search(pid).is_ok())
+            .filter(|pid| records.binary_search_by_key(pid, |record| record.tgid).is_err())
+            .collect();
+        if !self.blind_pids.is_empty() {
+            tracing::info!(
+                "the kernel's task iterator does not visit {} processes that /proc lists ({:?}); those are read from /proc",
+                self.blind_pids.len(),
+                &self.blind_pids[..self.blind_pids.len().min(8)]
+            );
+        }
+    }
+
+    /// The record of `pid` as /proc/PID/stat and the CPU-time map give it; None
+    /// when it is gone. Its start time is in clock ticks, not ns: it only has to
+    /// stay the same for the same process.
+    fn record_from_proc(&mut self, pid: u32) -> Option<ProcessRecord> {
+        let file = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;
+        let length = crate::collect::procfs::read_from_start(&file, &mut self.stat_buffer).ok()?;
+        let stat = crate::collect::stat::parse_stat(&self.stat_buffer[..length]).ok()?;
+        let mut comm = [0u8; 16];
+        let name = &stat.comm[..stat.comm.len().min(comm.len())];
+        comm[..name.len()].copy_from_slice(name);
+        let (start_time_ns, rss_pages) = (stat.start_time, stat.rss_pages);
+        let cpu_ns = self.process_ns(pid).unwrap_or(0);
+        Some(ProcessRecord { tgid: pid, reserved: 0, start_time_ns, cpu_ns, rss_pages, comm })
     }
 
     /// Whether the map holds an entry for `tgid`.
@@ -424,14 +564,26 @@ impl CpuTimeSource for EbpfCpuTime {
         Ok(())
     }
 
-    /// Deletes the entries of processes absent from `live`. An entry with a thread
-    /// still on a CPU is kept: its pid was reused by a process born after the scan
-    /// (or the dead one's last switch is a moment away), and deleting it mid-slice
-    /// would leave the slice's end unmatched. It goes at a later scan.
+    fn read_processes(&mut self, out: &mut Vec<ProcessRecord>) -> Option<Result<(), CpuTimeError>> {
+        if !self.iterator {
+            return None;
+        }
+        if let Err(error) = self.resume_resync() {
+            tracing::warn!("attaching resync failed: {error}");
+        }
+        let listed = self.list_processes(out).map_err(CpuTimeError::Iterator);
+        self.report_errors();
+        Some(listed)
+    }
+
     fn idle(&mut self) {
         self.pause_resync();
     }
 
+    /// Deletes the entries of processes absent from `live`. An entry with a thread
+    /// still on a CPU is kept: its pid was reused by a process born after the scan
+    /// (or the dead one's last switch is a moment away), and deleting it mid-slice
+    /// would leave the slice's end unmatched. It goes at a later scan.
     fn retain_live(&mut self, live: &[u32]) {
         let gone: Vec<u32> = self
             .times

@@ -38,6 +38,8 @@ pub struct ScannedCpu {
     pub ticks: u64,
 }
 
+pub use agent_common::cputime::ProcessRecord;
+
 #[derive(Debug, thiserror::Error)]
 pub enum CpuTimeError {
     #[error("reading the eBPF map {map}: {source}")]
@@ -46,6 +48,8 @@ pub enum CpuTimeError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("reading the eBPF process iterator: {0}")]
+    Iterator(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// A source of cumulative per-process CPU time.
@@ -55,6 +59,13 @@ pub trait CpuTimeSource: Send {
     /// Writes into `out`, in the order of `procs`, the cumulative on-CPU nanoseconds of
     /// each process. `out` is cleared first.
     fn cumulative_ns(&mut self, procs: &[ScannedCpu], out: &mut Vec<u64>) -> Result<(), CpuTimeError>;
+
+    /// Every process of the host with its cumulative CPU time, in one read, for a
+    /// source that can list them itself (the eBPF task iterator), sorted by pid into
+    /// `out` (cleared first). None when it cannot: the caller scans /proc instead.
+    fn read_processes(&mut self, _out: &mut Vec<ProcessRecord>) -> Option<Result<(), CpuTimeError>> {
+        None
+    }
 
     /// Drops whatever the source keeps for processes that are gone. `live` is every pid
     /// of one complete /proc scan, sorted.
