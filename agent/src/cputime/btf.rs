@@ -73,7 +73,8 @@ pub fn process_offsets(path: &Path) -> Result<ProcessOffsets, BtfError> {
     parse_process_offsets(&read(path)?)
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, BtfError> {
+/// The raw bytes of the BTF file at `path`, to parse for both kinds of offsets.
+pub fn read(path: &Path) -> Result<Vec<u8>, BtfError> {
     std::fs::read(path).map_err(|source| BtfError::Read { path: path.to_owned(), source })
 }
 

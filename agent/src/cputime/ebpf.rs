@@ -62,8 +62,8 @@ pub enum EbpfLoadError {
     ForeignPidNamespace,
     #[error("no usable kernel BTF, which gives the task_struct layout: {0}")]
     NoBtf(#[from] btf::BtfError),
-    #[error("kernel BTF for tp_btf: {0}")]
-    KernelBtf(#[source] aya::BtfError),
+    #[error("kernel BTF for tp_btf and the task iterator: {0}")]
+    KernelBtf(String),
     #[error("loading the eBPF object: {0}")]
     Object(#[source] EbpfError),
     #[error("the embedded eBPF object has no {0}")]
@@ -113,14 +113,30 @@ pub fn load() -> Result<EbpfCpuTime, EbpfLoadError> {
 pub fn load_kind(kind: AttachKind) -> Result<EbpfCpuTime, EbpfLoadError> {
     check_privileges()?;
     check_pid_namespace()?;
-    let offsets = btf::task_offsets(Path::new(btf::VMLINUX_BTF))?;
-    let process_offsets = btf::process_offsets(Path::new(btf::VMLINUX_BTF))
-        .inspect_err(|error| tracing::info!("processes are listed from /proc: {error}"))
-        .ok();
-    let mut ebpf = load_object(offsets, process_offsets)?;
-    attach(&mut ebpf, kind)?;
-    load_resync(&mut ebpf)?;
-    let iterator = process_offsets.is_some() && load_iterator(&mut ebpf);
+    // Parsing the kernel's BTF (ours for offsets, aya's for attach points) makes
+    // megabytes of short-lived allocations. Done on a thread of its own, they stay
+    // in that thread's malloc arena, apart from the long-lived state made on this
+    // one, so freeing them returns the pages: mixed in one heap, the long-lived
+    // pieces kept hundreds of KiB of it resident (idle RSS).
+    let (offsets, process_offsets, loader) = on_scratch_thread(|| {
+        let vmlinux = btf::read(Path::new(btf::VMLINUX_BTF))?;
+        let process_offsets = btf::parse_process_offsets(&vmlinux)
+            .inspect_err(|error| tracing::info!("processes are listed from /proc: {error}"))
+            .ok();
+        let offsets = btf::parse_task_offsets(&vmlinux)?;
+        // `new` parses the kernel's BTF for CO-RE relocations, which Rust objects
+        // do not have; it is dropped here, on this thread.
+        let mut loader = EbpfLoader::new();
+        loader.btf(None);
+        Ok::<_, EbpfLoadError>((offsets, process_offsets, loader))
+    })?;
+    let mut ebpf = load_object(loader, offsets, process_offsets)?;
+    let iterator = on_scratch_thread(|| {
+        let kernel_btf = Btf::from_sys_fs().map_err(|error| EbpfLoadError::KernelBtf(error.to_string()));
+        attach(&mut ebpf, kind, &kernel_btf)?;
+        load_resync(&mut ebpf)?;
+        Ok::<_, EbpfLoadError>(process_offsets.is_some() && load_iterator(&mut ebpf, &kernel_btf))
+    })?;
     let mut source = EbpfCpuTime::new(ebpf, kind, iterator)?;
     if iterator {
         source.find_blind_pids();
@@ -136,9 +152,19 @@ pub fn load_kind(kind: AttachKind) -> Result<EbpfCpuTime, EbpfLoadError> {
     Ok(source)
 }
 
-fn load_object(offsets: TaskOffsets, process: Option<ProcessOffsets>) -> Result<Ebpf, EbpfLoadError> {
+/// Runs `work` on a thread of its own and returns its result (see `load_kind`).
+fn on_scratch_thread<T: Send>(work: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| scope.spawn(work).join()).unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+fn load_object(
+    loader: EbpfLoader<'static>,
+    offsets: TaskOffsets,
+    process: Option<ProcessOffsets>,
+) -> Result<Ebpf, EbpfLoadError> {
+    // The globals below are borrowed for as long as the loader lives.
+    let mut loader: EbpfLoader<'_> = loader;
     let loaded_at = monotonic_ns();
-    let mut loader = EbpfLoader::new();
     loader
         .override_global(LOADED_AT_GLOBAL, &loaded_at, true)
         .override_global(TASK_PID_OFFSET_GLOBAL, &offsets.pid, true)
@@ -161,15 +187,15 @@ fn load_object(offsets: TaskOffsets, process: Option<ProcessOffsets>) -> Result<
     })
 }
 
-fn attach(ebpf: &mut Ebpf, kind: AttachKind) -> Result<(), EbpfLoadError> {
+fn attach(ebpf: &mut Ebpf, kind: AttachKind, kernel_btf: &Result<Btf, EbpfLoadError>) -> Result<(), EbpfLoadError> {
     let name = kind.program_name();
     let program = ebpf.program_mut(name).ok_or(EbpfLoadError::Missing(name))?;
     let wrap = |action| move |source| EbpfLoadError::Program { action, program: name, source };
     match kind {
         AttachKind::BtfTracePoint => {
-            let btf = Btf::from_sys_fs().map_err(EbpfLoadError::KernelBtf)?;
+            let btf = kernel_btf.as_ref().map_err(|error| EbpfLoadError::KernelBtf(error.to_string()))?;
             let program: &mut BtfTracePoint = program.try_into().map_err(wrap("selecting"))?;
-            program.load(TRACEPOINT, &btf).map_err(|e| load_error(name, e))?;
+            program.load(TRACEPOINT, btf).map_err(|e| load_error(name, e))?;
             program.attach().map_err(wrap("attaching"))?;
         }
         AttachKind::RawTracePoint => {
@@ -183,12 +209,12 @@ fn attach(ebpf: &mut Ebpf, kind: AttachKind) -> Result<(), EbpfLoadError> {
 
 /// Loads the process iterator; false (logged) when the kernel refuses it, and the
 /// processes scan reads /proc instead. It needs kernel BTF and Linux >= 5.8.
-fn load_iterator(ebpf: &mut Ebpf) -> bool {
+fn load_iterator(ebpf: &mut Ebpf, kernel_btf: &Result<Btf, EbpfLoadError>) -> bool {
     let loaded = (|| -> Result<(), Box<dyn std::error::Error>> {
-        let btf = Btf::from_sys_fs()?;
+        let btf = kernel_btf.as_ref().map_err(|error| error.to_string())?;
         let program: &mut Iter =
             ebpf.program_mut(PROGRAM_PROCESSES).ok_or(EbpfLoadError::Missing(PROGRAM_PROCESSES))?.try_into()?;
-        program.load(ITER_TARGET, &btf).map_err(|e| load_error(PROGRAM_PROCESSES, e))?;
+        program.load(ITER_TARGET, btf).map_err(|e| load_error(PROGRAM_PROCESSES, e))?;
         Ok(())
     })();
     if let Err(error) = &loaded {
