@@ -17,7 +17,8 @@ pub const CPU_SLOT_MAP: &str = "CPU_SLOT";
 pub const ERRORS_MAP: &str = "ERRORS";
 
 /// Capacity of [`PROCESS_TIME_MAP`]: processes (not threads) the program can track
-/// at once. Entries of gone processes are deleted by user space after each scan.
+/// at once. Entries of gone processes are deleted by [`PROGRAM_FREE_BTF`] (or its
+/// twin), or by user space after a scan where that program is not attached.
 pub const MAX_PROCESSES: u32 = 32_768;
 
 /// Global: byte offset of `pid` (the thread id) in `struct task_struct`, from the
@@ -38,6 +39,12 @@ pub const PROGRAM_BTF: &str = "sched_switch_btf";
 pub const PROGRAM_RAW: &str = "sched_switch_raw";
 /// The tracepoint both programs attach to.
 pub const TRACEPOINT: &str = "sched_switch";
+/// The `tp_btf/sched_process_free` program that deletes a dead process's entry.
+pub const PROGRAM_FREE_BTF: &str = "process_free_btf";
+/// Its `raw_tp` twin.
+pub const PROGRAM_FREE_RAW: &str = "process_free_raw";
+/// The tracepoint the two attach to.
+pub const FREE_TRACEPOINT: &str = "sched_process_free";
 /// The task-iterator program that lists every process in one read (`iter/task`).
 pub const PROGRAM_PROCESSES: &str = "processes";
 /// The kernel's name of the iterator target `PROGRAM_PROCESSES` attaches to.

@@ -93,6 +93,40 @@ pub fn sched_switch_raw(ctx: RawTracePointContext) -> u32 {
     0
 }
 
+#[btf_tracepoint(function = "sched_process_free")]
+pub fn process_free_btf(ctx: BtfTracePointContext) -> u32 {
+    on_free(BtfTask(ctx.arg(FREED_ARG)));
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sched_process_free")]
+pub fn process_free_raw(ctx: RawTracePointContext) -> u32 {
+    on_free(RawTask(ctx.arg(FREED_ARG)));
+    0
+}
+
+/// Index of the task among `sched_process_free`'s arguments:
+/// `TP_PROTO(struct task_struct *p)` in include/trace/events/sched.h.
+const FREED_ARG: usize = 0;
+
+/// A task's memory is being freed, an RCU grace period after it was reaped. When
+/// it led its thread group the whole process is gone (a leader is reaped only once
+/// its other threads are), so its entry goes: user space need not walk the map
+/// for the dead. A thread that execs takes over the leader's pid, and the old
+/// leader is freed under the thread's old pid, so the process keeps its entry.
+#[inline(always)]
+fn on_free<T: Task>(task: T) {
+    let (Some(tid), Some(tgid)) =
+        (task.field::<u32>(TASK_PID_OFFSET.load()), task.field::<u32>(TASK_TGID_OFFSET.load()))
+    else {
+        return;
+    };
+    if tid == tgid {
+        // Absent already when the process never ran since loading.
+        let _ = PROCESS_TIME.remove(tgid);
+    }
+}
+
 /// A `task_struct` the program reads fields of, at offsets user space took from BTF.
 trait Task: Copy {
     /// The field at `offset`; None when the offset was not set (0 is never one of the

@@ -283,21 +283,47 @@ fn ebpf_counts_a_thread_that_exited_between_samples() {
     assert_within(source1 - source0, truth1 - truth0, EBPF_BOUND_NS + steal, "tp_btf, exited thread");
 }
 
-#[test]
-fn ebpf_entries_of_exited_processes_go_after_retain_live() {
-    let _serial = serial();
-    let Some(mut source) = load_or_skip(AttachKind::BtfTracePoint) else { return };
+/// A busy child, once the program has counted it.
+fn counted_busy_loop(source: &EbpfCpuTime) -> Proc {
     let busy = busy_loop();
-    let pid = busy.pid();
     let started = Instant::now();
-    while source.process_ns(pid).unwrap() == 0 && started.elapsed() < Duration::from_secs(2) {
+    while source.process_ns(busy.pid()).unwrap() == 0 && started.elapsed() < Duration::from_secs(2) {
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert!(source.is_tracked(pid).unwrap(), "the busy loop was never counted");
-    drop(busy); // killed and reaped: gone from /proc
-    source.retain_live(&live_pids());
-    assert!(!source.is_tracked(pid).unwrap(), "the exited process's entry survived retain_live");
+    assert!(source.is_tracked(busy.pid()).unwrap(), "the busy loop was never counted");
+    busy
+}
+
+#[test]
+fn ebpf_entries_of_exited_processes_are_deleted_by_the_kernel() {
+    let _serial = serial();
+    let Some(source) = load_or_skip(AttachKind::BtfTracePoint) else { return };
+    assert!(source.kernel_cleanup(), "the sched_process_free program did not attach");
+    let busy = counted_busy_loop(&source);
+    let pid = busy.pid();
+    drop(busy); // killed and reaped: freed after an RCU grace period
+    let started = Instant::now();
+    while source.is_tracked(pid).unwrap() && started.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(!source.is_tracked(pid).unwrap(), "the exited process's entry is still there");
     // This test process is alive and has run since loading: its entry stays.
+    assert!(source.is_tracked(std::process::id()).unwrap());
+}
+
+#[test]
+fn ebpf_entries_of_processes_absent_from_a_scan_go_after_retain_live() {
+    let _serial = serial();
+    let Some(mut source) = load_or_skip(AttachKind::BtfTracePoint) else { return };
+    let mut busy = counted_busy_loop(&source);
+    let pid = busy.pid();
+    // Killed but not reaped: a zombie, so the kernel has not freed it and only
+    // `retain_live` can delete its entry.
+    busy.0.kill().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let live: Vec<u32> = live_pids().into_iter().filter(|&p| p != pid).collect();
+    source.retain_live(&live);
+    assert!(!source.is_tracked(pid).unwrap(), "the dead process's entry survived retain_live");
     assert!(source.is_tracked(std::process::id()).unwrap());
 }
 

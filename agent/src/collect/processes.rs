@@ -318,7 +318,8 @@ impl ProcessScanner {
     /// Tells the source which processes live, when some may have exited since it
     /// was last told: a known process left, or a pid was handed out (a process born
     /// and gone between two scans leaves an entry in the eBPF map). For the eBPF
-    /// source that call walks its whole map, a syscall per entry.
+    /// source without its `sched_process_free` program, that call walks its whole
+    /// map, a syscall per entry.
     fn forget_exited(&mut self, source: &mut dyn CpuTimeSource) {
         let new_pids = self.scan_last_pid.is_none() || self.scan_last_pid != self.retained_last_pid;
         if self.departed || new_pids {

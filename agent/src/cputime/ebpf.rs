@@ -8,11 +8,11 @@
 use std::{io, io::Read as _, os::unix::fs::MetadataExt, path::Path, time::Duration};
 
 use agent_common::cputime::{
-    ERR_COUNT, ERR_MAP_FULL, ERR_MISMATCH, ERR_READ_TASK, ERRORS_MAP, ITER_TARGET, LOADED_AT_GLOBAL, MAX_PROCESSES,
-    MM_RSS_OFFSETS_GLOBAL, PROCESS_TIME_MAP, PROGRAM_BTF, PROGRAM_PROCESSES, PROGRAM_RAW, PROGRAM_RESYNC, ProcessTime,
-    RESYNC_PERIOD_NS, TASK_COMM_OFFSET_GLOBAL, TASK_MM_OFFSET_GLOBAL, TASK_PID_OFFSET_GLOBAL,
-    TASK_PREV_SUM_EXEC_OFFSET_GLOBAL, TASK_START_TIME_OFFSET_GLOBAL, TASK_SUM_EXEC_OFFSET_GLOBAL,
-    TASK_TGID_OFFSET_GLOBAL, TRACEPOINT,
+    ERR_COUNT, ERR_MAP_FULL, ERR_MISMATCH, ERR_READ_TASK, ERRORS_MAP, FREE_TRACEPOINT, ITER_TARGET, LOADED_AT_GLOBAL,
+    MAX_PROCESSES, MM_RSS_OFFSETS_GLOBAL, PROCESS_TIME_MAP, PROGRAM_BTF, PROGRAM_FREE_BTF, PROGRAM_FREE_RAW,
+    PROGRAM_PROCESSES, PROGRAM_RAW, PROGRAM_RESYNC, ProcessTime, RESYNC_PERIOD_NS, TASK_COMM_OFFSET_GLOBAL,
+    TASK_MM_OFFSET_GLOBAL, TASK_PID_OFFSET_GLOBAL, TASK_PREV_SUM_EXEC_OFFSET_GLOBAL, TASK_START_TIME_OFFSET_GLOBAL,
+    TASK_SUM_EXEC_OFFSET_GLOBAL, TASK_TGID_OFFSET_GLOBAL, TRACEPOINT,
 };
 use aya::{
     Btf, Ebpf, EbpfError, EbpfLoader,
@@ -45,10 +45,19 @@ pub enum AttachKind {
 }
 
 impl AttachKind {
+    /// The `sched_switch` program of this kind.
     fn program_name(self) -> &'static str {
         match self {
             AttachKind::BtfTracePoint => PROGRAM_BTF,
             AttachKind::RawTracePoint => PROGRAM_RAW,
+        }
+    }
+
+    /// The `sched_process_free` program of this kind.
+    fn free_program_name(self) -> &'static str {
+        match self {
+            AttachKind::BtfTracePoint => PROGRAM_FREE_BTF,
+            AttachKind::RawTracePoint => PROGRAM_FREE_RAW,
         }
     }
 }
@@ -131,13 +140,15 @@ pub fn load_kind(kind: AttachKind) -> Result<EbpfCpuTime, EbpfLoadError> {
         Ok::<_, EbpfLoadError>((offsets, process_offsets, loader))
     })?;
     let mut ebpf = load_object(loader, offsets, process_offsets)?;
-    let iterator = on_scratch_thread(|| {
+    let (kernel_cleanup, iterator) = on_scratch_thread(|| {
         let kernel_btf = Btf::from_sys_fs().map_err(|error| EbpfLoadError::KernelBtf(error.to_string()));
-        attach(&mut ebpf, kind, &kernel_btf)?;
+        let kernel_cleanup = attach(&mut ebpf, kind, &kernel_btf)?;
         load_resync(&mut ebpf)?;
-        Ok::<_, EbpfLoadError>(process_offsets.is_some() && load_iterator(&mut ebpf, &kernel_btf))
+        let iterator = process_offsets.is_some() && load_iterator(&mut ebpf, &kernel_btf);
+        Ok::<_, EbpfLoadError>((kernel_cleanup, iterator))
     })?;
     let mut source = EbpfCpuTime::new(ebpf, kind, iterator)?;
+    source.kernel_cleanup = kernel_cleanup;
     if iterator {
         source.find_blind_pids();
     }
@@ -187,21 +198,38 @@ fn load_object(
     })
 }
 
-fn attach(ebpf: &mut Ebpf, kind: AttachKind, kernel_btf: &Result<Btf, EbpfLoadError>) -> Result<(), EbpfLoadError> {
-    let name = kind.program_name();
+/// Attaches the `sched_switch` program of `kind`, then its `sched_process_free`
+/// companion; returns whether the companion attached (without it, user space
+/// deletes the entries of dead processes, see `retain_live`).
+fn attach(ebpf: &mut Ebpf, kind: AttachKind, kernel_btf: &Result<Btf, EbpfLoadError>) -> Result<bool, EbpfLoadError> {
+    attach_tracepoint(ebpf, kind, kind.program_name(), TRACEPOINT, kernel_btf)?;
+    let freed = attach_tracepoint(ebpf, kind, kind.free_program_name(), FREE_TRACEPOINT, kernel_btf);
+    if let Err(error) = &freed {
+        tracing::info!("entries of exited processes are deleted by scans: {error}");
+    }
+    Ok(freed.is_ok())
+}
+
+fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    kind: AttachKind,
+    name: &'static str,
+    tracepoint: &str,
+    kernel_btf: &Result<Btf, EbpfLoadError>,
+) -> Result<(), EbpfLoadError> {
     let program = ebpf.program_mut(name).ok_or(EbpfLoadError::Missing(name))?;
     let wrap = |action| move |source| EbpfLoadError::Program { action, program: name, source };
     match kind {
         AttachKind::BtfTracePoint => {
             let btf = kernel_btf.as_ref().map_err(|error| EbpfLoadError::KernelBtf(error.to_string()))?;
             let program: &mut BtfTracePoint = program.try_into().map_err(wrap("selecting"))?;
-            program.load(TRACEPOINT, btf).map_err(|e| load_error(name, e))?;
+            program.load(tracepoint, btf).map_err(|e| load_error(name, e))?;
             program.attach().map_err(wrap("attaching"))?;
         }
         AttachKind::RawTracePoint => {
             let program: &mut RawTracePoint = program.try_into().map_err(wrap("selecting"))?;
             program.load().map_err(|e| load_error(name, e))?;
-            program.attach(TRACEPOINT).map_err(wrap("attaching"))?;
+            program.attach(tracepoint).map_err(wrap("attaching"))?;
         }
     }
     Ok(())
@@ -340,6 +368,12 @@ pub struct EbpfCpuTime {
     resync_links: Vec<PerfEventLinkId>,
     /// Whether the process iterator loaded.
     iterator: bool,
+    /// Whether the kernel deletes the entries of exited processes itself (the
+    /// `sched_process_free` program is attached).
+    kernel_cleanup: bool,
+    /// Whether `retain_live` ran once: with kernel cleanup it is needed only for
+    /// processes that exited while the programs were being attached.
+    retained_once: bool,
     /// What the iterator wrote at the last reading, kept for its allocation.
     iterator_output: Vec<u8>,
     /// Processes the task iterator does not visit although /proc lists them, found
@@ -364,6 +398,8 @@ impl EbpfCpuTime {
             attach,
             resync_links: Vec::new(),
             iterator,
+            kernel_cleanup: false,
+            retained_once: false,
             iterator_output: Vec::new(),
             blind_pids: Vec::new(),
             stat_buffer: Vec::new(),
@@ -408,6 +444,11 @@ impl EbpfCpuTime {
 
     pub fn attach_kind(&self) -> AttachKind {
         self.attach
+    }
+
+    /// Whether the kernel deletes the entries of exited processes itself.
+    pub fn kernel_cleanup(&self) -> bool {
+        self.kernel_cleanup
     }
 
     /// Cumulative on-CPU ns of process `tgid` since the program was attached, at
@@ -611,6 +652,10 @@ impl CpuTimeSource for EbpfCpuTime {
     /// (or the dead one's last switch is a moment away), and deleting it mid-slice
     /// would leave the slice's end unmatched. It goes at a later scan.
     fn retain_live(&mut self, live: &[u32]) {
+        if self.kernel_cleanup && self.retained_once {
+            return;
+        }
+        self.retained_once = true;
         let gone: Vec<u32> = self
             .times
             .keys()
