@@ -5,7 +5,13 @@
 //! Values count from the moment the program was attached, not from process start:
 //! the processes collector only ever uses their differences.
 
-use std::{io, io::Read as _, os::unix::fs::MetadataExt, path::Path, time::Duration};
+use std::{
+    io,
+    io::Read as _,
+    os::unix::fs::MetadataExt,
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use agent_common::cputime::{
     ERR_COUNT, ERR_MAP_FULL, ERR_MISMATCH, ERR_READ_TASK, ERRORS_MAP, FREE_TRACEPOINT, ITER_TARGET, LOADED_AT_GLOBAL,
@@ -366,6 +372,8 @@ pub struct EbpfCpuTime {
     /// timer interrupts every CPU every `RESYNC_PERIOD_NS`, which an agent nobody
     /// watches should not do.
     resync_links: Vec<PerfEventLinkId>,
+    /// When `resync` was attached; None while it is not.
+    resync_since: Option<Instant>,
     /// Whether the process iterator loaded.
     iterator: bool,
     /// Whether the kernel deletes the entries of exited processes itself (the
@@ -397,6 +405,7 @@ impl EbpfCpuTime {
             reported: ErrorCounts::default(),
             attach,
             resync_links: Vec::new(),
+            resync_since: None,
             iterator,
             kernel_cleanup: false,
             retained_once: false,
@@ -410,8 +419,19 @@ impl EbpfCpuTime {
     /// has run everywhere: until then a CPU may run a task not counted yet, and two
     /// periods cover it, so the next reading already sees every CPU.
     pub fn resume_resync(&mut self) -> Result<(), ProgramError> {
-        if !self.resync_links.is_empty() {
-            return Ok(());
+        let since = self.attach_resync()?;
+        let settled = since + Duration::from_nanos(2 * RESYNC_PERIOD_NS);
+        if let Some(wait) = settled.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        Ok(())
+    }
+
+    /// Attaches `resync` on every online CPU unless it is attached; returns when it
+    /// was attached.
+    fn attach_resync(&mut self) -> Result<Instant, ProgramError> {
+        if let Some(since) = self.resync_since {
+            return Ok(since);
         }
         let cpus = online_cpus().map_err(|(_, error)| ProgramError::IOError(error))?;
         let program: &mut PerfEvent =
@@ -427,14 +447,16 @@ impl EbpfCpuTime {
                 }
             }
         }
-        std::thread::sleep(Duration::from_nanos(2 * RESYNC_PERIOD_NS));
-        Ok(())
+        let since = Instant::now();
+        self.resync_since = Some(since);
+        Ok(since)
     }
 
     /// Detaches `resync`; the next reading attaches it again.
     pub fn pause_resync(&mut self) {
         let Some(program) = self.ebpf.program_mut(PROGRAM_RESYNC) else { return };
         let Ok(program) = <&mut PerfEvent>::try_from(program) else { return };
+        self.resync_since = None;
         for link in self.resync_links.drain(..) {
             if let Err(error) = program.detach(link) {
                 tracing::debug!("detaching resync: {error}");
@@ -641,6 +663,12 @@ impl CpuTimeSource for EbpfCpuTime {
         let listed = self.list_processes(out).map_err(CpuTimeError::Iterator);
         self.report_errors();
         Some(listed)
+    }
+
+    fn active(&mut self) {
+        if let Err(error) = self.attach_resync() {
+            tracing::warn!("attaching resync failed: {error}");
+        }
     }
 
     fn idle(&mut self) {

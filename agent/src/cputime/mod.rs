@@ -71,6 +71,10 @@ pub trait CpuTimeSource: Send {
     /// of one complete /proc scan, sorted.
     fn retain_live(&mut self, live: &[u32]);
 
+    /// A first client connected: start the periodic kernel work readings need, so
+    /// that the first reading does not wait for it.
+    fn active(&mut self) {}
+
     /// No client is connected: stop any periodic kernel work until the next reading,
     /// so an agent nobody watches costs the host nothing but its tracepoint.
     fn idle(&mut self) {}

@@ -102,7 +102,13 @@ impl Service {
 
     /// Counts a connected client until the guard is dropped.
     pub fn client_connected(self: &Arc<Self>) -> ClientGuard {
-        self.clients.fetch_add(1, Ordering::AcqRel);
+        if self.clients.fetch_add(1, Ordering::AcqRel) == 0 {
+            let source = Arc::clone(&self.cpu_source);
+            // Attaching eBPF programs blocks briefly; keep it off the async workers.
+            // Should this run before the `idle` of a client that just left, the
+            // next reading attaches again, only later.
+            tokio::task::spawn_blocking(move || crate::sync::lock(&source).active());
+        }
         ClientGuard(Arc::clone(self))
     }
 
