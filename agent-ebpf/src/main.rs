@@ -13,6 +13,10 @@
 //!
 //! Some kernels switch some tasks without the tracepoint; a CPU-clock perf event
 //! (`resync`) re-checks every CPU's running task and repairs the record.
+//!
+//! Two companions serve the agent's processes list: `sched_process_free` deletes a
+//! process's entry when the process is gone, and a task iterator (`processes`)
+//! lists every process with its counter in one read.
 #![no_std]
 #![no_main]
 #![feature(asm_experimental_arch)]
@@ -153,6 +157,22 @@ impl Task for BtfTask {
     }
 }
 
+/// A task as `raw_tp` (or `bpf_get_current_task`) gives it: a plain number to the
+/// verifier, so fields go through the probe-read helper.
+#[derive(Clone, Copy)]
+struct RawTask(*const u8);
+
+impl Task for RawTask {
+    #[inline(always)]
+    fn field<T: Copy>(self, offset: u32) -> Option<T> {
+        if offset == 0 {
+            return None;
+        }
+        // SAFETY: probe reads check their source and fail instead of faulting.
+        unsafe { bpf_probe_read_kernel(self.0.wrapping_add(offset as usize).cast::<T>()) }.ok()
+    }
+}
+
 /// `struct bpf_iter__task` (kernel/bpf/task_iter.c): the context of an `iter/task`
 /// program, one call per task and a last one with `task` NULL.
 #[repr(C)]
@@ -264,22 +284,6 @@ fn process_cpu_ns(tgid: u32) -> u64 {
 
 /// Reads of a changing entry before taking the last one.
 const MAX_ENTRY_READS: u32 = 4;
-
-/// A task as `raw_tp` (or `bpf_get_current_task`) gives it: a plain number to the
-/// verifier, so fields go through the probe-read helper.
-#[derive(Clone, Copy)]
-struct RawTask(*const u8);
-
-impl Task for RawTask {
-    #[inline(always)]
-    fn field<T: Copy>(self, offset: u32) -> Option<T> {
-        if offset == 0 {
-            return None;
-        }
-        // SAFETY: probe reads check their source and fail instead of faulting.
-        unsafe { bpf_probe_read_kernel(self.0.wrapping_add(offset as usize).cast::<T>()) }.ok()
-    }
-}
 
 /// Runs every `RESYNC_PERIOD_NS` of CPU clock on each CPU, in the context of the
 /// task actually running. When that is not the task the slot recorded, the kernel

@@ -1,11 +1,14 @@
 //! The processes list (`get_processes`): every process in `/proc` with its name,
 //! resident memory and CPU share since the previous scan. CPU time comes from the
-//! agent's [`CpuTimeSource`] (eBPF or /proc); the scan itself reads only
-//! `/proc/PID/stat`, once per process.
+//! agent's [`CpuTimeSource`] (eBPF or /proc).
 //!
-//! This runs on every uncached request, so it is built to cost little more than
-//! the kernel's own work of writing each stat file: the stat files of up to
-//! `kept_files` processes stay open between scans and are re-read with pread (see
+//! With the eBPF source, one read of its task iterator lists every process with its
+//! name, resident pages and CPU time ([`CpuTimeSource::read_processes`]), and no
+//! /proc file is read. Otherwise the scan reads `/proc/PID/stat`, once per process.
+//!
+//! This runs on every uncached request, so the /proc path is built to cost little
+//! more than the kernel's own work of writing each stat file: the stat files of up
+//! to `kept_files` processes stay open between scans and are re-read with pread (see
 //! [`procfs`]); what the scanner knows of each process lives in a vector sorted by
 //! pid and merged with the (ascending) directory listing, so no map is rebuilt;
 //! names are decoded only when a process's `comm` changes; the answer's rows are

@@ -129,10 +129,12 @@ pub fn load_kind(kind: AttachKind) -> Result<EbpfCpuTime, EbpfLoadError> {
     check_privileges()?;
     check_pid_namespace()?;
     // Parsing the kernel's BTF (ours for offsets, aya's for attach points) makes
-    // megabytes of short-lived allocations. Done on a thread of its own, they stay
-    // in that thread's malloc arena, apart from the long-lived state made on this
-    // one, so freeing them returns the pages: mixed in one heap, the long-lived
-    // pieces kept hundreds of KiB of it resident (idle RSS).
+    // megabytes of short-lived allocations. Made and freed on a thread of its own,
+    // they stay in that thread's malloc arena, apart from the long-lived state made
+    // on this one, so freeing them returns the pages: mixed in one heap, the
+    // long-lived pieces kept hundreds of KiB of it resident (idle RSS). (Freed on
+    // another thread, a parse stays resident: glibc does not trim the top of a
+    // thread's arena from there.)
     let (offsets, process_offsets, loader) = on_scratch_thread(|| {
         let vmlinux = btf::read(Path::new(btf::VMLINUX_BTF))?;
         let process_offsets = btf::parse_process_offsets(&vmlinux)
@@ -514,6 +516,11 @@ impl EbpfCpuTime {
             // integers (aya::Pod), valid for any bit pattern; read unaligned.
             unsafe { bytes.as_ptr().cast::<ProcessRecord>().read_unaligned() }
         }));
+        // The kernel walks tasks in pid order; sorting guards the merge (and the
+        // search below) against a kernel that does not.
+        if !out.is_sorted_by_key(|record| record.tgid) {
+            out.sort_unstable_by_key(|record| record.tgid);
+        }
         let visited = out.len();
         for index in 0..self.blind_pids.len() {
             let pid = self.blind_pids[index];
@@ -523,9 +530,7 @@ impl EbpfCpuTime {
                 out.push(record);
             }
         }
-        // The kernel walks tasks in pid order; sorting places the blind pids and
-        // guards the merge against a kernel that does not.
-        if !out.is_sorted_by_key(|record| record.tgid) {
+        if out.len() > visited {
             out.sort_unstable_by_key(|record| record.tgid);
         }
         Ok(())

@@ -68,7 +68,7 @@ pub trait CpuTimeSource: Send {
     }
 
     /// Drops whatever the source keeps for processes that are gone. `live` is every pid
-    /// of one complete /proc scan, sorted.
+    /// of one complete scan, sorted.
     fn retain_live(&mut self, live: &[u32]);
 
     /// A first client connected: start the periodic kernel work readings need, so

@@ -4,6 +4,7 @@
 //! statistics over a ping-pong of context switches). Where it cannot run (no
 //! example, no BPF, not root), the table says why instead of showing a figure.
 
+use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::Command;
 
@@ -16,35 +17,63 @@ const SECONDS: &str = "3";
 /// Runs of the example, for a median and a range.
 const RUNS: usize = 3;
 
+/// Where the example's two threads (or processes) may run. The bench itself is
+/// pinned to CPU 0, which the example would inherit.
+#[derive(Debug, Clone, Copy)]
+enum Cpus {
+    /// CPU 0 only: each switch goes from one side straight to the other.
+    One,
+    /// Every online CPU: each side mostly waits on its own CPU, so each hop wakes
+    /// a CPU from idle and the two sides' switches run on different CPUs.
+    All,
+}
+
+impl Cpus {
+    fn label(self) -> &'static str {
+        match self {
+            Cpus::One => "on one CPU",
+            Cpus::All => "on all CPUs",
+        }
+    }
+}
+
 pub fn add_row(root: &Path, table: &mut Table) {
     if !root.join("agent/examples/ebpf_cost.rs").is_file() {
         table.notes.push("eBPF cost per sched_switch: not measured, this tree has no `ebpf_cost` example yet.".into());
         return;
     }
-    let mut runs = Vec::new();
-    for _ in 0..RUNS {
-        match measure(root) {
-            Ok(loads) => runs.push(loads),
-            Err(e) => {
-                table.notes.push(format!("eBPF cost per sched_switch: not measured ({e:#})."));
-                return;
+    for cpus in [Cpus::One, Cpus::All] {
+        let mut runs = Vec::new();
+        for _ in 0..RUNS {
+            match measure(root, cpus) {
+                Ok(loads) => runs.push(loads),
+                Err(e) => {
+                    table.notes.push(format!("eBPF cost per sched_switch: not measured ({e:#})."));
+                    return;
+                }
             }
         }
+        add_loads(&runs, cpus, table);
     }
+}
+
+/// One row of cost and one of switch rate per load, over the runs.
+fn add_loads(runs: &[Vec<LoadCost>], cpus: Cpus, table: &mut Table) {
     let Some(first) = runs.first() else { return };
     for (index, load) in first.iter().enumerate() {
         let figures: Vec<&LoadCost> = runs.iter().filter_map(|run| run.get(index)).collect();
         let summary = |pick: fn(&LoadCost) -> f64| Summary::of(&figures.iter().map(|f| pick(f)).collect::<Vec<_>>());
+        let load = format!("{}, {}", load.label, cpus.label());
         table.push(Row {
             section: Section::Ebpf,
-            label: format!("eBPF `sched_switch` program, run time per context switch, ping-pong {}", load.label),
+            label: format!("eBPF `sched_switch` program, run time per context switch, ping-pong {load}"),
             unit: "ns",
             ours: vec![summary(|f| f.ns_per_run)],
             original: vec![None],
         });
         table.push(Row {
             section: Section::Ebpf,
-            label: format!("context switches during that load ({})", load.label),
+            label: format!("context switches during that load ({load})"),
             unit: "/s",
             ours: vec![summary(|f| f.switches_per_second)],
             original: vec![None],
@@ -60,14 +89,35 @@ struct LoadCost {
     ns_per_run: f64,
 }
 
-/// Runs the example once and reads its figures for each load.
-fn measure(root: &Path) -> anyhow::Result<Vec<LoadCost>> {
+/// Runs the example once on `cpus` and reads its figures for each load.
+fn measure(root: &Path, cpus: Cpus) -> anyhow::Result<Vec<LoadCost>> {
     let cargo = crate::cargo();
-    let output = Command::new(cargo)
-        .current_dir(root)
-        .args(["run", "--release", "--quiet", "--package", "socktop_agent", "--example", "ebpf_cost", "--", SECONDS])
-        .output()
-        .context("running the ebpf_cost example")?;
+    let mut command = Command::new(cargo);
+    command.current_dir(root).args([
+        "run",
+        "--release",
+        "--quiet",
+        "--package",
+        "socktop_agent",
+        "--example",
+        "ebpf_cost",
+        "--",
+        SECONDS,
+    ]);
+    if let Cpus::All = cpus {
+        let all = every_online_cpu();
+        // SAFETY: runs between fork and exec and calls only sched_setaffinity,
+        // which is async-signal-safe; the set is built before the fork.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &all) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let output = command.output().context("running the ebpf_cost example")?;
     ensure!(
         output.status.success(),
         "ebpf_cost failed ({}): {}",
@@ -78,6 +128,20 @@ fn measure(root: &Path) -> anyhow::Result<Vec<LoadCost>> {
     let loads = parse_loads(&stdout);
     ensure!(!loads.is_empty(), "no cost per switch in its output: {stdout}");
     Ok(loads)
+}
+
+/// The set of every online CPU.
+fn every_online_cpu() -> libc::cpu_set_t {
+    // SAFETY: sysconf has no preconditions; cpu_set_t is a plain bit set, valid
+    // when zeroed, and CPU_SET only touches it.
+    unsafe {
+        let online = usize::try_from(libc::sysconf(libc::_SC_NPROCESSORS_ONLN)).unwrap_or(1).max(1);
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for cpu in 0..online.min(libc::CPU_SETSIZE as usize) {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        set
+    }
 }
 
 /// From the example's blocks:
