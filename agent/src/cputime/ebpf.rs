@@ -552,10 +552,11 @@ impl EbpfCpuTime {
             .filter(|pid| records.binary_search_by_key(pid, |record| record.tgid).is_err())
             .collect();
         if !self.blind_pids.is_empty() {
+            let shown = &self.blind_pids[..self.blind_pids.len().min(8)];
             tracing::info!(
-                "the kernel's task iterator does not visit {} processes that /proc lists ({:?}); those are read from /proc",
-                self.blind_pids.len(),
-                &self.blind_pids[..self.blind_pids.len().min(8)]
+                "the kernel's task iterator skips processes that /proc lists (pids {shown:?}, {} in all); \
+                 they are read from /proc",
+                self.blind_pids.len()
             );
         }
     }
