@@ -95,33 +95,43 @@ impl Pinning {
         if cores < 2 {
             return Ok(None);
         }
-        // SAFETY: cpu_set_t is a plain bit set, valid when zeroed; the CPU_* macros
-        // and sched_setaffinity only touch the sets passed.
-        unsafe {
-            let mut client: libc::cpu_set_t = std::mem::zeroed();
-            let mut agents: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(0, &mut client);
-            for cpu in 1..cores {
-                libc::CPU_SET(cpu, &mut agents);
-            }
-            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &client) != 0 {
-                return Err(std::io::Error::last_os_error()).context("pinning the bench to CPU 0");
-            }
-            Ok(Some(Pinning { agents }))
+        let client = cpu_set([0]);
+        // SAFETY: sched_setaffinity only reads the set passed.
+        if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &client) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("pinning the bench to CPU 0");
         }
+        Ok(Some(Pinning { agents: cpu_set(1..cores) }))
     }
 
     fn apply(self, command: &mut Command) {
-        // SAFETY: runs between fork and exec and only calls sched_setaffinity,
-        // which is async-signal-safe.
-        unsafe {
-            command.pre_exec(move || {
-                if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &self.agents) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+        run_on(command, self.agents);
+    }
+}
+
+/// The set of `cpus` (those past `CPU_SETSIZE` left out).
+pub fn cpu_set(cpus: impl IntoIterator<Item = usize>) -> libc::cpu_set_t {
+    // SAFETY: cpu_set_t is a plain bit set, valid when zeroed; CPU_SET only
+    // touches the set passed.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for cpu in cpus.into_iter().filter(|&cpu| cpu < libc::CPU_SETSIZE as usize) {
+            libc::CPU_SET(cpu, &mut set);
         }
+        set
+    }
+}
+
+/// Makes the process `command` starts run on `cpus` only.
+pub fn run_on(command: &mut Command, cpus: libc::cpu_set_t) {
+    // SAFETY: runs between fork and exec and only calls sched_setaffinity, which
+    // is async-signal-safe; the set was built before the fork.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &cpus) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 

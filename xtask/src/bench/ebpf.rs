@@ -4,12 +4,12 @@
 //! statistics over a ping-pong of context switches). Where it cannot run (no
 //! example, no BPF, not root), the table says why instead of showing a figure.
 
-use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, ensure};
 
+use super::agent::{cpu_set, run_on};
 use super::report::{Row, Section, Summary, Table};
 
 /// Seconds of each context-switch load the example measures over.
@@ -105,17 +105,9 @@ fn measure(root: &Path, cpus: Cpus) -> anyhow::Result<Vec<LoadCost>> {
         SECONDS,
     ]);
     if let Cpus::All = cpus {
-        let all = every_online_cpu();
-        // SAFETY: runs between fork and exec and calls only sched_setaffinity,
-        // which is async-signal-safe; the set is built before the fork.
-        unsafe {
-            command.pre_exec(move || {
-                if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &all) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        // SAFETY: sysconf has no preconditions.
+        let online = usize::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }).unwrap_or(1).max(1);
+        run_on(&mut command, cpu_set(0..online));
     }
     let output = command.output().context("running the ebpf_cost example")?;
     ensure!(
@@ -128,20 +120,6 @@ fn measure(root: &Path, cpus: Cpus) -> anyhow::Result<Vec<LoadCost>> {
     let loads = parse_loads(&stdout);
     ensure!(!loads.is_empty(), "no cost per switch in its output: {stdout}");
     Ok(loads)
-}
-
-/// The set of every online CPU.
-fn every_online_cpu() -> libc::cpu_set_t {
-    // SAFETY: sysconf has no preconditions; cpu_set_t is a plain bit set, valid
-    // when zeroed, and CPU_SET only touches it.
-    unsafe {
-        let online = usize::try_from(libc::sysconf(libc::_SC_NPROCESSORS_ONLN)).unwrap_or(1).max(1);
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        for cpu in 0..online.min(libc::CPU_SETSIZE as usize) {
-            libc::CPU_SET(cpu, &mut set);
-        }
-        set
-    }
 }
 
 /// From the example's blocks:
