@@ -132,9 +132,7 @@ pub fn load_kind(kind: AttachKind) -> Result<EbpfCpuTime, EbpfLoadError> {
     // megabytes of short-lived allocations. Made and freed on a thread of its own,
     // they stay in that thread's malloc arena, apart from the long-lived state made
     // on this one, so freeing them returns the pages: mixed in one heap, the
-    // long-lived pieces kept hundreds of KiB of it resident (idle RSS). (Freed on
-    // another thread, a parse stays resident: glibc does not trim the top of a
-    // thread's arena from there.)
+    // long-lived pieces kept hundreds of KiB of it resident (idle RSS).
     let (offsets, process_offsets, loader) = on_scratch_thread(|| {
         let vmlinux = btf::read(Path::new(btf::VMLINUX_BTF))?;
         let process_offsets = btf::parse_process_offsets(&vmlinux)
@@ -161,7 +159,7 @@ pub fn load_kind(kind: AttachKind) -> Result<EbpfCpuTime, EbpfLoadError> {
         source.find_blind_pids();
     }
     // Prove now that `resync` attaches, so a failure falls back to /proc at start
-    // rather than at the first request; then leave it off until a reading needs it.
+    // rather than at the first request; then leave it off until a client connects.
     source.resume_resync().map_err(|source| EbpfLoadError::Program {
         action: "attaching",
         program: PROGRAM_RESYNC,
