@@ -63,16 +63,6 @@ pub enum BtfError {
     BadIndex { name: &'static str, value: i64, len: u32 },
 }
 
-/// Reads the BTF file at `path` and finds the task offsets in it.
-pub fn task_offsets(path: &Path) -> Result<TaskOffsets, BtfError> {
-    parse_task_offsets(&read(path)?)
-}
-
-/// Reads the BTF file at `path` and finds the process offsets in it.
-pub fn process_offsets(path: &Path) -> Result<ProcessOffsets, BtfError> {
-    parse_process_offsets(&read(path)?)
-}
-
 /// The raw bytes of the BTF file at `path`, to parse for both kinds of offsets.
 pub fn read(path: &Path) -> Result<Vec<u8>, BtfError> {
     std::fs::read(path).map_err(|source| BtfError::Read { path: path.to_owned(), source })
@@ -755,7 +745,7 @@ mod tests {
 
     #[test]
     fn the_running_kernel_has_process_fields_at_distinct_aligned_offsets() {
-        let offsets = match process_offsets(Path::new(VMLINUX_BTF)) {
+        let offsets = match read(Path::new(VMLINUX_BTF)).and_then(|data| parse_process_offsets(&data)) {
             Err(BtfError::Read { .. }) => {
                 eprintln!("skipped: no readable {VMLINUX_BTF}");
                 return;
@@ -772,7 +762,7 @@ mod tests {
 
     #[test]
     fn the_running_kernel_has_task_fields_at_distinct_aligned_offsets() {
-        let Ok(offsets) = task_offsets(Path::new(VMLINUX_BTF)) else {
+        let Ok(offsets) = read(Path::new(VMLINUX_BTF)).and_then(|data| parse_task_offsets(&data)) else {
             eprintln!("skipped: no readable {VMLINUX_BTF}");
             return;
         };
