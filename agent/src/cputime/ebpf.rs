@@ -30,6 +30,8 @@ use aya::{
     util::online_cpus,
 };
 
+use crate::collect::procfs::{self, ProcDir};
+
 use super::{
     CpuSourceKind, CpuTimeError, CpuTimeSource, ProcessRecord, ScannedCpu,
     btf::{self, ProcessOffsets, TaskOffsets},
@@ -321,11 +323,14 @@ fn check_pid_namespace() -> Result<(), EbpfLoadError> {
     }
 }
 
-/// The pids /proc lists, ascending.
-fn proc_pids() -> Vec<u32> {
-    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
-        .map(|dir| dir.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok()).collect())
-        .unwrap_or_default();
+/// The pids `dir` lists, ascending; none when it cannot be listed.
+fn listed_pids(dir: Option<&ProcDir>, buffer: &mut Vec<u8>) -> Vec<u32> {
+    let mut pids = Vec::new();
+    let Some(dir) = dir else { return pids };
+    if let Err(error) = dir.list_pids(buffer, &mut pids) {
+        tracing::debug!("listing /proc: {error}");
+        pids.clear();
+    }
     pids.sort_unstable();
     pids
 }
@@ -388,6 +393,8 @@ pub struct EbpfCpuTime {
     /// at load by comparing the two (on the development VM's 6.18 kernel, pid 1 and
     /// its threads are never visited). Listings read these from /proc instead.
     blind_pids: Vec<u32>,
+    /// `/proc`, kept open to read the blind pids' stat files.
+    proc_dir: Option<ProcDir>,
     stat_buffer: Vec<u8>,
 }
 
@@ -411,6 +418,7 @@ impl EbpfCpuTime {
             retained_once: false,
             iterator_output: Vec::new(),
             blind_pids: Vec::new(),
+            proc_dir: None,
             stat_buffer: Vec::new(),
         })
     }
@@ -537,19 +545,22 @@ impl EbpfCpuTime {
     /// Compares one pass of the iterator with /proc and keeps the processes the
     /// iterator missed although /proc listed them before and after it.
     fn find_blind_pids(&mut self) {
-        let before = proc_pids();
+        let dir = ProcDir::open(Path::new("/proc")).inspect_err(|error| tracing::debug!("opening /proc: {error}")).ok();
+        let mut buffer = Vec::new();
+        let before = listed_pids(dir.as_ref(), &mut buffer);
         let mut records = Vec::new();
         if let Err(error) = self.list_processes(&mut records) {
             self.iterator = false;
             return tracing::info!("processes are listed from /proc: the task iterator failed: {error}");
         }
-        let after = proc_pids();
+        let after = listed_pids(dir.as_ref(), &mut buffer);
         self.blind_pids = before
             .into_iter()
             .filter(|pid| after.binary_search(pid).is_ok())
             .filter(|pid| records.binary_search_by_key(pid, |record| record.tgid).is_err())
             .collect();
         if !self.blind_pids.is_empty() {
+            self.proc_dir = dir;
             let shown = &self.blind_pids[..self.blind_pids.len().min(8)];
             tracing::info!(
                 "the kernel's task iterator skips processes that /proc lists (pids {shown:?}, {} in all); \
@@ -563,8 +574,8 @@ impl EbpfCpuTime {
     /// when it is gone. Its start time is in clock ticks, not ns: it only has to
     /// stay the same for the same process.
     fn record_from_proc(&mut self, pid: u32) -> Option<ProcessRecord> {
-        let file = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;
-        let length = crate::collect::procfs::read_from_start(&file, &mut self.stat_buffer).ok()?;
+        let file = self.proc_dir.as_ref()?.open_stat(pid).ok()?;
+        let length = procfs::read_from_start(&file, &mut self.stat_buffer).ok()?;
         let stat = crate::collect::stat::parse_stat(&self.stat_buffer[..length]).ok()?;
         let mut comm = [0u8; 16];
         let name = &stat.comm[..stat.comm.len().min(comm.len())];
