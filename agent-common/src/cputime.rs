@@ -1,16 +1,25 @@
 //! The `sched_switch` CPU-time program: its map, global and program names, and the
 //! records it keeps.
 //!
-//! Accounting is per process (tgid). For each process the program keeps
-//! [`ProcessTime`]: `acc_ns` is "on-CPU time of finished slices minus the start
-//! times of the slices still running", `running` is how many of its threads are on a
-//! CPU now. The cumulative on-CPU time at any instant `t` (CLOCK_MONOTONIC ns, the
-//! clock of `bpf_ktime_get_ns`) is therefore `acc_ns + running * t`, in wrapping u64
-//! arithmetic: one map entry read at one instant gives the time including the slices
-//! still running, with no second map to keep consistent with it.
+//! Accounting is per process (tgid), and each CPU keeps its own part of a process's
+//! time: a [`ProcessTime`] in a per-CPU hash map. A CPU updates only its own copy
+//! (a slice opens and closes on the CPU it runs on), so two CPUs running threads of
+//! one process never contend for one cache line, and the updates need no atomics.
+//! A copy says whether a thread of the process is on that CPU now, and the time of
+//! the finished slices minus the start of the running one, so the cumulative on-CPU
+//! time at any instant `t` (CLOCK_MONOTONIC ns, the clock of `bpf_ktime_get_ns`) is
+//! the sum over CPUs of [`ProcessTime::at`]`(t)`: one map entry read at one instant
+//! gives the time including the slices still running, with no second map to keep
+//! consistent with it.
 
-/// Hash map `u32 tgid -> ProcessTime`.
+/// Per-CPU hash map `u32 tgid -> ProcessTime`, allocated as processes appear.
 pub const PROCESS_TIME_MAP: &str = "PROCESS_TIME";
+/// Its preallocated twin, for kernels before 6.1 (see [`PREALLOCATED_GLOBAL`]).
+pub const PROCESS_TIME_PREALLOC_MAP: &str = "PROCESS_TIME_PREALLOC";
+/// Global (u32): non-zero makes the programs count in [`PROCESS_TIME_PREALLOC_MAP`].
+/// Before Linux 6.1 the verifier lets a perf-event program use only preallocated
+/// hash maps.
+pub const PREALLOCATED_GLOBAL: &str = "PREALLOCATED";
 /// Per-CPU array of one [`CpuSlot`]: the task whose switch-in was counted on that CPU.
 pub const CPU_SLOT_MAP: &str = "CPU_SLOT";
 /// Per-CPU array of `u64` counters indexed by the `ERR_*` constants.
@@ -18,8 +27,18 @@ pub const ERRORS_MAP: &str = "ERRORS";
 
 /// Capacity of [`PROCESS_TIME_MAP`]: processes (not threads) the program can track
 /// at once. Entries of gone processes are deleted by [`PROGRAM_FREE_BTF`] (or its
-/// twin), or by user space after a scan where that program is not attached.
+/// twin), or by user space after a scan where that program is not attached. The map
+/// is not preallocated: its memory follows the processes tracked, 8 bytes per
+/// possible CPU each.
 pub const MAX_PROCESSES: u32 = 32_768;
+
+/// Global: the number of CPU ids the kernel may use (`nr_cpu_ids`, the last id in
+/// /sys/devices/system/cpu/possible plus one): the iterator sums a process's copies
+/// over CPUs `0..POSSIBLE_CPUS`.
+pub const POSSIBLE_CPUS_GLOBAL: &str = "POSSIBLE_CPUS";
+/// Upper bound of [`POSSIBLE_CPUS_GLOBAL`] (the kernel's own `NR_CPUS` limit): the
+/// iterator's loop over CPUs must have a bound the verifier can see.
+pub const MAX_CPUS: u32 = 8192;
 
 /// Global: byte offset of `pid` (the thread id) in `struct task_struct`, from the
 /// kernel's BTF. Zero means "not set" and makes the program count nothing.
@@ -64,8 +83,8 @@ pub const PROGRAM_RESYNC: &str = "resync";
 /// tracepoint did not report can go unnoticed.
 pub const RESYNC_PERIOD_NS: u64 = 2_000_000;
 
-/// A new process could not be inserted: the map is full. Its time is lost until an
-/// entry frees up.
+/// A new process could not be inserted: the map is full, or (allocated on demand)
+/// the kernel had no memory at hand. Its time is lost until an insert succeeds.
 pub const ERR_MAP_FULL: u32 = 0;
 /// Reading `next->pid`/`next->tgid` failed, or the offsets were not set.
 pub const ERR_READ_TASK: u32 = 1;
@@ -75,20 +94,46 @@ pub const ERR_MISMATCH: u32 = 2;
 /// Number of error counters.
 pub const ERR_COUNT: u32 = 3;
 
-/// Per-process CPU time; see the module documentation for how to read it.
-#[repr(C)]
+/// One CPU's part of a process's on-CPU time, packed in one u64 so that a reader
+/// copying it never sees half an update and the program changes it with one add.
+///
+/// Bit 0 says whether a thread of the process is on this CPU now (a CPU runs one
+/// task at a time, so one bit is enough); bits 1..64 hold, as a signed number, the
+/// time of the finished slices minus the start of the running one. The program
+/// changes a copy only by adding the deltas below (wrapping): opening a slice at
+/// `start` sets the bit and subtracts `start`, closing it at `end` clears the bit and
+/// adds `end`. The signed part stays within ±2^62 ns (146 years), so nothing
+/// overflows into the bit.
+#[repr(transparent)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ProcessTime {
-    /// Finished on-CPU ns minus the start time of every running slice (wrapping).
-    pub acc_ns: u64,
-    /// Threads of the process on a CPU now (wrapping; u64 keeps the record padding-free).
-    pub running: u64,
-}
+pub struct ProcessTime(pub u64);
 
 impl ProcessTime {
-    /// Cumulative on-CPU ns at `now_ns` (CLOCK_MONOTONIC).
-    pub const fn at(&self, now_ns: u64) -> u64 {
-        self.acc_ns.wrapping_add(self.running.wrapping_mul(now_ns))
+    /// What opening a slice at `start_ns` adds.
+    pub const fn open_delta(start_ns: u64) -> u64 {
+        1u64.wrapping_sub(start_ns.wrapping_mul(2))
+    }
+
+    /// What closing the running slice at `end_ns` adds.
+    pub const fn close_delta(end_ns: u64) -> u64 {
+        end_ns.wrapping_mul(2).wrapping_sub(1)
+    }
+
+    /// What a finished stretch of `ns` adds, whether or not a slice is running.
+    pub const fn finished_delta(ns: u64) -> u64 {
+        ns.wrapping_mul(2)
+    }
+
+    /// Whether a thread of the process is on this CPU.
+    pub const fn running(self) -> bool {
+        self.0 & 1 == 1
+    }
+
+    /// This CPU's part of the process's cumulative on-CPU ns at `now_ns`
+    /// (CLOCK_MONOTONIC).
+    pub const fn at(self, now_ns: u64) -> u64 {
+        let base = (self.0 as i64 >> 1) as u64;
+        if self.running() { base.wrapping_add(now_ns) } else { base }
     }
 }
 
@@ -117,7 +162,8 @@ pub struct ProcessRecord {
     pub reserved: u32,
     /// `task_struct.start_time`: with the tgid, names the process across pid reuse.
     pub start_time_ns: u64,
-    /// Cumulative on-CPU ns ([`ProcessTime::at`] the write); 0 if never seen running.
+    /// Cumulative on-CPU ns (the sum of [`ProcessTime::at`] the write over CPUs); 0
+    /// if never seen running.
     pub cpu_ns: u64,
     /// Resident pages, summed as `get_mm_rss()` does; 0 for kernel threads.
     pub rss_pages: u64,
@@ -127,9 +173,10 @@ pub struct ProcessRecord {
 
 #[cfg(feature = "user")]
 mod user {
-    // SAFETY: both are #[repr(C)], Copy, made only of integers, with no padding.
+    // SAFETY: #[repr(transparent)] over a u64, valid for any bit pattern.
     unsafe impl aya::Pod for super::ProcessTime {}
     // SAFETY: as above.
+    // SAFETY: #[repr(C)], Copy, made only of integers, with no padding.
     unsafe impl aya::Pod for super::CpuSlot {}
     // SAFETY: as above (the comm bytes are integers too).
     unsafe impl aya::Pod for super::ProcessRecord {}
@@ -139,17 +186,54 @@ mod user {
 mod tests {
     use super::*;
 
+    /// Applies the deltas as the program does: wrapping adds to one u64.
+    fn apply(deltas: &[u64]) -> ProcessTime {
+        ProcessTime(deltas.iter().fold(0, |value, delta| value.wrapping_add(*delta)))
+    }
+
     #[test]
     fn a_running_slice_counts_up_to_the_reading_instant() {
-        // One finished slice of 5 ns, one slice running since t=100.
-        let time = ProcessTime { acc_ns: 5u64.wrapping_sub(100), running: 1 };
+        // A slice of 5 ns (10..15), then one running since t=100.
+        let time = apply(&[ProcessTime::open_delta(10), ProcessTime::close_delta(15), ProcessTime::open_delta(100)]);
+        assert!(time.running());
         assert_eq!(time.at(100), 5);
         assert_eq!(time.at(130), 35);
     }
 
     #[test]
+    fn a_closed_slice_counts_its_length_whatever_the_reading_instant() {
+        let time = apply(&[ProcessTime::open_delta(1_000), ProcessTime::close_delta(1_250)]);
+        assert!(!time.running());
+        assert_eq!(time.at(5_000), 250);
+        assert_eq!(time.at(u64::MAX), 250);
+    }
+
+    #[test]
+    fn finished_stretches_add_while_a_slice_runs() {
+        let time = apply(&[ProcessTime::open_delta(500), ProcessTime::finished_delta(40)]);
+        assert!(time.running());
+        assert_eq!(time.at(600), 140);
+    }
+
+    #[test]
+    fn late_clocks_and_long_totals_survive_the_packing() {
+        // A clock 100 years after boot and 50 years of finished time: the signed part
+        // (total minus start) is far from zero either way.
+        const YEAR_NS: u64 = 365 * 24 * 3600 * 1_000_000_000;
+        let start = 100 * YEAR_NS;
+        let time = apply(&[
+            ProcessTime::open_delta(1),
+            ProcessTime::close_delta(1 + 50 * YEAR_NS),
+            ProcessTime::open_delta(start),
+        ]);
+        assert_eq!(time.at(start + 7), 50 * YEAR_NS + 7);
+        let closed = ProcessTime(time.0.wrapping_add(ProcessTime::close_delta(start + 9)));
+        assert_eq!(closed.at(0), 50 * YEAR_NS + 9);
+    }
+
+    #[test]
     fn records_have_no_padding() {
-        assert_eq!(core::mem::size_of::<ProcessTime>(), 16);
+        assert_eq!(core::mem::size_of::<ProcessTime>(), 8);
         assert_eq!(core::mem::size_of::<CpuSlot>(), 32);
         assert_eq!(core::mem::size_of::<ProcessRecord>(), 48);
     }

@@ -1,15 +1,18 @@
 //! Per-process on-CPU time, counted at every context switch.
 //!
 //! On `sched_switch` the program closes the slice of the task leaving the CPU and
-//! opens the slice of the task coming in, in that task's process entry
-//! (`agent_common::cputime::ProcessTime`): opening adds `-now` to `acc_ns` and 1 to
-//! `running`; closing adds back the start plus the slice's length as the scheduler
-//! counted it, and -1. User space evaluates `acc_ns + running * now` and so sees
-//! the slices still running, even of a task that never leaves its CPU.
+//! opens the slice of the task coming in, in this CPU's copy of that task's process
+//! entry (`agent_common::cputime::ProcessTime`): opening marks the copy running and
+//! subtracts the start; closing adds back the start plus the slice's length as the
+//! scheduler counted it. User space sums `ProcessTime::at(now)` over the copies and
+//! so sees the slices still running, even of a task that never leaves its CPU.
 //!
 //! Keyed by process (tgid), not thread: the agent reports processes, the time of a
 //! thread that exits stays in its process's entry with nothing to fold, and the map
-//! grows with processes, not threads.
+//! grows with processes, not threads. Per CPU: with one shared entry, threads of
+//! one process running on two CPUs passed its cache line between them at every
+//! switch (two threads ping-ponging across two CPUs here: about 130 ns per switch
+//! with a shared entry, about 85 with per-CPU copies).
 //!
 //! Some kernels switch some tasks without the tracepoint; a CPU-clock perf event
 //! (`resync`) re-checks every CPU's running task and repairs the record.
@@ -19,23 +22,19 @@
 //! lists every process with its counter in one read.
 #![no_std]
 #![no_main]
-#![feature(asm_experimental_arch)]
-
-use core::arch::asm;
 
 use agent_common::cputime::{
-    CpuSlot, ERR_COUNT, ERR_MAP_FULL, ERR_MISMATCH, ERR_READ_TASK, MAX_PROCESSES, ProcessRecord, ProcessTime,
+    CpuSlot, ERR_COUNT, ERR_MAP_FULL, ERR_MISMATCH, ERR_READ_TASK, MAX_CPUS, MAX_PROCESSES, ProcessRecord, ProcessTime,
 };
 use aya_ebpf::{
     Global,
-    bindings::BPF_NOEXIST,
-    bindings::seq_file,
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST, seq_file},
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        generated::bpf_seq_write,
+        generated::{bpf_map_lookup_percpu_elem, bpf_seq_write},
     },
     macros::{btf_tracepoint, map, perf_event, raw_tracepoint},
-    maps::{HashMap, PerCpuArray},
+    maps::{PerCpuArray, PerCpuHashMap},
     programs::{BtfTracePointContext, PerfEventContext, RawTracePointContext},
 };
 
@@ -66,9 +65,33 @@ static MM_RSS_OFFSETS: Global<[u32; 3]> = Global::new([0; 3]);
 /// CLOCK_MONOTONIC ns just before loading: nothing before it is counted.
 #[unsafe(no_mangle)]
 static LOADED_AT_NS: Global<u64> = Global::new(0);
+/// CPU ids the kernel may use (`nr_cpu_ids`), set by user space.
+#[unsafe(no_mangle)]
+static POSSIBLE_CPUS: Global<u32> = Global::new(0);
+/// Non-zero: count in `PROCESS_TIME_PREALLOC` instead of `PROCESS_TIME`. Set by
+/// user space where the verifier refuses the latter (see `process_time`).
+#[unsafe(no_mangle)]
+static PREALLOCATED: Global<u32> = Global::new(0);
 
+/// The process map, allocated as processes appear: a preallocated per-CPU map
+/// takes 8 bytes per entry per possible CPU up front (256 KiB per CPU), whatever
+/// the number of processes.
 #[map]
-static PROCESS_TIME: HashMap<u32, ProcessTime> = HashMap::with_max_entries(MAX_PROCESSES, 0);
+static PROCESS_TIME: PerCpuHashMap<u32, ProcessTime> =
+    PerCpuHashMap::with_max_entries(MAX_PROCESSES, BPF_F_NO_PREALLOC);
+/// The same, preallocated. User space shrinks the one not in use to one entry.
+#[map]
+static PROCESS_TIME_PREALLOC: PerCpuHashMap<u32, ProcessTime> = PerCpuHashMap::with_max_entries(MAX_PROCESSES, 0);
+
+/// The process map in use. Before Linux 6.1 the verifier lets a perf-event program
+/// (`resync`) use only preallocated hash maps, so the loader selects the
+/// preallocated twin there. `PREALLOCATED` is read-only, so the verifier knows which
+/// branch runs and drops the other: the choice costs nothing at run time.
+#[inline(always)]
+fn process_time() -> &'static PerCpuHashMap<u32, ProcessTime> {
+    if PREALLOCATED.load() != 0 { &PROCESS_TIME_PREALLOC } else { &PROCESS_TIME }
+}
+
 #[map]
 static CPU_SLOT: PerCpuArray<CpuSlot> = PerCpuArray::with_max_entries(1, 0);
 #[map]
@@ -120,14 +143,12 @@ const FREED_ARG: usize = 0;
 /// leader is freed under the thread's old pid, so the process keeps its entry.
 #[inline(always)]
 fn on_free<T: Task>(task: T) {
-    let (Some(tid), Some(tgid)) =
-        (task.field::<u32>(TASK_PID_OFFSET.load()), task.field::<u32>(TASK_TGID_OFFSET.load()))
-    else {
+    let Some((tid, tgid)) = task_ids(task) else {
         return;
     };
     if tid == tgid {
         // Absent already when the process never ran since loading.
-        let _ = PROCESS_TIME.remove(tgid);
+        let _ = process_time().remove(tgid);
     }
 }
 
@@ -217,8 +238,7 @@ pub fn processes(ctx: *mut core::ffi::c_void) -> i32 {
 /// and tasks whose fields cannot be read.
 #[inline(always)]
 fn describe_process(task: BtfTask) -> Option<ProcessRecord> {
-    let tid = task.field::<u32>(TASK_PID_OFFSET.load())?;
-    let tgid = task.field::<u32>(TASK_TGID_OFFSET.load())?;
+    let (tid, tgid) = task_ids(task)?;
     if tid != tgid {
         return None;
     }
@@ -254,36 +274,27 @@ fn rss_pages(task: BtfTask) -> u64 {
     counter(offsets[0]) + counter(offsets[1]) + counter(offsets[2])
 }
 
-/// `tgid`'s cumulative on-CPU ns now, from its entry; 0 without one. The entry is
-/// read until two reads agree, as user space does (see `add`).
+/// `tgid`'s cumulative on-CPU ns now: its copies summed over CPUs; 0 without an
+/// entry.
 #[inline(always)]
 fn process_cpu_ns(tgid: u32) -> u64 {
-    let Some(time) = PROCESS_TIME.get_ptr(tgid) else { return 0 };
-    let read = || {
-        // SAFETY: a map value pointer, valid for this run; fields are 8-byte aligned.
-        unsafe {
-            ProcessTime {
-                acc_ns: core::ptr::read_volatile(&raw const (*time).acc_ns),
-                running: core::ptr::read_volatile(&raw const (*time).running),
-            }
-        }
-    };
-    let mut last = read();
-    for _ in 0..MAX_ENTRY_READS {
-        let again = read();
-        if again == last {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let map = core::ptr::from_ref(process_time()).cast_mut().cast();
+    let key = (&raw const tgid).cast();
+    let mut total = 0u64;
+    for cpu in 0..POSSIBLE_CPUS.load().min(MAX_CPUS) {
+        // SAFETY: `map` is this program's map and `key` a u32 as it expects. A null
+        // answer means no entry (for any CPU) or a CPU id past the possible ones.
+        let time = unsafe { bpf_map_lookup_percpu_elem(map, key, cpu) }.cast::<ProcessTime>();
+        if time.is_null() {
             break;
         }
-        last = again;
+        // SAFETY: a map value pointer, valid for this run; one aligned u64, which the
+        // CPU that owns it writes whole.
+        total = total.wrapping_add(unsafe { core::ptr::read_volatile(time) }.at(now));
     }
-    if last.running == 0 {
-        return last.acc_ns;
-    }
-    last.at(unsafe { bpf_ktime_get_ns() })
+    total
 }
-
-/// Reads of a changing entry before taking the last one.
-const MAX_ENTRY_READS: u32 = 4;
 
 /// Runs every `RESYNC_PERIOD_NS` of CPU clock on each CPU, in the context of the
 /// task actually running. When that is not the task the slot recorded, the kernel
@@ -317,10 +328,14 @@ fn on_switch<T: Task>(prev: T, next: T) {
     // SAFETY: a per-CPU array value, touched only by this CPU, whose switch handler
     // cannot be re-entered (it runs with interrupts off under the runqueue lock).
     let slot = unsafe { &mut *slot };
-    // At sched_switch the current task is still the one leaving.
-    let current = bpf_get_current_pid_tgid();
+    // At sched_switch the current task is still the one leaving, `prev`: its ids
+    // are two loads with tp_btf, cheaper than the helper call.
+    let (current_tid, current_tgid) = task_ids(prev).unwrap_or_else(|| {
+        let ids = bpf_get_current_pid_tgid();
+        (ids as u32, (ids >> 32) as u32)
+    });
     let incoming = read_task(next);
-    if current as u32 == slot.tid && slot.tgid != 0 {
+    if current_tid == slot.tid && slot.tgid != 0 {
         // The slot's task is `current`, which is `prev`.
         if let Some(end) = counted_end(slot, prev) {
             let (start, anchor_ns) = next_start(slot, end);
@@ -334,8 +349,8 @@ fn on_switch<T: Task>(prev: T, next: T) {
         }
     }
     let now = unsafe { bpf_ktime_get_ns() };
-    if current as u32 != slot.tid {
-        account_unseen_switch(slot, prev, (current >> 32) as u32, now);
+    if current_tid != slot.tid {
+        account_unseen_switch(slot, prev, current_tgid, now);
     } else if slot.tgid != 0 {
         // `prev`'s run time could not be read: the slice ends now by the clock.
         close_slice(slot.tgid, now);
@@ -376,10 +391,15 @@ struct Incoming {
 /// Reads `task` as a slot starting now would record it; None when the read failed.
 #[inline(always)]
 fn read_task<T: Task>(task: T) -> Option<Incoming> {
-    let tid = task.field::<u32>(TASK_PID_OFFSET.load())?;
-    let tgid = task.field::<u32>(TASK_TGID_OFFSET.load())?;
+    let (tid, tgid) = task_ids(task)?;
     let base_runtime_ns = runtime_ns(task)?;
     Some(Incoming { slot: CpuSlot { tgid, tid, start_ns: 0, base_runtime_ns, anchor_ns: 0 } })
+}
+
+/// `task`'s thread id and process id (`pid` and `tgid` in the kernel's words).
+#[inline(always)]
+fn task_ids<T: Task>(task: T) -> Option<(u32, u32)> {
+    Some((task.field::<u32>(TASK_PID_OFFSET.load())?, task.field::<u32>(TASK_TGID_OFFSET.load())?))
 }
 
 /// Where the slice this CPU opened at its last switch-in ends, on the clock of its
@@ -403,8 +423,8 @@ fn switch_within_process(slot: &CpuSlot, incoming: &Option<Incoming>, end: u64, 
         return None;
     }
     if end != start {
-        let time = PROCESS_TIME.get_ptr_mut(next.tgid)?;
-        add(time, end.wrapping_sub(start), 0);
+        let time = process_time().get_ptr_mut(next.tgid)?;
+        add(time, ProcessTime::finished_delta(end.wrapping_sub(start)));
     }
     Some(CpuSlot { start_ns: start, ..*next })
 }
@@ -453,17 +473,17 @@ fn last_slice_ns<T: Task>(task: T) -> Option<u64> {
 /// Ends a running slice of `tgid` at `at`.
 #[inline(always)]
 fn close_slice(tgid: u32, at: u64) {
-    // No entry: user space deleted it because the process left /proc. Recreating it
-    // here would leave `running` at -1, so the slice's tail is dropped instead.
-    if let Some(time) = PROCESS_TIME.get_ptr_mut(tgid) {
-        add(time, at, 1u64.wrapping_neg());
+    // No entry: it was deleted because the process is gone. Recreating it here
+    // would close a slice it never opened, so the slice's tail is dropped instead.
+    if let Some(time) = process_time().get_ptr_mut(tgid) {
+        add(time, ProcessTime::close_delta(at));
     }
 }
 
 /// Adds a finished stretch of `ns` to `tgid`.
 #[inline(always)]
 fn charge(tgid: u32, ns: u64) {
-    if !update_or_insert(tgid, ns, 0) {
+    if !update_or_insert(tgid, ProcessTime::finished_delta(ns)) {
         count_error(ERR_MAP_FULL);
     }
 }
@@ -480,28 +500,28 @@ fn switch_in(incoming: Option<Incoming>, start: u64, anchor_ns: u64) -> CpuSlot 
     if slot.tid == 0 {
         return CpuSlot::default();
     }
-    if !update_or_insert(slot.tgid, start.wrapping_neg(), 1) {
+    if !update_or_insert(slot.tgid, ProcessTime::open_delta(start)) {
         count_error(ERR_MAP_FULL);
         return CpuSlot::default();
     }
     CpuSlot { start_ns: start, anchor_ns, ..slot }
 }
 
-/// Adds the deltas to `tgid`'s entry, inserting it if needed. False when the map is
-/// full.
+/// Adds `delta` to this CPU's copy of `tgid`'s entry, inserting the entry if needed
+/// (the other CPUs' copies start at zero). False when it cannot be inserted: the
+/// map is full, or, allocated on demand, the kernel had no memory at hand.
 #[inline(always)]
-fn update_or_insert(tgid: u32, acc_delta: u64, running_delta: u64) -> bool {
-    if let Some(time) = PROCESS_TIME.get_ptr_mut(tgid) {
-        add(time, acc_delta, running_delta);
+fn update_or_insert(tgid: u32, delta: u64) -> bool {
+    if let Some(time) = process_time().get_ptr_mut(tgid) {
+        add(time, delta);
         return true;
     }
-    let fresh = ProcessTime { acc_ns: acc_delta, running: running_delta };
-    match PROCESS_TIME.insert(tgid, fresh, u64::from(BPF_NOEXIST)) {
+    match process_time().insert(tgid, ProcessTime(delta), u64::from(BPF_NOEXIST)) {
         Ok(()) => true,
         // Another CPU inserted the same process between our lookup and insert.
-        Err(NEG_EEXIST) => match PROCESS_TIME.get_ptr_mut(tgid) {
+        Err(NEG_EEXIST) => match process_time().get_ptr_mut(tgid) {
             Some(time) => {
-                add(time, acc_delta, running_delta);
+                add(time, delta);
                 true
             }
             None => false,
@@ -510,28 +530,14 @@ fn update_or_insert(tgid: u32, acc_delta: u64, running_delta: u64) -> bool {
     }
 }
 
-/// Atomically adds to both fields, `acc_ns` first: user space reads an entry twice
-/// and keeps it only when both reads agree, which this order makes sufficient.
+/// Adds `delta` to this CPU's copy. A plain read and write: only this CPU writes
+/// the copy, from the switch handler or from `resync`, and neither can interrupt the
+/// other (see `on_switch`); readers on other CPUs copy the u64 whole.
 #[inline(always)]
-fn add(time: *mut ProcessTime, acc_delta: u64, running_delta: u64) {
-    // SAFETY: `time` points into a map value, 8-byte aligned, alive for the program's
-    // run; other CPUs update it only through these atomics.
-    unsafe {
-        atomic_add(&raw mut (*time).acc_ns, acc_delta);
-        atomic_add(&raw mut (*time).running, running_delta);
-    }
-}
-
-/// `lock *(u64 *)(dst) += value`: BPF's atomic add (BPF_ATOMIC | BPF_ADD, no fetch,
-/// so any BPF CPU version has it). Written as asm because the BPF target declares no
-/// compare-and-swap and so core offers no `AtomicU64::fetch_add` there.
-///
-/// # Safety
-/// `dst` must be valid for writes and 8-byte aligned.
-#[inline(always)]
-unsafe fn atomic_add(dst: *mut u64, value: u64) {
-    // SAFETY: upheld by the caller; the asm touches only `*dst`.
-    unsafe { asm!("lock *(u64 *)({0} + 0) += {1}", in(reg) dst, in(reg) value, options(nostack)) };
+fn add(time: *mut ProcessTime, delta: u64) {
+    // SAFETY: `time` points to this CPU's value in the map, 8-byte aligned, alive for
+    // the program's run.
+    unsafe { core::ptr::write_volatile(time, ProcessTime(core::ptr::read_volatile(time).0.wrapping_add(delta))) };
 }
 
 #[inline(always)]

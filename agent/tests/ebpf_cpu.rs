@@ -22,7 +22,7 @@ use std::{
 
 use socktop_agent::cputime::{
     CpuTimeSource, ProcessRecord, ScannedCpu,
-    ebpf::{self, AttachKind, EbpfCpuTime},
+    ebpf::{self, AttachKind, EbpfCpuTime, EbpfLoadError, MapMemory},
     proc::ProcCpuTime,
 };
 
@@ -43,7 +43,11 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn load_or_skip(kind: AttachKind) -> Option<EbpfCpuTime> {
-    match ebpf::load_kind(kind) {
+    loaded_or_skip(ebpf::load_kind(kind))
+}
+
+fn loaded_or_skip(loaded: Result<EbpfCpuTime, EbpfLoadError>) -> Option<EbpfCpuTime> {
+    match loaded {
         Ok(source) => Some(source),
         Err(error) if std::env::var("SOCKTOP_REQUIRE_EBPF").as_deref() == Ok("1") => {
             panic!("SOCKTOP_REQUIRE_EBPF=1 but the eBPF program did not load: {error}")
@@ -75,31 +79,40 @@ fn busy_loop() -> Proc {
     Proc(Command::new("sh").args(["-c", "while :; do :; done"]).spawn().unwrap())
 }
 
-/// An 8-byte file both processes map: the child stores its process CPU clock there.
+/// A file both processes map, of one 8-byte slot per clock the child publishes
+/// (its process clock, or each thread's own): the truth is their sum.
 struct SharedClock {
     _file: tempfile::NamedTempFile,
     ptr: *mut i64,
+    slots: usize,
 }
 
 impl SharedClock {
-    fn new() -> Self {
+    fn new(slots: usize) -> Self {
         let file = tempfile::NamedTempFile::new().unwrap();
-        file.as_file().set_len(8).unwrap();
-        let ptr = map_shared(file.as_file());
-        Self { _file: file, ptr }
+        file.as_file().set_len(8 * slots as u64).unwrap();
+        let ptr = map_shared(file.as_file(), slots);
+        Self { _file: file, ptr, slots }
     }
 
     fn read(&self) -> i64 {
-        // SAFETY: a live 8-byte shared mapping; the child writes it whole.
-        unsafe { self.ptr.read_volatile() }
+        // SAFETY: a live shared mapping of `slots` i64s; the child writes each whole.
+        (0..self.slots).map(|slot| unsafe { self.ptr.add(slot).read_volatile() }).sum()
     }
 }
 
-fn map_shared(file: &std::fs::File) -> *mut i64 {
+fn map_shared(file: &std::fs::File, slots: usize) -> *mut i64 {
     use std::os::fd::AsRawFd;
-    // SAFETY: maps 8 bytes of a file at least that long; checked for failure.
+    // SAFETY: maps `slots` i64s of a file at least that long; checked for failure.
     let ptr = unsafe {
-        libc::mmap(std::ptr::null_mut(), 8, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, file.as_raw_fd(), 0)
+        libc::mmap(
+            std::ptr::null_mut(),
+            8 * slots,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
     };
     assert_ne!(ptr, libc::MAP_FAILED);
     ptr.cast()
@@ -116,7 +129,12 @@ impl Subject {
     /// Runs this test binary's `child_process` helper in `mode` and waits until it
     /// is going.
     fn start(mode: &str) -> Self {
-        let clock = SharedClock::new();
+        Self::with_clocks(mode, 1)
+    }
+
+    /// As `start`, for a helper that publishes `slots` clocks.
+    fn with_clocks(mode: &str, slots: usize) -> Self {
+        let clock = SharedClock::new(slots);
         let (proc, mut stdout) = helper(mode, clock._file.path());
         wait_for(&mut stdout, "ready");
         Self { proc, stdout, clock }
@@ -256,6 +274,46 @@ fn ebpf_duty_cycle_process_matches_the_kernel() {
     assert_no_program_errors(&source);
 }
 
+/// Whether the running kernel is at least `major.minor` (from uname's release).
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut numbers = release.split(|c: char| !c.is_ascii_digit()).map(|n| n.parse::<u32>().unwrap_or(0));
+    (numbers.next().unwrap(), numbers.next().unwrap_or(0)) >= (major, minor)
+}
+
+/// A process with one busy thread per CPU (at most 4), measured over 1 s: it is
+/// counted in several CPUs' copies of its entry at once.
+fn threads_on_every_cpu(source: &mut EbpfCpuTime, what: &str) {
+    let cpus = std::thread::available_parallelism().unwrap().get().min(4);
+    let threads = Subject::with_clocks("threads", cpus);
+    let (measured, truth, steal) = deltas(source, threads.proc.pid(), &|| threads.clock.read());
+    if cpus > 1 {
+        assert!(truth > 1_100_000_000, "the threads never ran on two CPUs at once: {truth} ns in 1 s");
+    }
+    assert_within(measured, truth, EBPF_BOUND_NS + steal, what);
+    assert_no_program_errors(source);
+}
+
+#[test]
+fn ebpf_threads_on_every_cpu_add_up_to_the_kernel_count() {
+    let _serial = serial();
+    let Some(mut source) = load_or_skip(AttachKind::BtfTracePoint) else { return };
+    // Linux 6.1 lets perf-event programs use hash maps allocated on demand.
+    if kernel_at_least(6, 1) {
+        assert_eq!(source.map_memory(), MapMemory::OnDemand);
+    }
+    threads_on_every_cpu(&mut source, "tp_btf, one busy thread per CPU");
+}
+
+#[test]
+fn ebpf_preallocated_map_twin_counts_the_same() {
+    let _serial = serial();
+    let loaded = ebpf::load_with_memory(AttachKind::BtfTracePoint, MapMemory::Preallocated);
+    let Some(mut source) = loaded_or_skip(loaded) else { return };
+    assert_eq!(source.map_memory(), MapMemory::Preallocated);
+    threads_on_every_cpu(&mut source, "tp_btf, preallocated map, one busy thread per CPU");
+}
+
 #[test]
 fn ebpf_counts_a_thread_that_exited_between_samples() {
     let _serial = serial();
@@ -387,7 +445,9 @@ fn ebpf_process_iterator_lists_what_proc_lists() {
 fn ebpf_process_iterator_cpu_time_matches_the_kernel() {
     let _serial = serial();
     let Some(mut source) = load_or_skip(AttachKind::BtfTracePoint) else { return };
-    let busy = Subject::start("busy");
+    // One busy thread per CPU: the iterator must add up every CPU's copy.
+    let cpus = std::thread::available_parallelism().unwrap().get().min(4);
+    let busy = Subject::with_clocks("threads", cpus);
     let pid = busy.proc.pid();
     let sample = |source: &mut EbpfCpuTime| {
         let records = listed(source);
@@ -401,8 +461,10 @@ fn ebpf_process_iterator_cpu_time_matches_the_kernel() {
     let (source1, truth1) = sample(&mut source);
     let steal = steal_ns() - steal0;
     let truth = truth1 - truth0;
-    assert!(truth > 100_000_000, "the busy loop barely ran: {truth} ns");
-    assert_within(source1 - source0, truth, EBPF_BOUND_NS + steal, "task iterator, busy loop");
+    if cpus > 1 {
+        assert!(truth > 1_100_000_000, "the threads never ran on two CPUs at once: {truth} ns in 1 s");
+    }
+    assert_within(source1 - source0, truth, EBPF_BOUND_NS + steal, "task iterator, one busy thread per CPU");
     assert_no_program_errors(&source);
 }
 
@@ -425,27 +487,49 @@ fn child_process() {
         Ok("busy") => busy(&published_clock()),
         Ok("duty") => duty_cycle(&published_clock()),
         Ok("thread") => short_lived_thread(),
+        Ok("threads") => busy_threads(published_clocks()),
         _ => {}
     }
 }
 
-/// The parent's shared clock file, mapped.
+/// The parent's shared clock file, mapped: its first slot.
 fn published_clock() -> SharedClockWriter {
+    published_clocks().swap_remove(0)
+}
+
+/// Every slot of the parent's shared clock file, mapped.
+fn published_clocks() -> Vec<SharedClockWriter> {
     let path = std::env::var_os("SOCKTOP_TEST_CLOCK").unwrap();
     let file = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
-    SharedClockWriter(map_shared(&file))
+    let slots = file.metadata().unwrap().len() as usize / 8;
+    let base = map_shared(&file, slots);
+    // SAFETY: each pointer stays inside the mapping, which is never unmapped.
+    (0..slots).map(|slot| SharedClockWriter(unsafe { base.add(slot) })).collect()
 }
 
 struct SharedClockWriter(*mut i64);
+
+// SAFETY: a pointer into a shared mapping that lives as long as the process; each
+// writer is moved to the one thread that writes through it.
+unsafe impl Send for SharedClockWriter {}
 
 impl SharedClockWriter {
     /// Stores this process's CPU clock, exact because it is read by a thread of the
     /// process itself.
     fn publish(&self) {
+        self.publish_clock(libc::CLOCK_PROCESS_CPUTIME_ID);
+    }
+
+    /// Stores the calling thread's CPU clock.
+    fn publish_thread(&self) {
+        self.publish_clock(libc::CLOCK_THREAD_CPUTIME_ID);
+    }
+
+    fn publish_clock(&self, clock: libc::clockid_t) {
         let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: out-parameter call; the mapping is live and 8 bytes.
+        // SAFETY: out-parameter call; the slot is live and 8 bytes.
         unsafe {
-            libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts);
+            libc::clock_gettime(clock, &mut ts);
             self.0.write_volatile(ts.tv_sec * 1_000_000_000 + ts.tv_nsec);
         }
     }
@@ -456,6 +540,26 @@ fn busy(clock: &SharedClockWriter) {
     println!("ready");
     loop {
         clock.publish();
+    }
+}
+
+/// One busy thread per clock slot, forever, each publishing its own thread clock
+/// (exact, being read by the thread itself; the process clock read by one thread
+/// would leave out the others' time since their last tick).
+fn busy_threads(clocks: Vec<SharedClockWriter>) {
+    let threads: Vec<_> = clocks
+        .into_iter()
+        .map(|clock| {
+            std::thread::spawn(move || {
+                loop {
+                    clock.publish_thread();
+                }
+            })
+        })
+        .collect();
+    println!("ready {}", threads.len());
+    for thread in threads {
+        let _ = thread.join();
     }
 }
 

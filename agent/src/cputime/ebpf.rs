@@ -15,14 +15,15 @@ use std::{
 
 use agent_common::cputime::{
     ERR_COUNT, ERR_MAP_FULL, ERR_MISMATCH, ERR_READ_TASK, ERRORS_MAP, FREE_TRACEPOINT, ITER_TARGET, LOADED_AT_GLOBAL,
-    MAX_PROCESSES, MM_RSS_OFFSETS_GLOBAL, PROCESS_TIME_MAP, PROGRAM_BTF, PROGRAM_FREE_BTF, PROGRAM_FREE_RAW,
-    PROGRAM_PROCESSES, PROGRAM_RAW, PROGRAM_RESYNC, ProcessTime, RESYNC_PERIOD_NS, TASK_COMM_OFFSET_GLOBAL,
-    TASK_MM_OFFSET_GLOBAL, TASK_PID_OFFSET_GLOBAL, TASK_PREV_SUM_EXEC_OFFSET_GLOBAL, TASK_START_TIME_OFFSET_GLOBAL,
+    MAX_CPUS, MAX_PROCESSES, MM_RSS_OFFSETS_GLOBAL, POSSIBLE_CPUS_GLOBAL, PREALLOCATED_GLOBAL, PROCESS_TIME_MAP,
+    PROCESS_TIME_PREALLOC_MAP, PROGRAM_BTF, PROGRAM_FREE_BTF, PROGRAM_FREE_RAW, PROGRAM_PROCESSES, PROGRAM_RAW,
+    PROGRAM_RESYNC, ProcessTime, RESYNC_PERIOD_NS, TASK_COMM_OFFSET_GLOBAL, TASK_MM_OFFSET_GLOBAL,
+    TASK_PID_OFFSET_GLOBAL, TASK_PREV_SUM_EXEC_OFFSET_GLOBAL, TASK_START_TIME_OFFSET_GLOBAL,
     TASK_SUM_EXEC_OFFSET_GLOBAL, TASK_TGID_OFFSET_GLOBAL, TRACEPOINT,
 };
 use aya::{
     Btf, Ebpf, EbpfError, EbpfLoader,
-    maps::{HashMap, MapData, MapError, PerCpuArray},
+    maps::{MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
     programs::{
         BtfTracePoint, Iter, PerfEvent, ProgramError, RawTracePoint,
         perf_event::{PerfEventConfig, PerfEventLinkId, PerfEventScope, SamplePolicy, SoftwareEvent},
@@ -70,6 +71,35 @@ impl AttachKind {
     }
 }
 
+/// How the per-CPU process map gets its memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MapMemory {
+    /// Entry by entry as processes appear: 8 bytes per possible CPU per process.
+    OnDemand,
+    /// All `MAX_PROCESSES` entries up front, 8 bytes per possible CPU each. Before
+    /// Linux 6.1 the verifier lets a perf-event program (`resync`) use only
+    /// preallocated hash maps.
+    Preallocated,
+}
+
+impl MapMemory {
+    /// The map the programs count in, and the one left unused.
+    fn maps(self) -> (&'static str, &'static str) {
+        match self {
+            MapMemory::OnDemand => (PROCESS_TIME_MAP, PROCESS_TIME_PREALLOC_MAP),
+            MapMemory::Preallocated => (PROCESS_TIME_PREALLOC_MAP, PROCESS_TIME_MAP),
+        }
+    }
+
+    /// The value of the program's `PREALLOCATED` global (borrowed by the loader).
+    fn global(self) -> &'static u32 {
+        match self {
+            MapMemory::OnDemand => &0,
+            MapMemory::Preallocated => &1,
+        }
+    }
+}
+
 /// Why the eBPF source could not start; the agent then falls back to /proc.
 #[derive(Debug, thiserror::Error)]
 pub enum EbpfLoadError {
@@ -102,8 +132,8 @@ pub enum EbpfLoadError {
         #[source]
         source: ProgramError,
     },
-    #[error("listing online CPUs: {0}")]
-    OnlineCpus(#[source] io::Error),
+    #[error("reading {POSSIBLE_CPUS_PATH}: {0}")]
+    PossibleCpus(#[source] io::Error),
     #[error("opening map {map}: {source}")]
     Map {
         map: &'static str,
@@ -126,8 +156,19 @@ pub fn load() -> Result<EbpfCpuTime, EbpfLoadError> {
     }
 }
 
-/// Loads and attaches one twin of the program.
+/// Loads and attaches one twin of the program, with the process map allocated on
+/// demand unless the kernel wants it preallocated.
 pub fn load_kind(kind: AttachKind) -> Result<EbpfCpuTime, EbpfLoadError> {
+    load_with(kind, None)
+}
+
+/// Loads and attaches one twin of the program with the process map's memory
+/// chosen, not detected (tests run the preallocated twin on kernels that allow both).
+pub fn load_with_memory(kind: AttachKind, memory: MapMemory) -> Result<EbpfCpuTime, EbpfLoadError> {
+    load_with(kind, Some(memory))
+}
+
+fn load_with(kind: AttachKind, memory: Option<MapMemory>) -> Result<EbpfCpuTime, EbpfLoadError> {
     check_privileges()?;
     check_pid_namespace()?;
     // Parsing the kernel's BTF (ours for offsets, aya's for attach points) makes
@@ -147,15 +188,22 @@ pub fn load_kind(kind: AttachKind) -> Result<EbpfCpuTime, EbpfLoadError> {
         loader.btf(None);
         Ok::<_, EbpfLoadError>((offsets, process_offsets, loader))
     })?;
-    let mut ebpf = load_object(loader, offsets, process_offsets)?;
+    let possible_cpus = std::fs::read_to_string(POSSIBLE_CPUS_PATH)
+        .and_then(|list| {
+            cpu_id_bound(&list).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("{list:?}")))
+        })
+        .map_err(EbpfLoadError::PossibleCpus)?;
+    let (mut ebpf, memory) = load_object(loader, offsets, process_offsets, possible_cpus, memory)?;
+    if memory == MapMemory::OnDemand {
+        prefill(&mut ebpf)?;
+    }
     let (kernel_cleanup, iterator) = on_scratch_thread(|| {
         let kernel_btf = Btf::from_sys_fs().map_err(|error| EbpfLoadError::KernelBtf(error.to_string()));
         let kernel_cleanup = attach(&mut ebpf, kind, &kernel_btf)?;
-        load_resync(&mut ebpf)?;
         let iterator = process_offsets.is_some() && load_iterator(&mut ebpf, &kernel_btf);
         Ok::<_, EbpfLoadError>((kernel_cleanup, iterator))
     })?;
-    let mut source = EbpfCpuTime::new(ebpf, kind, iterator)?;
+    let mut source = EbpfCpuTime::new(ebpf, kind, iterator, memory)?;
     source.kernel_cleanup = kernel_cleanup;
     if iterator {
         source.find_blind_pids();
@@ -171,21 +219,75 @@ pub fn load_kind(kind: AttachKind) -> Result<EbpfCpuTime, EbpfLoadError> {
     Ok(source)
 }
 
+/// Inserts an empty entry for every process in /proc into the map allocated on
+/// demand, before the programs attach. The program takes a new entry from a small
+/// per-CPU cache that the kernel refills after the program returns; attached to a
+/// running system it would meet every process within milliseconds, and some
+/// inserts failed (1 to 3 of ~70 processes here, each losing a slice). Processes
+/// born later come a few at a time (300 forked at once lost none).
+fn prefill(ebpf: &mut Ebpf) -> Result<(), EbpfLoadError> {
+    let map = ebpf.map_mut(PROCESS_TIME_MAP).ok_or(EbpfLoadError::Missing(PROCESS_TIME_MAP))?;
+    let mut times = PerCpuHashMap::<_, u32, ProcessTime>::try_from(map)
+        .map_err(|source| EbpfLoadError::Map { map: PROCESS_TIME_MAP, source })?;
+    let possible = aya::util::nr_cpus().map_err(|(_, error)| EbpfLoadError::PossibleCpus(error))?;
+    let dir = ProcDir::open(Path::new("/proc")).inspect_err(|error| tracing::debug!("opening /proc: {error}")).ok();
+    let mut failed = 0;
+    for pid in listed_pids(dir.as_ref(), &mut Vec::new()) {
+        // Fails only when the length is not the number of possible CPUs.
+        let empty =
+            PerCpuValues::try_from(vec![ProcessTime::default(); possible]).map_err(EbpfLoadError::PossibleCpus)?;
+        if let Err(error) = times.insert(pid, empty, BPF_NOEXIST) {
+            tracing::debug!("prefilling the eBPF entry of {pid}: {error}");
+            failed += 1;
+        }
+    }
+    if failed > 0 {
+        tracing::info!("{failed} processes were not prefilled in the eBPF map; their first slice may go uncounted");
+    }
+    Ok(())
+}
+
+/// `BPF_NOEXIST` from include/uapi/linux/bpf.h: insert only, never overwrite.
+const BPF_NOEXIST: u64 = 1;
+
 /// Runs `work` on a thread of its own and returns its result (see `load_kind`).
 fn on_scratch_thread<T: Send>(work: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|scope| scope.spawn(work).join()).unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
+/// The CPUs the kernel may ever bring up, as a list of ranges.
+const POSSIBLE_CPUS_PATH: &str = "/sys/devices/system/cpu/possible";
+
+/// One past the highest CPU id in a kernel CPU list such as `0-3,8-11` (the
+/// kernel's `nr_cpu_ids`); None when the list is malformed or says more than
+/// `MAX_CPUS`.
+fn cpu_id_bound(list: &str) -> Option<u32> {
+    let mut bound = None;
+    for range in list.trim().split(',') {
+        let last = range.rsplit('-').next()?.parse::<u32>().ok()?;
+        bound = bound.max(Some(last.checked_add(1)?));
+    }
+    bound.filter(|&bound| bound <= MAX_CPUS)
+}
+
+/// Loads the object and its `resync` program, which decides the process map's
+/// memory. Before Linux 6.1 the verifier refuses a map allocated on demand to a
+/// perf-event program like `resync`, and warns in the kernel log when a raw_tp
+/// program uses one; so `resync` is loaded first, and when `memory` is not given
+/// and the verifier refuses it, the object is loaded again with the preallocated map.
 fn load_object(
     loader: EbpfLoader<'static>,
     offsets: TaskOffsets,
     process: Option<ProcessOffsets>,
-) -> Result<Ebpf, EbpfLoadError> {
+    possible_cpus: u32,
+    memory: Option<MapMemory>,
+) -> Result<(Ebpf, MapMemory), EbpfLoadError> {
     // The globals below are borrowed for as long as the loader lives.
     let mut loader: EbpfLoader<'_> = loader;
     let loaded_at = monotonic_ns();
     loader
         .override_global(LOADED_AT_GLOBAL, &loaded_at, true)
+        .override_global(POSSIBLE_CPUS_GLOBAL, &possible_cpus, true)
         .override_global(TASK_PID_OFFSET_GLOBAL, &offsets.pid, true)
         .override_global(TASK_TGID_OFFSET_GLOBAL, &offsets.tgid, true)
         .override_global(TASK_SUM_EXEC_OFFSET_GLOBAL, &offsets.sum_exec_runtime, true)
@@ -198,12 +300,32 @@ fn load_object(
             .override_global(TASK_MM_OFFSET_GLOBAL, &process.mm, true)
             .override_global(MM_RSS_OFFSETS_GLOBAL, &process.rss_counters, true);
     }
-    loader.load(object()).map_err(|error| match &error {
-        EbpfError::MapError(MapError::CreateError { io_error, .. }) if is_eperm(io_error) => {
-            EbpfLoadError::NotPermitted
-        }
-        _ => EbpfLoadError::Object(error),
-    })
+    let mut load = |memory: MapMemory| -> Result<Ebpf, EbpfLoadError> {
+        let (used, unused) = memory.maps();
+        loader
+            .override_global(PREALLOCATED_GLOBAL, memory.global(), true)
+            .map_max_entries(used, MAX_PROCESSES)
+            .map_max_entries(unused, 1);
+        let mut ebpf = loader.load(object()).map_err(|error| match &error {
+            EbpfError::MapError(MapError::CreateError { io_error, .. }) if is_eperm(io_error) => {
+                EbpfLoadError::NotPermitted
+            }
+            _ => EbpfLoadError::Object(error),
+        })?;
+        load_resync(&mut ebpf)?;
+        Ok(ebpf)
+    };
+    match memory {
+        Some(memory) => Ok((load(memory)?, memory)),
+        None => match load(MapMemory::OnDemand) {
+            Err(EbpfLoadError::Verifier { log, .. }) if log.contains("preallocated") => {
+                let kib = u64::from(MAX_PROCESSES) * 8 * u64::from(possible_cpus) / 1024;
+                tracing::info!("the verifier wants a preallocated process map (Linux < 6.1): {kib} KiB");
+                Ok((load(MapMemory::Preallocated)?, MapMemory::Preallocated))
+            }
+            other => Ok((other?, MapMemory::OnDemand)),
+        },
+    }
 }
 
 /// Attaches the `sched_switch` program of `kind`, then its `sched_process_free`
@@ -361,14 +483,13 @@ pub struct ProgramStats {
     pub run_count: u64,
 }
 
-/// How many times an entry is read before giving up on two equal reads.
-const MAX_READS: usize = 8;
-
 /// The eBPF CPU-time source. Dropping it detaches the program and frees its maps.
 pub struct EbpfCpuTime {
     /// Owns the attached program; it stays attached as long as this lives.
     ebpf: Ebpf,
-    times: HashMap<MapData, u32, ProcessTime>,
+    times: PerCpuHashMap<MapData, u32, ProcessTime>,
+    /// How `times` gets its memory.
+    memory: MapMemory,
     errors: PerCpuArray<MapData, u64>,
     /// Error counts already logged, so each new failure is reported once.
     reported: ErrorCounts,
@@ -399,15 +520,17 @@ pub struct EbpfCpuTime {
 }
 
 impl EbpfCpuTime {
-    fn new(mut ebpf: Ebpf, attach: AttachKind, iterator: bool) -> Result<Self, EbpfLoadError> {
+    fn new(mut ebpf: Ebpf, attach: AttachKind, iterator: bool, memory: MapMemory) -> Result<Self, EbpfLoadError> {
         let take = |ebpf: &mut Ebpf, map| ebpf.take_map(map).ok_or(EbpfLoadError::Missing(map));
-        let times = take(&mut ebpf, PROCESS_TIME_MAP)?;
+        let (times_map, _) = memory.maps();
+        let times = take(&mut ebpf, times_map)?;
         let errors = take(&mut ebpf, ERRORS_MAP)?;
-        let times = HashMap::try_from(times).map_err(|source| EbpfLoadError::Map { map: PROCESS_TIME_MAP, source })?;
+        let times = PerCpuHashMap::try_from(times).map_err(|source| EbpfLoadError::Map { map: times_map, source })?;
         let errors = PerCpuArray::try_from(errors).map_err(|source| EbpfLoadError::Map { map: ERRORS_MAP, source })?;
         Ok(Self {
             ebpf,
             times,
+            memory,
             errors,
             reported: ErrorCounts::default(),
             attach,
@@ -476,6 +599,10 @@ impl EbpfCpuTime {
         self.attach
     }
 
+    pub fn map_memory(&self) -> MapMemory {
+        self.memory
+    }
+
     /// Whether the kernel deletes the entries of exited processes itself.
     pub fn kernel_cleanup(&self) -> bool {
         self.kernel_cleanup
@@ -484,20 +611,9 @@ impl EbpfCpuTime {
     /// Cumulative on-CPU ns of process `tgid` since the program was attached, at
     /// the instant of the call; 0 if it has not run since.
     pub fn process_ns(&self, tgid: u32) -> Result<u64, MapError> {
-        // The kernel updates the two fields of an entry one after the other, and a
-        // lookup copies them at some moment in between: two equal reads in a row
-        // prove the copy was whole (see `add` in the eBPF program).
-        let mut last = self.entry(tgid)?;
-        for _ in 0..MAX_READS {
-            let now = monotonic_ns();
-            let again = self.entry(tgid)?;
-            if again == last {
-                return Ok(again.map_or(0, |time| time.at(now)));
-            }
-            last = again;
-        }
-        tracing::debug!("eBPF entry of {tgid} kept changing over {MAX_READS} reads");
-        Ok(last.map_or(0, |time| time.at(monotonic_ns())))
+        let copies = self.entry(tgid)?;
+        let now = monotonic_ns();
+        Ok(copies.map_or(0, |copies| copies.iter().fold(0u64, |total, time| total.wrapping_add(time.at(now)))))
     }
 
     /// Every process with its cumulative CPU time, from one pass of the task
@@ -590,9 +706,10 @@ impl EbpfCpuTime {
         Ok(self.entry(tgid)?.is_some())
     }
 
-    fn entry(&self, tgid: u32) -> Result<Option<ProcessTime>, MapError> {
+    /// Every CPU's copy of `tgid`'s entry; None without one.
+    fn entry(&self, tgid: u32) -> Result<Option<PerCpuValues<ProcessTime>>, MapError> {
         match self.times.get(&tgid, 0) {
-            Ok(time) => Ok(Some(time)),
+            Ok(copies) => Ok(Some(copies)),
             Err(MapError::KeyNotFound) => Ok(None),
             Err(error) => Err(error),
         }
@@ -624,7 +741,10 @@ impl EbpfCpuTime {
         let new = |now: u64, before: u64| now.saturating_sub(before);
         let full = new(counts.map_full, self.reported.map_full);
         if full > 0 {
-            tracing::warn!("eBPF process map full ({MAX_PROCESSES} entries): {full} switch-ins not counted");
+            tracing::warn!(
+                "eBPF process map: {full} switch-ins not counted (the map is full at {MAX_PROCESSES} entries, \
+                 or the kernel had no memory for a new one)"
+            );
         }
         let unread = new(counts.read_task, self.reported.read_task);
         if unread > 0 {
@@ -642,7 +762,7 @@ impl EbpfCpuTime {
     /// True when `tgid`'s entry shows no thread on a CPU, so it may be deleted
     /// without unbalancing a running slice (see `retain_live`).
     fn is_idle(&self, tgid: u32) -> bool {
-        matches!(self.entry(tgid), Ok(Some(time)) if time.running == 0)
+        matches!(self.entry(tgid), Ok(Some(copies)) if !copies.iter().any(|time| time.running()))
     }
 }
 
@@ -734,6 +854,18 @@ mod tests {
         assert!(may_trace((1 << CAP_BPF) | (1 << CAP_PERFMON)));
         assert!(!may_trace(1 << CAP_BPF));
         assert!(!may_trace(0));
+    }
+
+    #[test]
+    fn cpu_id_bound_is_one_past_the_highest_possible_id() {
+        assert_eq!(cpu_id_bound("0-1\n"), Some(2));
+        assert_eq!(cpu_id_bound("0"), Some(1));
+        assert_eq!(cpu_id_bound("0-3,8-11"), Some(12));
+        assert_eq!(cpu_id_bound("0,2,5"), Some(6));
+        assert_eq!(cpu_id_bound(""), None);
+        assert_eq!(cpu_id_bound("0-x"), None);
+        assert_eq!(cpu_id_bound("0-8191"), Some(8192));
+        assert_eq!(cpu_id_bound("0-8192"), None);
     }
 
     #[test]
