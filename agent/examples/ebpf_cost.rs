@@ -30,7 +30,14 @@ fn main() -> anyhow::Result<()> {
     source.resume_resync().context("attaching resync")?;
     println!("attached: {:?}", source.attach_kind());
     let duration = Duration::from_secs(seconds);
-    measure(&source, "two threads of one process", || ping_pong_threads(duration))?;
+    measure(&source, "two threads of one process", || ping_pong_threads(duration, None))?;
+    // Pinned apart, every switch is to or from the idle task: the dearest kind.
+    let allowed = allowed_cpus()?;
+    if let [first, second, ..] = allowed[..] {
+        let load = || ping_pong_threads(duration, Some((first, second)));
+        measure(&source, "two threads of one process, one on each of two CPUs", load)?;
+        set_affinity(&allowed)?;
+    }
     measure(&source, "two processes", || ping_pong_processes(duration))?;
     Ok(())
 }
@@ -92,12 +99,20 @@ fn ping_pong_processes(duration: Duration) -> anyhow::Result<u64> {
 }
 
 /// Two threads bouncing one byte over a socket pair until `duration` is up; each
-/// hop blocks the sender and wakes the receiver, so a switch on each side.
-fn ping_pong_threads(duration: Duration) -> anyhow::Result<u64> {
+/// hop blocks the sender and wakes the receiver, so a switch on each side. With
+/// `pinned`, the calling thread runs on the first CPU and the echoing one on the
+/// second (the caller restores its own affinity).
+fn ping_pong_threads(duration: Duration, pinned: Option<(usize, usize)>) -> anyhow::Result<u64> {
     let (mut left, mut right) = UnixStream::pair()?;
     let stop = AtomicBool::new(false);
+    if let Some((mine, _)) = pinned {
+        set_affinity(&[mine])?;
+    }
     std::thread::scope(|scope| {
         let echo = scope.spawn(|| -> std::io::Result<()> {
+            if let Some((_, echo_cpu)) = pinned {
+                set_affinity(&[echo_cpu])?;
+            }
             let mut byte = [0u8];
             while right.read(&mut byte)? == 1 {
                 right.write_all(&byte)?;
@@ -117,6 +132,31 @@ fn ping_pong_threads(duration: Duration) -> anyhow::Result<u64> {
         echo.join().map_err(|_| anyhow::anyhow!("echo thread panicked"))??;
         Ok(trips)
     })
+}
+
+/// The CPUs the calling thread may run on.
+fn allowed_cpus() -> std::io::Result<Vec<usize>> {
+    // SAFETY: an all-zero cpu_set_t is the empty set; sched_getaffinity fills it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    if unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: CPU_ISSET only reads the set, for indices below CPU_SETSIZE.
+    Ok((0..libc::CPU_SETSIZE as usize).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).collect())
+}
+
+/// Lets the calling thread run on `cpus` only.
+fn set_affinity(cpus: &[usize]) -> std::io::Result<()> {
+    // SAFETY: an all-zero cpu_set_t is the empty set; CPU_SET ignores indices past
+    // CPU_SETSIZE; sched_setaffinity only reads it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus {
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    if unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The `ctxt` line of /proc/stat (proc(5)): context switches since boot, all CPUs.
