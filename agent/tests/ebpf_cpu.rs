@@ -281,15 +281,33 @@ fn kernel_at_least(major: u32, minor: u32) -> bool {
     (numbers.next().unwrap(), numbers.next().unwrap_or(0)) >= (major, minor)
 }
 
-/// A process with one busy thread per CPU (at most 4), measured over 1 s: it is
-/// counted in several CPUs' copies of its entry at once.
-fn threads_on_every_cpu(source: &mut EbpfCpuTime, what: &str) {
-    let cpus = std::thread::available_parallelism().unwrap().get().min(4);
-    let threads = Subject::with_clocks("threads", cpus);
-    let (measured, truth, steal) = deltas(source, threads.proc.pid(), &|| threads.clock.read());
-    if cpus > 1 {
-        assert!(truth > 1_100_000_000, "the threads never ran on two CPUs at once: {truth} ns in 1 s");
+/// A process with one busy thread per CPU (at most 4): it is counted in several
+/// CPUs' copies of its entry at once.
+struct BusyThreads {
+    subject: Subject,
+    cpus: usize,
+}
+
+impl BusyThreads {
+    fn start() -> Self {
+        let cpus = std::thread::available_parallelism().unwrap().get().min(4);
+        Self { subject: Subject::with_clocks("threads", cpus), cpus }
     }
+
+    /// Fails unless `truth` ns over `INTERVAL` show two threads running at once.
+    fn assert_parallel(&self, truth: i64) {
+        if self.cpus > 1 {
+            assert!(truth > 1_100_000_000, "the threads never ran on two CPUs at once: {truth} ns in 1 s");
+        }
+    }
+}
+
+/// `BusyThreads` measured over 1 s through `source`.
+fn threads_on_every_cpu(source: &mut EbpfCpuTime, what: &str) {
+    let threads = BusyThreads::start();
+    let clock = &threads.subject.clock;
+    let (measured, truth, steal) = deltas(source, threads.subject.proc.pid(), &|| clock.read());
+    threads.assert_parallel(truth);
     assert_within(measured, truth, EBPF_BOUND_NS + steal, what);
     assert_no_program_errors(source);
 }
@@ -446,12 +464,11 @@ fn ebpf_process_iterator_cpu_time_matches_the_kernel() {
     let _serial = serial();
     let Some(mut source) = load_or_skip(AttachKind::BtfTracePoint) else { return };
     // One busy thread per CPU: the iterator must add up every CPU's copy.
-    let cpus = std::thread::available_parallelism().unwrap().get().min(4);
-    let busy = Subject::with_clocks("threads", cpus);
-    let pid = busy.proc.pid();
+    let busy = BusyThreads::start();
+    let pid = busy.subject.proc.pid();
     let sample = |source: &mut EbpfCpuTime| {
         let records = listed(source);
-        let truth = busy.clock.read();
+        let truth = busy.subject.clock.read();
         let record = records.iter().find(|r| r.tgid == pid).expect("the busy process is listed");
         (record.cpu_ns as i64, truth)
     };
@@ -461,9 +478,7 @@ fn ebpf_process_iterator_cpu_time_matches_the_kernel() {
     let (source1, truth1) = sample(&mut source);
     let steal = steal_ns() - steal0;
     let truth = truth1 - truth0;
-    if cpus > 1 {
-        assert!(truth > 1_100_000_000, "the threads never ran on two CPUs at once: {truth} ns in 1 s");
-    }
+    busy.assert_parallel(truth);
     assert_within(source1 - source0, truth, EBPF_BOUND_NS + steal, "task iterator, one busy thread per CPU");
     assert_no_program_errors(&source);
 }
