@@ -194,8 +194,11 @@ fn load_with(kind: AttachKind, memory: Option<MapMemory>) -> Result<EbpfCpuTime,
         })
         .map_err(EbpfLoadError::PossibleCpus)?;
     let (mut ebpf, memory) = load_object(loader, offsets, process_offsets, possible_cpus, memory)?;
+    // Read for the prefill below and, with the iterator, for `find_blind_pids`.
+    let proc_dir =
+        ProcDir::open(Path::new("/proc")).inspect_err(|error| tracing::debug!("opening /proc: {error}")).ok();
     if memory == MapMemory::OnDemand {
-        prefill(&mut ebpf)?;
+        prefill(&mut ebpf, proc_dir.as_ref())?;
     }
     let (kernel_cleanup, iterator) = on_scratch_thread(|| {
         let kernel_btf = Btf::from_sys_fs().map_err(|error| EbpfLoadError::KernelBtf(error.to_string()));
@@ -206,7 +209,7 @@ fn load_with(kind: AttachKind, memory: Option<MapMemory>) -> Result<EbpfCpuTime,
     let mut source = EbpfCpuTime::new(ebpf, kind, iterator, memory)?;
     source.kernel_cleanup = kernel_cleanup;
     if iterator {
-        source.find_blind_pids();
+        source.find_blind_pids(proc_dir);
     }
     // Prove now that `resync` attaches, so a failure falls back to /proc at start
     // rather than at the first request; then leave it off until a client connects.
@@ -225,14 +228,13 @@ fn load_with(kind: AttachKind, memory: Option<MapMemory>) -> Result<EbpfCpuTime,
 /// running system it would meet every process within milliseconds, and some
 /// inserts failed (1 to 3 of ~70 processes here, each losing a slice). Processes
 /// born later come a few at a time (300 forked at once lost none).
-fn prefill(ebpf: &mut Ebpf) -> Result<(), EbpfLoadError> {
+fn prefill(ebpf: &mut Ebpf, proc_dir: Option<&ProcDir>) -> Result<(), EbpfLoadError> {
     let map = ebpf.map_mut(PROCESS_TIME_MAP).ok_or(EbpfLoadError::Missing(PROCESS_TIME_MAP))?;
     let mut times = PerCpuHashMap::<_, u32, ProcessTime>::try_from(map)
         .map_err(|source| EbpfLoadError::Map { map: PROCESS_TIME_MAP, source })?;
     let possible = aya::util::nr_cpus().map_err(|(_, error)| EbpfLoadError::PossibleCpus(error))?;
-    let dir = ProcDir::open(Path::new("/proc")).inspect_err(|error| tracing::debug!("opening /proc: {error}")).ok();
     let mut failed = 0;
-    for pid in listed_pids(dir.as_ref(), &mut Vec::new()) {
+    for pid in listed_pids(proc_dir, &mut Vec::new()) {
         // Fails only when the length is not the number of possible CPUs.
         let empty =
             PerCpuValues::try_from(vec![ProcessTime::default(); possible]).map_err(EbpfLoadError::PossibleCpus)?;
@@ -659,9 +661,9 @@ impl EbpfCpuTime {
     }
 
     /// Compares one pass of the iterator with /proc and keeps the processes the
-    /// iterator missed although /proc listed them before and after it.
-    fn find_blind_pids(&mut self) {
-        let dir = ProcDir::open(Path::new("/proc")).inspect_err(|error| tracing::debug!("opening /proc: {error}")).ok();
+    /// iterator missed although /proc listed them before and after it; `dir` is
+    /// kept to read those.
+    fn find_blind_pids(&mut self, dir: Option<ProcDir>) {
         let mut buffer = Vec::new();
         let before = listed_pids(dir.as_ref(), &mut buffer);
         let mut records = Vec::new();
