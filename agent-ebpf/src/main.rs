@@ -278,10 +278,10 @@ fn rss_pages(task: BtfTask) -> u64 {
 /// entry.
 #[inline(always)]
 fn process_cpu_ns(tgid: u32) -> u64 {
-    let now = unsafe { bpf_ktime_get_ns() };
     let map = core::ptr::from_ref(process_time()).cast_mut().cast();
     let key = (&raw const tgid).cast();
     let mut total = 0u64;
+    let mut running = 0u64;
     for cpu in 0..POSSIBLE_CPUS.load().min(MAX_CPUS) {
         // SAFETY: `map` is this program's map and `key` a u32 as it expects. A null
         // answer means no entry (for any CPU) or a CPU id past the possible ones.
@@ -291,7 +291,15 @@ fn process_cpu_ns(tgid: u32) -> u64 {
         }
         // SAFETY: a map value pointer, valid for this run; one aligned u64, which the
         // CPU that owns it writes whole.
-        total = total.wrapping_add(unsafe { core::ptr::read_volatile(time) }.at(now));
+        let time = unsafe { core::ptr::read_volatile(time) };
+        // At instant 0: the closed time less the running slice's start, if any.
+        total = total.wrapping_add(time.at(0));
+        running += u64::from(time.running());
+    }
+    // The clock (~30 ns here) is read only for a process with a thread on a CPU,
+    // as it was before the copies were per CPU.
+    if running > 0 {
+        total = total.wrapping_add(running.wrapping_mul(unsafe { bpf_ktime_get_ns() }));
     }
     total
 }
