@@ -28,8 +28,8 @@ pub const ERRORS_MAP: &str = "ERRORS";
 /// Capacity of [`PROCESS_TIME_MAP`]: processes (not threads) the program can track
 /// at once. Entries of gone processes are deleted by [`PROGRAM_FREE_BTF`] (or its
 /// twin), or by user space after a scan where that program is not attached. The map
-/// is not preallocated: its memory follows the processes tracked, 8 bytes per
-/// possible CPU each.
+/// is allocated on demand, 8 bytes per possible CPU per process tracked, except
+/// before Linux 6.1, where its preallocated twin holds all of them up front.
 pub const MAX_PROCESSES: u32 = 32_768;
 
 /// Global: the number of CPU ids the kernel may use (`nr_cpu_ids`, the last id in
