@@ -51,6 +51,8 @@ pub const LOADED_AT_GLOBAL: &str = "LOADED_AT_NS";
 pub const TASK_SUM_EXEC_OFFSET_GLOBAL: &str = "TASK_SUM_EXEC_OFFSET";
 /// Global: byte offset of `se.prev_sum_exec_runtime` in `struct task_struct`.
 pub const TASK_PREV_SUM_EXEC_OFFSET_GLOBAL: &str = "TASK_PREV_SUM_EXEC_OFFSET";
+/// Global: byte offset of `se.exec_start` in `struct task_struct`, from BTF.
+pub const TASK_EXEC_START_OFFSET_GLOBAL: &str = "TASK_EXEC_START_OFFSET";
 
 /// The `tp_btf/sched_switch` program (preferred, kernel >= 5.5).
 pub const PROGRAM_BTF: &str = "sched_switch_btf";
@@ -150,6 +152,9 @@ pub struct CpuSlot {
     pub base_runtime_ns: u64,
     /// The clock reading `start_ns` is chained from (the program's `next_start`).
     pub anchor_ns: u64,
+    /// CLOCK_MONOTONIC minus the run queue's task clock (the clock of
+    /// `se.exec_start`), as last measured on this CPU; 0 until measured.
+    pub clock_offset_ns: u64,
 }
 
 /// One process as `PROGRAM_PROCESSES` writes it: what `/proc/PID/stat` would say of
@@ -234,7 +239,7 @@ mod tests {
     #[test]
     fn records_have_no_padding() {
         assert_eq!(core::mem::size_of::<ProcessTime>(), 8);
-        assert_eq!(core::mem::size_of::<CpuSlot>(), 32);
+        assert_eq!(core::mem::size_of::<CpuSlot>(), 40);
         assert_eq!(core::mem::size_of::<ProcessRecord>(), 48);
     }
 }

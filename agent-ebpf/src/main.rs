@@ -50,6 +50,9 @@ static TASK_SUM_EXEC_OFFSET: Global<u32> = Global::new(0);
 /// Offset of `se.prev_sum_exec_runtime` in `struct task_struct`, from BTF.
 #[unsafe(no_mangle)]
 static TASK_PREV_SUM_EXEC_OFFSET: Global<u32> = Global::new(0);
+/// Offset of `se.exec_start` in `struct task_struct`, from BTF.
+#[unsafe(no_mangle)]
+static TASK_EXEC_START_OFFSET: Global<u32> = Global::new(0);
 /// Offset of `start_time` in `struct task_struct`, from BTF.
 #[unsafe(no_mangle)]
 static TASK_START_TIME_OFFSET: Global<u32> = Global::new(0);
@@ -323,8 +326,13 @@ pub fn resync(_ctx: PerfEventContext) -> u32 {
         return 0;
     }
     let task = RawTask(unsafe { bpf_get_current_task() } as *const u8);
-    account_unseen_switch(slot, task, (current >> 32) as u32, now);
-    *slot = switch_in(read_task(task), now, now);
+    let since = unseen_since(slot);
+    // The running task's count is as of the scheduler's last update (at the latest
+    // its last tick): its slice here starts at that update, so that what it ran
+    // since then counts as running time from this reading on.
+    let start = last_update(task, slot.clock_offset_ns).map_or(now, |at| at.max(since).min(now));
+    account_unseen_switch(slot, task, (current >> 32) as u32, since, start);
+    *slot = CpuSlot { clock_offset_ns: slot.clock_offset_ns, ..switch_in(read_task(task), start, now) };
     0
 }
 
@@ -346,32 +354,35 @@ fn on_switch<T: Task>(prev: T, next: T) {
     if current_tid == slot.tid && slot.tgid != 0 {
         // The slot's task is `current`, which is `prev`.
         if let Some(end) = counted_end(slot, prev) {
-            let (start, anchor_ns) = next_start(slot, end);
+            let (start, anchor_ns, clock_offset_ns) = match chained_start(slot, end) {
+                Some(start) => (start, slot.anchor_ns, slot.clock_offset_ns),
+                None => read_clock(slot, next, &incoming),
+            };
             if let Some(next_slot) = switch_within_process(slot, &incoming, end, start) {
-                *slot = CpuSlot { anchor_ns, ..next_slot };
+                *slot = CpuSlot { anchor_ns, clock_offset_ns, ..next_slot };
                 return;
             }
             close_slice(slot.tgid, end);
-            *slot = switch_in(incoming, start, anchor_ns);
+            *slot = CpuSlot { clock_offset_ns, ..switch_in(incoming, start, anchor_ns) };
             return;
         }
     }
-    let now = unsafe { bpf_ktime_get_ns() };
+    let (now, _, clock_offset_ns) = read_clock(slot, next, &incoming);
     if current_tid != slot.tid {
-        account_unseen_switch(slot, prev, current_tgid, now);
+        account_unseen_switch(slot, prev, current_tgid, unseen_since(slot), now);
     } else if slot.tgid != 0 {
         // `prev`'s run time could not be read: the slice ends now by the clock.
         close_slice(slot.tgid, now);
     }
-    *slot = switch_in(incoming, now, now);
+    *slot = CpuSlot { clock_offset_ns, ..switch_in(incoming, now, now) };
 }
 
 /// Longest stretch of counted run time over which slice starts are chained before
 /// the clock is read again.
 const CHAIN_LIMIT_NS: u64 = 1_000_000;
 
-/// When the slice of the task coming in starts, and the clock reading that start is
-/// chained from.
+/// When the slice of the task coming in starts, if it can be chained from the end
+/// just counted; None when the clock must be read instead.
 ///
 /// Reading the clock (`bpf_ktime_get_ns`, ~25 ns here) was a quarter of the
 /// program's cost. A slice's start matters only while it runs (user space adds
@@ -383,12 +394,38 @@ const CHAIN_LIMIT_NS: u64 = 1_000_000;
 /// read again once `CHAIN_LIMIT_NS` of run time have been chained (a few µs of lag
 /// at most), and after idle or any switch without a counted end.
 #[inline(always)]
-fn next_start(slot: &CpuSlot, end: u64) -> (u64, u64) {
-    if end.wrapping_sub(slot.anchor_ns) < CHAIN_LIMIT_NS {
-        return (end, slot.anchor_ns);
-    }
+fn chained_start(slot: &CpuSlot, end: u64) -> Option<u64> {
+    (end.wrapping_sub(slot.anchor_ns) < CHAIN_LIMIT_NS).then_some(end)
+}
+
+/// Reads the clock at a switch to `next`: the reading, as start and anchor of the
+/// next slice, and this CPU's clock offset measured with it.
+///
+/// The offset relates `se.exec_start` (the run queue's task clock) to the clock the
+/// program counts in, for `resync`, which meets tasks whose count is as of an
+/// earlier update. The scheduler stamped `next` with the task clock when it picked
+/// it, just before this tracepoint, so the two readings are a few µs apart. The
+/// idle task is never stamped; the previous offset stays then.
+#[inline(always)]
+fn read_clock<T: Task>(slot: &CpuSlot, next: T, incoming: &Option<Incoming>) -> (u64, u64, u64) {
     let now = unsafe { bpf_ktime_get_ns() };
-    (now, now)
+    let stamped = incoming.as_ref().is_some_and(|incoming| incoming.slot.tid != 0);
+    let offset = match next.field::<u64>(TASK_EXEC_START_OFFSET.load()) {
+        Some(exec_start) if stamped && exec_start != 0 => now.wrapping_sub(exec_start),
+        _ => slot.clock_offset_ns,
+    };
+    (now, now, offset)
+}
+
+/// When the scheduler last brought `task`'s count (`se.sum_exec_runtime`) up to
+/// date, on the program's clock; None before this CPU's offset was measured.
+#[inline(always)]
+fn last_update<T: Task>(task: T, clock_offset_ns: u64) -> Option<u64> {
+    if clock_offset_ns == 0 {
+        return None;
+    }
+    let exec_start = task.field::<u64>(TASK_EXEC_START_OFFSET.load())?;
+    Some(exec_start.wrapping_add(clock_offset_ns))
 }
 
 /// What the program reads of a task: its ids and its runtime so far.
@@ -401,7 +438,7 @@ struct Incoming {
 fn read_task<T: Task>(task: T) -> Option<Incoming> {
     let (tid, tgid) = task_ids(task)?;
     let base_runtime_ns = runtime_ns(task)?;
-    Some(Incoming { slot: CpuSlot { tgid, tid, start_ns: 0, base_runtime_ns, anchor_ns: 0 } })
+    Some(Incoming { slot: CpuSlot { tgid, tid, base_runtime_ns, ..CpuSlot::default() } })
 }
 
 /// `task`'s thread id and process id (`pid` and `tgid` in the kernel's words).
@@ -441,13 +478,16 @@ fn switch_within_process(slot: &CpuSlot, incoming: &Option<Incoming>, end: u64, 
 /// (or none): the kernel switched without the tracepoint (some tasks leave the CPU
 /// untraced; ftrace misses them too).
 ///
-/// The running task gets the scheduler's count of its slice so far, since it was
-/// picked. The recorded task's slice is withdrawn, closed at its own start: it may
-/// since have run, and been counted, on another CPU, so counting it here could
-/// count it twice. Its untraced run is lost instead; `ERR_MISMATCH` says how often,
-/// and `resync` keeps such windows under `RESYNC_PERIOD_NS`.
+/// The running task gets the scheduler's count of its slice since it was picked, a
+/// count that ends at `until`; at most `until - since`, as it was picked after
+/// `since` (see `unseen_since`), which also keeps a class that does not keep
+/// `prev_sum_exec_runtime` (real-time) from counting more. The recorded task's
+/// slice is withdrawn, closed at its own start: it may since have run, and been
+/// counted, on another CPU, so counting it here could count it twice. Its untraced
+/// run is lost instead; `ERR_MISMATCH` says how often, and `resync` keeps such
+/// windows under `RESYNC_PERIOD_NS`.
 #[inline(always)]
-fn account_unseen_switch<T: Task>(slot: &CpuSlot, task: T, tgid: u32, now: u64) {
+fn account_unseen_switch<T: Task>(slot: &CpuSlot, task: T, tgid: u32, since: u64, until: u64) {
     if slot.tgid != 0 {
         count_error(ERR_MISMATCH);
         close_slice(slot.tgid, slot.start_ns);
@@ -455,12 +495,16 @@ fn account_unseen_switch<T: Task>(slot: &CpuSlot, task: T, tgid: u32, now: u64) 
     if tgid == 0 {
         return;
     }
-    // The running task was picked after the slot's slice began (or, on a CPU not yet
-    // seen, it counts from the load); the bound also keeps a class that does not
-    // keep `prev_sum_exec_runtime` (real-time) from counting more than that.
-    let since = if slot.tgid != 0 { slot.start_ns } else { LOADED_AT_NS.load() };
-    let slice = last_slice_ns(task).unwrap_or(0).min(now.saturating_sub(since));
+    let slice = last_slice_ns(task).unwrap_or(0).min(until.saturating_sub(since));
     charge(tgid, slice);
+}
+
+/// The earliest a task running untraced on this CPU can have been picked: when the
+/// slot's recorded slice began or, on a CPU not yet seen, when the program was
+/// loaded (nothing before counts).
+#[inline(always)]
+fn unseen_since(slot: &CpuSlot) -> u64 {
+    if slot.tgid != 0 { slot.start_ns } else { LOADED_AT_NS.load() }
 }
 
 /// `se.sum_exec_runtime` of a task: the scheduler's count of its on-CPU ns.

@@ -25,6 +25,9 @@ pub struct TaskOffsets {
     pub sum_exec_runtime: u32,
     /// `se.prev_sum_exec_runtime`: `sum_exec_runtime` when the task was last picked.
     pub prev_sum_exec_runtime: u32,
+    /// `se.exec_start`: the run queue's task clock when `sum_exec_runtime` was last
+    /// brought up to date.
+    pub exec_start: u32,
 }
 
 /// Byte offsets a BPF task iterator reads to describe a process the way /proc/PID/stat does.
@@ -80,6 +83,7 @@ pub fn parse_task_offsets(data: &[u8]) -> Result<TaskOffsets, BtfError> {
         tgid,
         sum_exec_runtime: add(se_offset, btf.int_member_offset(se, "sum_exec_runtime", 8)?)?,
         prev_sum_exec_runtime: add(se_offset, btf.int_member_offset(se, "prev_sum_exec_runtime", 8)?)?,
+        exec_start: add(se_offset, btf.int_member_offset(se, "exec_start", 8)?)?,
     })
 }
 
@@ -518,18 +522,20 @@ mod tests {
         let load = b.member("load", 5, 0);
         let sum = b.member("sum_exec_runtime", 5, 64);
         let prev_sum = b.member("prev_sum_exec_runtime", 5, 128);
-        b.push(KIND_STRUCT, "sched_entity", 24, 3, &[load, sum, prev_sum].concat()); // 6
+        let exec_start = b.member("exec_start", 5, 192);
+        b.push(KIND_STRUCT, "sched_entity", 32, 4, &[load, sum, prev_sum, exec_start].concat()); // 6
         let flags = b.member("flags", 1, 0);
         let anon = b.member("", 4, 128);
         let se = b.member("se", 6, 256);
-        b.push(KIND_STRUCT, "task_struct", 56, 3, &[flags, anon, se].concat()); // 7
+        b.push(KIND_STRUCT, "task_struct", 64, 3, &[flags, anon, se].concat()); // 7
         b.build()
     }
 
     #[test]
     fn offsets_are_found_through_anonymous_members_typedefs_and_nested_structs() {
         let offsets = parse_task_offsets(&sample_btf()).unwrap();
-        let expected = TaskOffsets { pid: 24, tgid: 28, sum_exec_runtime: 40, prev_sum_exec_runtime: 48 };
+        let expected =
+            TaskOffsets { pid: 24, tgid: 28, sum_exec_runtime: 40, prev_sum_exec_runtime: 48, exec_start: 56 };
         assert_eq!(offsets, expected);
     }
 
@@ -770,5 +776,6 @@ mod tests {
         assert_eq!(offsets.tgid, offsets.pid + 4);
         assert_eq!(offsets.prev_sum_exec_runtime % 8, 0);
         assert_eq!(offsets.sum_exec_runtime % 8, 0);
+        assert_eq!(offsets.exec_start % 8, 0);
     }
 }

@@ -17,8 +17,8 @@ use agent_common::cputime::{
     ERR_COUNT, ERR_MAP_FULL, ERR_MISMATCH, ERR_READ_TASK, ERRORS_MAP, FREE_TRACEPOINT, ITER_TARGET, LOADED_AT_GLOBAL,
     MAX_CPUS, MAX_PROCESSES, MM_RSS_OFFSETS_GLOBAL, POSSIBLE_CPUS_GLOBAL, PREALLOCATED_GLOBAL, PROCESS_TIME_MAP,
     PROCESS_TIME_PREALLOC_MAP, PROGRAM_BTF, PROGRAM_FREE_BTF, PROGRAM_FREE_RAW, PROGRAM_PROCESSES, PROGRAM_RAW,
-    PROGRAM_RESYNC, ProcessTime, RESYNC_PERIOD_NS, TASK_COMM_OFFSET_GLOBAL, TASK_MM_OFFSET_GLOBAL,
-    TASK_PID_OFFSET_GLOBAL, TASK_PREV_SUM_EXEC_OFFSET_GLOBAL, TASK_START_TIME_OFFSET_GLOBAL,
+    PROGRAM_RESYNC, ProcessTime, RESYNC_PERIOD_NS, TASK_COMM_OFFSET_GLOBAL, TASK_EXEC_START_OFFSET_GLOBAL,
+    TASK_MM_OFFSET_GLOBAL, TASK_PID_OFFSET_GLOBAL, TASK_PREV_SUM_EXEC_OFFSET_GLOBAL, TASK_START_TIME_OFFSET_GLOBAL,
     TASK_SUM_EXEC_OFFSET_GLOBAL, TASK_TGID_OFFSET_GLOBAL, TRACEPOINT,
 };
 use aya::{
@@ -293,7 +293,8 @@ fn load_object(
         .override_global(TASK_PID_OFFSET_GLOBAL, &offsets.pid, true)
         .override_global(TASK_TGID_OFFSET_GLOBAL, &offsets.tgid, true)
         .override_global(TASK_SUM_EXEC_OFFSET_GLOBAL, &offsets.sum_exec_runtime, true)
-        .override_global(TASK_PREV_SUM_EXEC_OFFSET_GLOBAL, &offsets.prev_sum_exec_runtime, true);
+        .override_global(TASK_PREV_SUM_EXEC_OFFSET_GLOBAL, &offsets.prev_sum_exec_runtime, true)
+        .override_global(TASK_EXEC_START_OFFSET_GLOBAL, &offsets.exec_start, true);
     // Left at 0 without them: the iterator is then not loaded at all.
     if let Some(process) = &process {
         loader
