@@ -351,30 +351,27 @@ fn on_switch<T: Task>(prev: T, next: T) {
         (ids as u32, (ids >> 32) as u32)
     });
     let incoming = read_task(next);
-    if current_tid == slot.tid && slot.tgid != 0 {
-        // The slot's task is `current`, which is `prev`.
-        if let Some(end) = counted_end(slot, prev) {
-            let (start, anchor_ns, clock_offset_ns) = match chained_start(slot, end) {
-                Some(start) => (start, slot.anchor_ns, slot.clock_offset_ns),
-                None => read_clock(slot, next, &incoming),
-            };
-            if let Some(next_slot) = switch_within_process(slot, &incoming, end, start) {
-                *slot = CpuSlot { anchor_ns, clock_offset_ns, ..next_slot };
-                return;
-            }
-            close_slice(slot.tgid, end);
-            *slot = CpuSlot { clock_offset_ns, ..switch_in(incoming, start, anchor_ns) };
+    // Where `prev`'s slice ends when the slot's task is `current`, which is `prev`.
+    let counted = if current_tid == slot.tid && slot.tgid != 0 { counted_end(slot, prev) } else { None };
+    // One place reads the clock, for both paths below; without a counted end it
+    // is read, and `start` is now.
+    let (start, anchor_ns, clock_offset_ns) = match counted.and_then(|end| chained_start(slot, end)) {
+        Some(start) => (start, slot.anchor_ns, slot.clock_offset_ns),
+        None => read_clock(slot, next, &incoming),
+    };
+    if let Some(end) = counted {
+        if let Some(next_slot) = switch_within_process(slot, &incoming, end, start) {
+            *slot = CpuSlot { anchor_ns, clock_offset_ns, ..next_slot };
             return;
         }
-    }
-    let (now, _, clock_offset_ns) = read_clock(slot, next, &incoming);
-    if current_tid != slot.tid {
-        account_unseen_switch(slot, prev, current_tgid, unseen_since(slot), now);
+        close_slice(slot.tgid, end);
+    } else if current_tid != slot.tid {
+        account_unseen_switch(slot, prev, current_tgid, unseen_since(slot), start);
     } else if slot.tgid != 0 {
         // `prev`'s run time could not be read: the slice ends now by the clock.
-        close_slice(slot.tgid, now);
+        close_slice(slot.tgid, start);
     }
-    *slot = CpuSlot { clock_offset_ns, ..switch_in(incoming, now, now) };
+    *slot = CpuSlot { clock_offset_ns, ..switch_in(incoming, start, anchor_ns) };
 }
 
 /// Longest stretch of counted run time over which slice starts are chained before
