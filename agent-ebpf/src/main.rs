@@ -402,7 +402,7 @@ fn chained_start(slot: &CpuSlot, end: u64) -> Option<u64> {
 /// program counts in, for `resync`, which meets tasks whose count is as of an
 /// earlier update. The scheduler stamped `next` with the task clock when it picked
 /// it, just before this tracepoint, so the two readings are a few µs apart. The
-/// idle task is never stamped; the previous offset stays then.
+/// idle task is skipped (not every kernel stamps it): the previous offset stays.
 #[inline(always)]
 fn read_clock<T: Task>(slot: &CpuSlot, next: T, incoming: &Option<Incoming>) -> (u64, u64, u64) {
     let now = unsafe { bpf_ktime_get_ns() };
