@@ -493,9 +493,10 @@ fn stat_fields(pid: u32) -> Option<(String, Vec<u64>)> {
     Some((stat[open + 1..close].to_owned(), std::iter::once(0).chain(fields).collect()))
 }
 
+/// One pass of the task iterator, through the agent's own call.
 fn listed(source: &mut EbpfCpuTime) -> Vec<ProcessRecord> {
     let mut records = Vec::new();
-    source.list_processes(&mut records).unwrap();
+    source.read_processes(&mut records).expect("the iterator is loaded").unwrap();
     records
 }
 
@@ -545,11 +546,10 @@ fn ebpf_process_iterator_cpu_time_matches_the_kernel() {
     // One busy thread per CPU: the iterator must add up every CPU's copy.
     let busy = BusyThreads::start();
     let pid = busy.subject.proc.pid();
-    // Through the agent's own call, which attaches `resync` as a client does: a
-    // thread whose switch-in the tracepoint missed is counted from its repair.
-    let mut records = Vec::new();
+    // `listed` attaches `resync` as a client does: a thread whose switch-in the
+    // tracepoint missed is counted from its repair.
     let read = || {
-        source.read_processes(&mut records).expect("the iterator is loaded").unwrap();
+        let records = listed(&mut source);
         let record = records.iter().find(|r| r.tgid == pid).expect("the busy process is listed");
         record.cpu_ns as i64
     };

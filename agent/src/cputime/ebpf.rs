@@ -621,11 +621,10 @@ impl EbpfCpuTime {
 
     /// Every process with its cumulative CPU time, from one pass of the task
     /// iterator, in pid order. Each pass needs its own iterator file, made from a
-    /// fresh link (two syscalls; the program stays loaded).
-    pub fn list_processes(
-        &mut self,
-        out: &mut Vec<ProcessRecord>,
-    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// fresh link (two syscalls; the program stays loaded). Private: callers go
+    /// through `read_processes`, which attaches `resync` first; without it a task
+    /// that came onto a CPU untraced is not counted until its next switch.
+    fn list_processes(&mut self, out: &mut Vec<ProcessRecord>) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         out.clear();
         if !self.iterator {
             return Err("the task iterator is not loaded".into());
