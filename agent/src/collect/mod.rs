@@ -9,6 +9,7 @@ pub mod journal;
 pub mod memory;
 pub mod network;
 pub mod pid_cache;
+pub(crate) mod probe;
 pub mod process_detail;
 pub mod processes;
 pub mod procfs;

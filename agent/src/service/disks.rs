@@ -9,7 +9,7 @@ use hyper_tungstenite::tungstenite::Message;
 use super::cache::Collect;
 use crate::collect::disks::{Mount, is_partition, parse_mountinfo, real_mounts, statfs_may_wait, statvfs_c};
 use crate::collect::procfs::KeptFile;
-use crate::collect::temperature::disk_temperature;
+use crate::collect::temperature::DiskTemperatures;
 use crate::config::Collection;
 use crate::protocol::answer::Disk;
 use crate::protocol::framing::json_frame;
@@ -19,7 +19,8 @@ pub struct DisksCollector {
     /// again only then, not on every request.
     mountinfo: KeptFile,
     sys_root: PathBuf,
-    temperature: bool,
+    /// `None` when temperatures are off.
+    temperatures: Option<DiskTemperatures>,
     /// The real filesystems as of the last mountinfo read.
     mounts: Vec<KnownMount>,
 }
@@ -36,13 +37,14 @@ impl DisksCollector {
         Self {
             mountinfo: KeptFile::new(collection.proc_root.join("self/mountinfo")),
             sys_root: collection.sys_root.clone(),
-            temperature: collection.temperature,
+            temperatures: collection.temperature.then(|| DiskTemperatures::new(&collection.sys_root)),
             mounts: Vec::new(),
         }
     }
 
     pub fn sample(&mut self) -> Vec<Disk> {
         self.refresh_mounts();
+        let mut temperatures = self.temperatures.as_mut().map(DiskTemperatures::reads);
         self.mounts
             .iter()
             .filter_map(|known| {
@@ -52,7 +54,7 @@ impl DisksCollector {
                     .filter(|space| space.total > 0)?;
                 Some(Disk {
                     is_partition: known.is_partition,
-                    temperature: self.temperature_of(&known.mount.source),
+                    temperature: temperatures.as_mut().and_then(|t| t.read(&known.mount.source)),
                     name: known.mount.source.clone(),
                     total: space.total,
                     available: space.available,
@@ -82,14 +84,6 @@ impl DisksCollector {
             })
             .collect();
     }
-
-    fn temperature_of(&self, source: &str) -> Option<f32> {
-        let device = source.strip_prefix("/dev/")?;
-        if !self.temperature {
-            return None;
-        }
-        disk_temperature(&self.sys_root, device)
-    }
 }
 
 impl Collect for DisksCollector {
@@ -101,6 +95,8 @@ impl Collect for DisksCollector {
     /// disk temperature sensors, may wait.
     fn never_waits(&mut self) -> bool {
         self.refresh_mounts();
-        !self.temperature && self.mounts.iter().all(|known| !statfs_may_wait(&known.mount.fs_type))
+        let sources = self.mounts.iter().map(|known| known.mount.source.as_str());
+        self.temperatures.as_mut().is_none_or(|t| t.never_waits(sources))
+            && self.mounts.iter().all(|known| !statfs_may_wait(&known.mount.fs_type))
     }
 }
