@@ -21,9 +21,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::collect::procfs::{self, KeptFile, ProcDir};
-use crate::collect::stat::{comm_name, parse_stat};
 use crate::cputime::{CpuTimeSource, ProcessRecord, ScannedCpu, cpu_percent};
+use crate::host::procfs::{self, KeptFile, ProcDir};
+use crate::host::stat::{comm_name, parse_stat};
 use crate::protocol::pb;
 
 /// The CPU-time source, shared by the processes list and the per-process detail.

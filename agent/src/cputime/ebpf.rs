@@ -31,7 +31,7 @@ use aya::{
     util::online_cpus,
 };
 
-use crate::collect::procfs::{self, ProcDir};
+use crate::host::procfs::{self, ProcDir};
 
 use super::{
     CpuSourceKind, CpuTimeError, CpuTimeSource, ProcessRecord, ScannedCpu,
@@ -694,7 +694,7 @@ impl EbpfCpuTime {
     fn record_from_proc(&mut self, pid: u32) -> Option<ProcessRecord> {
         let file = self.proc_dir.as_ref()?.open_stat(pid).ok()?;
         let length = procfs::read_from_start(&file, &mut self.stat_buffer).ok()?;
-        let stat = crate::collect::stat::parse_stat(&self.stat_buffer[..length]).ok()?;
+        let stat = crate::host::stat::parse_stat(&self.stat_buffer[..length]).ok()?;
         let mut comm = [0u8; 16];
         let name = &stat.comm[..stat.comm.len().min(comm.len())];
         comm[..name.len()].copy_from_slice(name);

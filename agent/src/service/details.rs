@@ -7,13 +7,13 @@ use std::time::{Duration, Instant};
 
 use hyper_tungstenite::tungstenite::Message;
 
-use crate::collect::clock::{HostClock, unix_now};
 use crate::collect::journal::journal_entries;
 use crate::collect::pid_cache::BoundedPidCache;
 use crate::collect::process_detail::{DetailError, read_process_detail};
 use crate::collect::processes::SharedCpuSource;
-use crate::collect::stat::parse_stat;
 use crate::cputime::{ScannedCpu, cpu_percent};
+use crate::host::clock::{HostClock, unix_now};
+use crate::host::stat::parse_stat;
 use crate::protocol::answer::{ErrorAnswer, ProcessDetail, ProcessMetricsResponse};
 use crate::protocol::framing::json_frame;
 use crate::sync::lock;

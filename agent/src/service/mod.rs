@@ -12,10 +12,10 @@ use std::sync::{Arc, Mutex};
 
 use hyper_tungstenite::tungstenite::Message;
 
-use crate::collect::clock::{ClockError, HostClock};
 use crate::collect::processes::{ProcessScanner, SharedCpuSource};
 use crate::config::Config;
 use crate::cputime::{CpuSourceKind, CpuTimeSource};
+use crate::host::clock::{ClockError, HostClock};
 use crate::protocol::answer::ErrorAnswer;
 use crate::protocol::framing::json_frame;
 use crate::protocol::request::{Request, RequestError};
