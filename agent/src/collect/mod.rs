@@ -1,7 +1,6 @@
 //! Collectors: each reads one part of the host, parsing from text so tests feed
 //! fixtures. Roots (`/proc`, `/sys`) are passed in, never assumed.
 
-pub mod clock;
 pub mod cpu;
 pub mod disks;
 pub mod gpu;
@@ -12,6 +11,4 @@ pub mod pid_cache;
 pub(crate) mod probe;
 pub mod process_detail;
 pub mod processes;
-pub mod procfs;
-pub mod stat;
 pub mod temperature;
