@@ -61,7 +61,7 @@ impl<T> Probed<T> {
     }
 
     /// The device, without probing.
-    pub(crate) fn found_mut(&mut self) -> Option<&mut T> {
+    fn found_mut(&mut self) -> Option<&mut T> {
         match &mut self.state {
             State::Found(device) => Some(device),
             State::Absent { .. } => None,

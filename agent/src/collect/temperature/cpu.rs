@@ -177,7 +177,7 @@ impl CpuTemperature {
     fn rediscover_and_read(&mut self, now: Instant, gone: SensorReadError) -> Result<f32, SensorReadError> {
         let sys_root = &self.sys_root;
         self.sensor.probe(now, || find_sensor(sys_root));
-        let Some(sensor) = self.sensor.found_mut() else {
+        let Some(sensor) = self.sensor.found() else {
             return Err(gone);
         };
         tracing::info!(sensor = %sensor.description, "CPU temperature sensor moved; using the new one");

@@ -55,7 +55,7 @@ impl DiskTemperatures {
             // The hwmon device was renumbered or its driver unloaded: search again now.
             Err(e) if e.is_gone() => {
                 probed.probe(now, find);
-                hwmon::read_millidegrees(probed.found_mut()?)
+                hwmon::read_millidegrees(probed.found()?)
             }
             other => other,
         };
