@@ -409,11 +409,19 @@ async fn sensor_paths_touched(envs: &[(&str, &str)]) -> Vec<String> {
     trace.lines().filter(|l| SENSOR_PATHS.iter().any(|p| l.contains(p))).map(str::to_owned).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gpu_and_temperature_toggles_stop_all_sensor_access() {
-    if std::process::Command::new("strace").arg("-V").output().is_err() {
+/// Whether strace runs here; CI installs it, elsewhere the tests that need it skip.
+fn strace_available() -> bool {
+    let available = std::process::Command::new("strace").arg("-V").output().is_ok();
+    if !available {
         assert!(!ebpf_required(), "CI installs strace");
         eprintln!("skipping: no strace");
+    }
+    available
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gpu_and_temperature_toggles_stop_all_sensor_access() {
+    if !strace_available() {
         return;
     }
     let on = sensor_paths_touched(&[]).await;
@@ -427,9 +435,7 @@ async fn gpu_and_temperature_toggles_stop_all_sensor_access() {
 /// (a minute apart) a request touches no sensor file and does not load NVML.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn absent_sensors_are_not_searched_on_every_request() {
-    if std::process::Command::new("strace").arg("-V").output().is_err() {
-        assert!(!ebpf_required(), "CI installs strace");
-        eprintln!("skipping: no strace");
+    if !strace_available() {
         return;
     }
     let sys = tempfile::tempdir().expect("tempdir");
