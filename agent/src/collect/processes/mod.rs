@@ -82,7 +82,7 @@ pub struct ProcessScanner {
     /// What the CPU source listed, when it lists processes itself.
     records: Vec<ProcessRecord>,
     previous_at: Option<Instant>,
-    pub last_issues: ScanIssues,
+    last_issues: ScanIssues,
 }
 
 /// What the scanner keeps of one process between scans.
