@@ -381,6 +381,57 @@ async fn per_pid_requests_for_a_missing_process_get_an_error_naming_the_pid() {
     assert!(metrics.get("cpu_total").is_some());
 }
 
+/// A shell whose command line is `bytes` long, so its detail answer is large.
+struct LongCommandLine(std::process::Child);
+
+impl LongCommandLine {
+    fn start(bytes: usize) -> Self {
+        let filler = "x".repeat(bytes);
+        let child = std::process::Command::new("sh")
+            .args(["-c", "while :; do sleep 1; done", &filler])
+            .spawn()
+            .expect("spawning sh");
+        Self(child)
+    }
+}
+
+impl Drop for LongCommandLine {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_form_answers_are_text_whatever_their_size_while_commands_keep_gzip() {
+    let agent = Agent::start(&[], &[]).unwrap();
+    let mut ws = raw_client(&agent).await;
+    let shell = LongCommandLine::start(2000);
+    let pid = shell.0.id();
+    // Let the shell exec, so its command line is the long one.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    ws.send(Message::text(format!("get_process_metrics:{pid}"))).await.unwrap();
+    let Message::Binary(gzipped) = next_frame(&mut ws).await else { panic!("a command's large answer is binary") };
+    assert!(gzipped.starts_with(&[0x1f, 0x8b]), "a command's large answer is gzipped");
+    let Answer::Json(from_command) = decode(Message::Binary(gzipped)) else { panic!("gzipped JSON") };
+
+    ws.send(Message::text(format!(r#"{{"type":"process_metrics","pid":{pid}}}"#))).await.unwrap();
+    let Message::Text(text) = next_frame(&mut ws).await else { panic!("a JSON-form answer is a text frame") };
+    assert!(text.len() > 768, "the answer is large: {} bytes", text.len());
+    let from_json: serde_json::Value = serde_json::from_str(text.as_str()).unwrap();
+    assert_eq!(from_json, from_command, "both forms carry the same (cached) answer");
+    assert_eq!(from_json["process"]["pid"].as_u64(), Some(u64::from(pid)));
+
+    for request in ["get_processes", r#"{"type":"processes"}"#] {
+        ws.send(Message::text(request)).await.unwrap();
+        let Message::Binary(bytes) = next_frame(&mut ws).await else { panic!("{request}: protobuf is binary") };
+        let Answer::Processes(list) = decode(Message::Binary(bytes.clone())) else { panic!("{request}: protobuf") };
+        assert_eq!(bytes.starts_with(&[0x1f, 0x8b]), list.encoded_len() > 768, "{request}: gzip above 768 bytes");
+        assert!(list.rows.iter().any(|p| p.pid == pid), "{request}: the shell is listed");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn journal_answers_decode_in_the_real_client() {
     let agent = Agent::start(&[], &[]).unwrap();

@@ -7,15 +7,18 @@ use std::time::{Duration, Instant};
 
 use hyper_tungstenite::tungstenite::Message;
 
-use crate::collect::clock::{HostClock, unix_now};
+use super::cache::Rendered;
+
 use crate::collect::journal::journal_entries;
 use crate::collect::pid_cache::BoundedPidCache;
 use crate::collect::process_detail::{DetailError, read_process_detail};
-use crate::collect::processes::SharedCpuSource;
-use crate::collect::stat::parse_stat;
-use crate::cputime::{ScannedCpu, cpu_percent};
-use crate::protocol::answer::{ErrorAnswer, ProcessDetail, ProcessMetricsResponse};
-use crate::protocol::framing::json_frame;
+use crate::cputime::rate::{CpuReading, RateRule};
+use crate::cputime::{ScannedCpu, SharedCpuSource};
+use crate::host::clock::{HostClock, unix_now};
+use crate::host::stat::parse_stat;
+use crate::protocol::answer::{ErrorAnswer, JournalResponse, ProcessDetail, ProcessMetricsResponse};
+use crate::protocol::framing::Framer;
+use crate::protocol::request::Form;
 use crate::sync::lock;
 
 /// Most pids whose answers and CPU readings are kept.
@@ -31,24 +34,25 @@ const JOURNAL_TTL: Duration = Duration::from_secs(5);
 
 pub struct ProcessDetails {
     inner: Arc<Inner>,
-    answers: Mutex<BoundedPidCache<Message>>,
-    journals: Mutex<BoundedPidCache<Message>>,
+    /// Answers with their renderings, per pid.
+    answers: Mutex<BoundedPidCache<Arc<Rendered<DetailAnswer>>>>,
+    journals: Mutex<BoundedPidCache<Arc<Rendered<JournalResponse>>>>,
+    framer: Arc<Mutex<Framer>>,
 }
+
+/// A process's detail, or why there is none.
+type DetailAnswer = Result<ProcessMetricsResponse, ErrorAnswer>;
+
+const PROCESS_METRICS: &str = "get_process_metrics";
+const JOURNAL_ENTRIES: &str = "get_journal_entries";
 
 struct Inner {
     proc_root: std::path::PathBuf,
     clock: HostClock,
-    cpus: usize,
+    rate: RateRule,
     cpu_source: SharedCpuSource,
     /// The last CPU reading of each pid asked about, to measure the next interval.
     readings: Mutex<BoundedPidCache<CpuReading>>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct CpuReading {
-    start_time: u64,
-    cpu_ns: u64,
-    at: Instant,
 }
 
 impl ProcessDetails {
@@ -58,11 +62,12 @@ impl ProcessDetails {
         cpus: usize,
         cpu_source: SharedCpuSource,
         ttl: Duration,
+        framer: Arc<Mutex<Framer>>,
     ) -> Self {
         let inner = Inner {
             proc_root: proc_root.to_path_buf(),
             clock,
-            cpus,
+            rate: RateRule::new(cpus, clock.ticks_per_second()),
             cpu_source,
             readings: Mutex::new(BoundedPidCache::new(CACHED_PIDS, READING_MAX_AGE)),
         };
@@ -70,31 +75,45 @@ impl ProcessDetails {
             inner: Arc::new(inner),
             answers: Mutex::new(BoundedPidCache::new(CACHED_PIDS, ttl)),
             journals: Mutex::new(BoundedPidCache::new(CACHED_PIDS, JOURNAL_TTL)),
+            framer,
         }
     }
 
-    pub async fn process_metrics(&self, pid: u32) -> Message {
-        if let Some(frame) = lock(&self.answers).get(pid) {
-            return frame.clone();
-        }
-        let inner = Arc::clone(&self.inner);
-        let frame = match tokio::task::spawn_blocking(move || inner.detail(pid)).await {
-            Ok(Ok(detail)) => json_frame(&ProcessMetricsResponse { process: detail, cached_at: unix_now().as_secs() }),
-            Ok(Err(DetailError::NotFound(_))) => pid_error("get_process_metrics", pid, format!("no process {pid}")),
-            Ok(Err(e)) => pid_error("get_process_metrics", pid, e.to_string()),
-            Err(e) => pid_error("get_process_metrics", pid, format!("collection failed: {e}")),
+    pub async fn process_metrics(&self, pid: u32, form: Form) -> Message {
+        let cached = lock(&self.answers).get(pid).cloned();
+        let answer = match cached {
+            Some(answer) => answer,
+            None => {
+                let inner = Arc::clone(&self.inner);
+                let error = |error: String| Err(ErrorAnswer::for_pid(error, PROCESS_METRICS, pid));
+                let answer = match tokio::task::spawn_blocking(move || inner.detail(pid)).await {
+                    Ok(Ok(process)) => Ok(ProcessMetricsResponse { process, cached_at: unix_now().as_secs() }),
+                    Ok(Err(DetailError::NotFound(_))) => error(format!("no process {pid}")),
+                    Ok(Err(e)) => error(e.to_string()),
+                    Err(e) => error(format!("collection failed: {e}")),
+                };
+                let answer = Arc::new(Rendered::new(answer));
+                lock(&self.answers).insert(pid, Arc::clone(&answer));
+                answer
+            }
         };
-        lock(&self.answers).insert(pid, frame.clone());
-        frame
+        answer.frame(form, |answer| match answer {
+            Ok(response) => lock(&self.framer).json(response, form, PROCESS_METRICS),
+            Err(error) => lock(&self.framer).json(error, form, PROCESS_METRICS),
+        })
     }
 
-    pub async fn journal(&self, pid: u32) -> Message {
-        if let Some(frame) = lock(&self.journals).get(pid) {
-            return frame.clone();
-        }
-        let frame = json_frame(&journal_entries(pid, JOURNAL_LIMIT).await);
-        lock(&self.journals).insert(pid, frame.clone());
-        frame
+    pub async fn journal(&self, pid: u32, form: Form) -> Message {
+        let cached = lock(&self.journals).get(pid).cloned();
+        let journal = match cached {
+            Some(journal) => journal,
+            None => {
+                let journal = Arc::new(Rendered::new(journal_entries(pid, JOURNAL_LIMIT).await));
+                lock(&self.journals).insert(pid, Arc::clone(&journal));
+                journal
+            }
+        };
+        journal.frame(form, |journal| lock(&self.framer).json(journal, form, JOURNAL_ENTRIES))
     }
 }
 
@@ -113,9 +132,8 @@ impl Inner {
         };
         let mut detail = read_process_detail(&self.proc_root, pid, &self.clock)?;
         let now = self.read_cpu(pid)?;
-        if now.start_time == before.start_time {
-            let busy = now.cpu_ns.saturating_sub(before.cpu_ns);
-            detail.cpu_usage = cpu_percent(busy, now.at.duration_since(before.at), self.cpus);
+        if let Some(share) = self.rate.share(&before, &now) {
+            detail.cpu_usage = share;
         }
         lock(&self.readings).insert(pid, now);
         Ok(detail)
@@ -131,10 +149,7 @@ impl Inner {
         if let Err(e) = lock(&self.cpu_source).cumulative_ns(&scanned, &mut out) {
             tracing::debug!(pid, error = %e, "reading the CPU time of one process failed");
         }
-        Ok(CpuReading { start_time: stat.start_time, cpu_ns: out.first().copied().unwrap_or(0), at: Instant::now() })
+        let start_time_ns = self.clock.ticks_to_ns(stat.start_time);
+        Ok(CpuReading { start_time_ns, cpu_ns: out.first().copied().unwrap_or(0), at: Instant::now() })
     }
-}
-
-fn pid_error(request: &str, pid: u32, error: String) -> Message {
-    json_frame(&ErrorAnswer { error, request: request.to_owned(), pid: Some(pid) })
 }
