@@ -11,6 +11,10 @@ use prost::Message as _;
 use socktop_connector::{connect_to_socktop_agent, connect_to_socktop_agent_with_tls};
 use tokio_tungstenite::tungstenite::Message;
 
+// Parts of this one test binary kept in their own files.
+#[path = "e2e/capabilities.rs"]
+mod capabilities;
+
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn raw_client(agent: &Agent) -> Ws {
@@ -122,7 +126,7 @@ fn ebpf_required() -> bool {
 }
 
 /// Starts the agent with the CPU source asked for (`on` or `off`) and checks the
-/// processes list against the kernel's tick count of a busy loop and a sleeper.
+/// processes list against the scheduler's run time of a busy loop and a sleeper.
 async fn busy_and_idle_processes_match_the_kernel(ebpf: &str) {
     let agent = Agent::start(&["--ebpf", ebpf], &[("SOCKTOP_AGENT_PROCESSES_TTL_MS", "0")]).expect("agent starts");
     let source = agent.wait_for_log("cpu source: ", Duration::from_secs(5)).expect("source logged");
@@ -133,24 +137,32 @@ async fn busy_and_idle_processes_match_the_kernel(ebpf: &str) {
         eprintln!("skipping the eBPF half: {source}");
         return;
     }
+    assert_busy_and_idle_match_the_kernel(&agent).await;
+}
+
+/// Checks an agent's processes list (collected on every request) against the
+/// scheduler's run time of a busy loop and a sleeper started here.
+async fn assert_busy_and_idle_match_the_kernel(agent: &Agent) {
     let (busy, idle) = (Workload::busy_loop(), Workload::idle());
     let mut client = connect_to_socktop_agent(agent.ws_url()).await.expect("client connects");
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let ticks_before = host::cpu_ticks(busy.pid());
+    let ns_before = host::on_cpu_ns(busy.pid());
     let started = std::time::Instant::now();
     client::processes(&mut client).await.expect("processes answer");
     tokio::time::sleep(Duration::from_millis(2000)).await;
     let processes = client::processes(&mut client).await.expect("processes answer");
     let wall = started.elapsed();
-    let ticks = host::cpu_ticks(busy.pid()) - ticks_before;
+    let busy_ns = host::on_cpu_ns(busy.pid()) - ns_before;
 
-    // Ground truth: the kernel's own tick count over (about) the same window, as
+    // Ground truth: the scheduler's own run time over (about) the same window, as
     // a share of the whole machine.
-    let truth = ticks as f64 / 100.0 / wall.as_secs_f64() / host::cpus() as f64 * 100.0;
+    let truth = busy_ns as f64 / wall.as_nanos() as f64 / host::cpus() as f64 * 100.0;
     let usage = |pid| processes.top_processes.iter().find(|p| p.pid == pid).expect("listed").cpu_usage as f64;
     assert!((usage(busy.pid()) - truth).abs() < 5.0, "busy {} vs kernel {truth:.1}", usage(busy.pid()));
-    assert!(usage(busy.pid()) > 20.0, "a busy loop must show: {}", usage(busy.pid()));
+    // On a loaded host the loop gets less than a CPU; it must have run for the
+    // comparison above to prove anything.
+    assert!(truth > 2.0 && usage(busy.pid()) > 1.0, "the busy loop barely ran: {truth:.1}%");
     assert!(usage(idle.pid()) < 0.5, "sleep shows {}", usage(idle.pid()));
 }
 
