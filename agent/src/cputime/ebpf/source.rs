@@ -43,10 +43,19 @@ pub struct EbpfCpuTime {
     pub(super) ebpf: Ebpf,
     pub(super) times: PerCpuHashMap<MapData, u32, ProcessTime>,
     /// How `times` gets its memory.
+    #[cfg_attr(
+        not(any(test, feature = "testing")),
+        expect(dead_code, reason = "kept for the test diagnostics, which report it")
+    )]
     pub(super) memory: MapMemory,
     pub(super) errors: PerCpuArray<MapData, u64>,
     /// Error counts already logged, so each new failure is reported once.
     pub(super) reported: ErrorCounts,
+    /// Which twin is attached.
+    #[cfg_attr(
+        not(any(test, feature = "testing")),
+        expect(dead_code, reason = "kept for the test diagnostics, which report it")
+    )]
     pub(super) attach: AttachKind,
     /// The `resync` attachments, one per CPU; empty while the agent is idle. Its
     /// timer interrupts every CPU every `RESYNC_PERIOD_NS`, which an agent nobody
