@@ -1,6 +1,8 @@
 //! The processes list (`get_processes`): every process in `/proc` with its name,
 //! resident memory and CPU share since the previous scan. CPU time comes from the
-//! agent's [`CpuTimeSource`] (eBPF or /proc).
+//! agent's [`CpuTimeSource`] (eBPF or /proc); the time of processes that exited
+//! since the previous scan shows in their nearest listed ancestor (see
+//! [`attribution`](crate::cputime::attribution)).
 //!
 //! With the eBPF source, one read of its task iterator lists every process with its
 //! name, resident pages and CPU time ([`CpuTimeSource::read_processes`]), and no
@@ -21,8 +23,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::collect::clock;
 use crate::collect::procfs::{self, KeptFile, ProcDir};
 use crate::collect::stat::{comm_name, parse_stat};
+use crate::cputime::attribution::{Attribution, ChildrenMode, Exit, Listed};
 use crate::cputime::{CpuTimeSource, ProcessRecord, ScannedCpu, cpu_percent};
 use crate::protocol::pb;
 
@@ -75,6 +79,18 @@ pub struct ProcessScanner {
     cpu_ns: Vec<u64>,
     /// What the CPU source listed, when it lists processes itself.
     records: Vec<ProcessRecord>,
+    /// Where exited processes' time shows, and what it knows of earlier scans.
+    attribution: Attribution,
+    /// Processes that exited since the last scan, when the source records them.
+    exits: Vec<Exit>,
+    exits_recorded: bool,
+    /// This scan's clock reading, in the unit of the processes' start times (ns of
+    /// CLOCK_MONOTONIC from the iterator, ticks of CLOCK_BOOTTIME from /proc).
+    clock: u64,
+    ns_per_tick: u64,
+    /// This scan's processes as the attribution rule takes them, and what it shows.
+    rule_input: Vec<Listed>,
+    shown_ns: Vec<u64>,
     answer: pb::Processes,
     previous_at: Option<Instant>,
     pub last_issues: ScanIssues,
@@ -90,6 +106,11 @@ struct Tracked {
     start_time: u64,
     /// Cumulative CPU ns at the previous scan; `None` before the first reading.
     cpu_ns: Option<u64>,
+    /// The parent's pid.
+    ppid: u32,
+    /// CPU ns of the children it reaped (/proc `cutime` + `cstime`; 0 from the
+    /// iterator, whose source records exits instead).
+    children_ns: u64,
     /// `comm` as read, and as the text the answer carries.
     comm: Vec<u8>,
     name: String,
@@ -98,11 +119,22 @@ struct Tracked {
 
 impl Tracked {
     fn new(pid: u32) -> Tracked {
-        Tracked { pid, stat: None, start_time: 0, cpu_ns: None, comm: Vec::new(), name: String::new(), rss_bytes: 0 }
+        Tracked {
+            pid,
+            stat: None,
+            start_time: 0,
+            cpu_ns: None,
+            ppid: 0,
+            children_ns: 0,
+            comm: Vec::new(),
+            name: String::new(),
+            rss_bytes: 0,
+        }
     }
 
     /// Takes this scan's reading of the process.
-    fn update(&mut self, start_time: u64, comm: &[u8], rss_bytes: u64) {
+    fn update(&mut self, start_time: u64, ppid: u32, comm: &[u8], rss_bytes: u64) {
+        self.ppid = ppid;
         if start_time != self.start_time {
             // A new process, or a reused pid: its CPU history starts now.
             self.start_time = start_time;
@@ -136,6 +168,7 @@ impl ProcessScanner {
         cpus: usize,
         cpu_source: SharedCpuSource,
         kept_files: usize,
+        children: ChildrenMode,
     ) -> Self {
         let loadavg = procfs::is_own_pid_namespace(&proc_root).then(|| KeptFile::new(proc_root.join("loadavg")));
         Self {
@@ -159,6 +192,13 @@ impl ProcessScanner {
             cpu_scanned: Vec::new(),
             cpu_ns: Vec::new(),
             records: Vec::new(),
+            attribution: Attribution::new(children),
+            exits: Vec::new(),
+            exits_recorded: false,
+            clock: 0,
+            ns_per_tick: 1_000_000_000 / ::procfs::ticks_per_second().max(1),
+            rule_input: Vec::new(),
+            shown_ns: Vec::new(),
             answer: pb::Processes::default(),
             previous_at: None,
             last_issues: ScanIssues::default(),
@@ -193,6 +233,10 @@ impl ProcessScanner {
         let mut source = crate::sync::lock(&cpu_source);
         // Read first: a process created after it makes the next scan tell the source.
         let last_pid = self.last_pid();
+        // Exits before the listing: a process that exits after it is either in the
+        // listing or in the next scan's exits, never in both.
+        self.exits_recorded = source.take_exits(&mut self.exits);
+        self.clock = clock::monotonic_ns();
         if let Err(e) = source.read_processes(&mut self.records)? {
             tracing::warn!(error = %e, "listing processes through the CPU source failed; scanning /proc");
             return None;
@@ -206,7 +250,13 @@ impl ProcessScanner {
                 self.departed = true;
             }
             let mut tracked = known.next_if(|t| t.pid == record.tgid).unwrap_or_else(|| Tracked::new(record.tgid));
-            tracked.update(record.start_time_ns, comm_bytes(&record.comm), record.rss_pages * self.page_size);
+            tracked.update(
+                record.start_time_ns,
+                record.ppid,
+                comm_bytes(&record.comm),
+                record.rss_pages * self.page_size,
+            );
+            tracked.children_ns = 0;
             self.cpu_ns.push(record.cpu_ns);
             self.merged.push(tracked);
         }
@@ -221,6 +271,11 @@ impl ProcessScanner {
     /// files. Without a new pid since the last listing, `merged` is simply what
     /// the last scan knew.
     fn list_and_merge(&mut self) -> std::io::Result<()> {
+        // Exits are seen through the parents' reaped-children times here: the
+        // listing's start times are /proc's ticks, not the records' clock.
+        self.exits.clear();
+        self.exits_recorded = false;
+        self.clock = clock::boottime_ns() / self.ns_per_tick;
         let last_pid = self.last_pid();
         self.scan_last_pid = last_pid;
         if last_pid.is_some()
@@ -296,7 +351,8 @@ impl ProcessScanner {
             // An empty read is a process that exited after the open.
             return if length == 0 { Read::Vanished } else { Read::Unparsable };
         };
-        tracked.update(stat.start_time, stat.comm, stat.rss_pages * self.page_size);
+        tracked.update(stat.start_time, stat.ppid, stat.comm, stat.rss_pages * self.page_size);
+        tracked.children_ns = (stat.cutime + stat.cstime).saturating_mul(self.ns_per_tick);
         self.cpu_scanned.push(ScannedCpu { pid: tracked.pid, ticks: stat.utime + stat.stime });
         Read::Ok
     }
@@ -337,13 +393,22 @@ impl ProcessScanner {
     /// Rewrites the answer's rows in place from the merged list.
     fn write_answer(&mut self, now: Instant) {
         let wall = self.previous_at.map(|at| now.duration_since(at));
+        self.rule_input.clear();
+        self.rule_input.extend(self.merged.iter().zip(&self.cpu_ns).map(|(tracked, &own_ns)| Listed {
+            pid: tracked.pid,
+            start_time: tracked.start_time,
+            ppid: tracked.ppid,
+            own_ns,
+            children_ns: tracked.children_ns,
+        }));
+        let exits = self.exits_recorded.then_some(self.exits.as_slice());
+        self.attribution.account(self.clock, &self.rule_input, exits, &mut self.shown_ns);
         let rows = &mut self.answer.rows;
         rows.resize_with(self.merged.len(), pb::Process::default);
-        for ((row, tracked), &cpu_ns) in rows.iter_mut().zip(&mut self.merged).zip(&self.cpu_ns) {
-            row.cpu_usage = match (tracked.cpu_ns, wall) {
-                (Some(before), Some(wall)) => cpu_percent(cpu_ns.saturating_sub(before), wall, self.cpus),
-                _ => 0.0,
-            };
+        for (((row, tracked), &cpu_ns), &shown_ns) in
+            rows.iter_mut().zip(&mut self.merged).zip(&self.cpu_ns).zip(&self.shown_ns)
+        {
+            row.cpu_usage = wall.map_or(0.0, |wall| cpu_percent(shown_ns, wall, self.cpus));
             tracked.cpu_ns = Some(cpu_ns);
             row.pid = tracked.pid;
             row.mem_bytes = tracked.rss_bytes;
@@ -376,7 +441,7 @@ mod tests {
 
     fn scanner(root: &std::path::Path) -> ProcessScanner {
         let source: SharedCpuSource = Arc::new(Mutex::new(Box::new(ProcCpuTime::new(100))));
-        ProcessScanner::new(root.to_path_buf(), 4096, 2, source, 4096)
+        ProcessScanner::new(root.to_path_buf(), 4096, 2, source, 4096, ChildrenMode::Attribute)
     }
 
     #[test]
@@ -433,7 +498,7 @@ mod tests {
         loadavg(1).unwrap();
         let source: SharedCpuSource = Arc::new(Mutex::new(Box::new(ProcCpuTime::new(100))));
         // No stat file kept open, so a removed process fails its read as in /proc.
-        let mut scanner = ProcessScanner::new(root.path().to_path_buf(), 4096, 2, source, 0);
+        let mut scanner = ProcessScanner::new(root.path().to_path_buf(), 4096, 2, source, 0, ChildrenMode::Attribute);
         assert_eq!(pids(scanner.scan().unwrap()), [1]);
         add_process(root.path(), 2);
         assert_eq!(pids(scanner.scan().unwrap()), [1], "no pid handed out: the listing is reused");
@@ -470,7 +535,7 @@ mod tests {
         loadavg(2).unwrap();
         let calls = Arc::new(Mutex::new(Vec::new()));
         let source: SharedCpuSource = Arc::new(Mutex::new(Box::new(Recording(Arc::clone(&calls)))));
-        let mut scanner = ProcessScanner::new(root.path().to_path_buf(), 4096, 2, source, 0);
+        let mut scanner = ProcessScanner::new(root.path().to_path_buf(), 4096, 2, source, 0, ChildrenMode::Attribute);
         scanner.scan().unwrap();
         scanner.scan().unwrap();
         assert_eq!(*calls.lock().unwrap(), [vec![1, 2]], "nothing could have exited in between");
@@ -488,7 +553,7 @@ mod tests {
     fn at_most_the_budget_of_stat_files_stays_open() {
         let root = fake_proc(&[(1, "a", 0, 1), (2, "b", 0, 1), (3, "c", 0, 1)]);
         let source: SharedCpuSource = Arc::new(Mutex::new(Box::new(ProcCpuTime::new(100))));
-        let mut scanner = ProcessScanner::new(root.path().to_path_buf(), 4096, 2, source, 2);
+        let mut scanner = ProcessScanner::new(root.path().to_path_buf(), 4096, 2, source, 2, ChildrenMode::Attribute);
         for _ in 0..3 {
             assert_eq!(scanner.scan().unwrap().process_count, 3);
             assert_eq!(scanner.tracked.iter().filter(|t| t.stat.is_some()).count(), 2);

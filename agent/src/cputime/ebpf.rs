@@ -14,16 +14,17 @@ use std::{
 };
 
 use agent_common::cputime::{
-    ERR_COUNT, ERR_MAP_FULL, ERR_MISMATCH, ERR_READ_TASK, ERRORS_MAP, FREE_TRACEPOINT, ITER_TARGET, LOADED_AT_GLOBAL,
-    MAX_CPUS, MAX_PROCESSES, MM_RSS_OFFSETS_GLOBAL, POSSIBLE_CPUS_GLOBAL, PREALLOCATED_GLOBAL, PROCESS_TIME_MAP,
-    PROCESS_TIME_PREALLOC_MAP, PROGRAM_BTF, PROGRAM_FREE_BTF, PROGRAM_FREE_RAW, PROGRAM_PROCESSES, PROGRAM_RAW,
-    PROGRAM_RESYNC, ProcessTime, RESYNC_PERIOD_NS, TASK_COMM_OFFSET_GLOBAL, TASK_EXEC_START_OFFSET_GLOBAL,
-    TASK_MM_OFFSET_GLOBAL, TASK_PID_OFFSET_GLOBAL, TASK_PREV_SUM_EXEC_OFFSET_GLOBAL, TASK_START_TIME_OFFSET_GLOBAL,
+    ERR_COUNT, ERR_EXIT_LOST, ERR_MAP_FULL, ERR_MISMATCH, ERR_READ_TASK, ERRORS_MAP, EXITS_MAP, EXITS_WANTED_MAP,
+    ExitRecord, FREE_TRACEPOINT, ITER_TARGET, LOADED_AT_GLOBAL, MAX_CPUS, MAX_PROCESSES, MM_RSS_OFFSETS_GLOBAL,
+    POSSIBLE_CPUS_GLOBAL, PREALLOCATED_GLOBAL, PROCESS_TIME_MAP, PROCESS_TIME_PREALLOC_MAP, PROGRAM_BTF,
+    PROGRAM_FREE_BTF, PROGRAM_FREE_RAW, PROGRAM_PROCESSES, PROGRAM_RAW, PROGRAM_RESYNC, ProcessTime, RESYNC_PERIOD_NS,
+    TASK_COMM_OFFSET_GLOBAL, TASK_EXEC_START_OFFSET_GLOBAL, TASK_MM_OFFSET_GLOBAL, TASK_PID_OFFSET_GLOBAL,
+    TASK_PREV_SUM_EXEC_OFFSET_GLOBAL, TASK_REAL_PARENT_OFFSET_GLOBAL, TASK_START_TIME_OFFSET_GLOBAL,
     TASK_SUM_EXEC_OFFSET_GLOBAL, TASK_TGID_OFFSET_GLOBAL, TRACEPOINT,
 };
 use aya::{
     Btf, Ebpf, EbpfError, EbpfLoader,
-    maps::{MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{Array, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf},
     programs::{
         BtfTracePoint, Iter, PerfEvent, ProgramError, RawTracePoint,
         perf_event::{PerfEventConfig, PerfEventLinkId, PerfEventScope, SamplePolicy, SoftwareEvent},
@@ -31,10 +32,12 @@ use aya::{
     util::online_cpus,
 };
 
+use crate::collect::clock::monotonic_ns;
 use crate::collect::procfs::{self, ProcDir};
 
 use super::{
     CpuSourceKind, CpuTimeError, CpuTimeSource, ProcessRecord, ScannedCpu,
+    attribution::Exit,
     btf::{self, ProcessOffsets, TaskOffsets},
 };
 
@@ -301,6 +304,7 @@ fn load_object(
             .override_global(TASK_START_TIME_OFFSET_GLOBAL, &process.start_time, true)
             .override_global(TASK_COMM_OFFSET_GLOBAL, &process.comm, true)
             .override_global(TASK_MM_OFFSET_GLOBAL, &process.mm, true)
+            .override_global(TASK_REAL_PARENT_OFFSET_GLOBAL, &process.real_parent, true)
             .override_global(MM_RSS_OFFSETS_GLOBAL, &process.rss_counters, true);
     }
     let mut load = |memory: MapMemory| -> Result<Ebpf, EbpfLoadError> {
@@ -460,14 +464,6 @@ fn listed_pids(dir: Option<&ProcDir>, buffer: &mut Vec<u8>) -> Vec<u32> {
     pids
 }
 
-/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid timespec; CLOCK_MONOTONIC always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64).wrapping_mul(1_000_000_000).wrapping_add(ts.tv_nsec as u64)
-}
-
 /// Counters the program bumps when it cannot count a switch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ErrorCounts {
@@ -477,6 +473,8 @@ pub struct ErrorCounts {
     pub read_task: u64,
     /// Switch-outs of a task other than the one recorded at switch-in.
     pub mismatch: u64,
+    /// Exit records that did not fit in the ring.
+    pub exit_lost: u64,
 }
 
 /// Run statistics of the attached program (while `kernel.bpf_stats_enabled` is on).
@@ -494,6 +492,10 @@ pub struct EbpfCpuTime {
     /// How `times` gets its memory.
     memory: MapMemory,
     errors: PerCpuArray<MapData, u64>,
+    /// Exit records of processes, written by the `sched_process_free` program while
+    /// `exits_wanted` says someone reads.
+    exits: RingBuf<MapData>,
+    exits_wanted: Array<MapData, u32>,
     /// Error counts already logged, so each new failure is reported once.
     reported: ErrorCounts,
     attach: AttachKind,
@@ -528,13 +530,20 @@ impl EbpfCpuTime {
         let (times_map, _) = memory.maps();
         let times = take(&mut ebpf, times_map)?;
         let errors = take(&mut ebpf, ERRORS_MAP)?;
+        let exits = take(&mut ebpf, EXITS_MAP)?;
+        let exits_wanted = take(&mut ebpf, EXITS_WANTED_MAP)?;
         let times = PerCpuHashMap::try_from(times).map_err(|source| EbpfLoadError::Map { map: times_map, source })?;
         let errors = PerCpuArray::try_from(errors).map_err(|source| EbpfLoadError::Map { map: ERRORS_MAP, source })?;
+        let exits = RingBuf::try_from(exits).map_err(|source| EbpfLoadError::Map { map: EXITS_MAP, source })?;
+        let exits_wanted =
+            Array::try_from(exits_wanted).map_err(|source| EbpfLoadError::Map { map: EXITS_WANTED_MAP, source })?;
         Ok(Self {
             ebpf,
             times,
             memory,
             errors,
+            exits,
+            exits_wanted,
             reported: ErrorCounts::default(),
             attach,
             resync_links: Vec::new(),
@@ -583,14 +592,37 @@ impl EbpfCpuTime {
         }
         let since = Instant::now();
         self.resync_since = Some(since);
+        self.want_exits(true);
         Ok(since)
+    }
+
+    /// Tells the `sched_process_free` program whether to record exits: only while
+    /// someone reads them, so the ring holds no records from before a session.
+    fn want_exits(&mut self, wanted: bool) {
+        if let Err(error) = self.exits_wanted.set(0, u32::from(wanted), 0) {
+            tracing::warn!("switching the eBPF exit records {}: {error}", if wanted { "on" } else { "off" });
+        }
+    }
+
+    /// Hands `each` the exit records written since the last call, oldest first,
+    /// and frees their room in the ring.
+    pub fn take_exit_records(&mut self, mut each: impl FnMut(ExitRecord)) {
+        while let Some(item) = self.exits.next() {
+            if item.len() >= std::mem::size_of::<ExitRecord>() {
+                // SAFETY: the program writes whole `ExitRecord`s, plain integers
+                // (aya::Pod) valid for any bit pattern; read unaligned.
+                each(unsafe { item.as_ptr().cast::<ExitRecord>().read_unaligned() });
+            }
+        }
     }
 
     /// Detaches `resync`; the next reading attaches it again.
     pub fn pause_resync(&mut self) {
+        if self.resync_since.take().is_some() {
+            self.want_exits(false);
+        }
         let Some(program) = self.ebpf.program_mut(PROGRAM_RESYNC) else { return };
         let Ok(program) = <&mut PerfEvent>::try_from(program) else { return };
-        self.resync_since = None;
         for link in self.resync_links.drain(..) {
             if let Err(error) = program.detach(link) {
                 tracing::debug!("detaching resync: {error}");
@@ -698,9 +730,9 @@ impl EbpfCpuTime {
         let mut comm = [0u8; 16];
         let name = &stat.comm[..stat.comm.len().min(comm.len())];
         comm[..name.len()].copy_from_slice(name);
-        let (start_time_ns, rss_pages) = (stat.start_time, stat.rss_pages);
+        let (start_time_ns, rss_pages, ppid) = (stat.start_time, stat.rss_pages, stat.ppid);
         let cpu_ns = self.process_ns(pid).unwrap_or(0);
-        Some(ProcessRecord { tgid: pid, reserved: 0, start_time_ns, cpu_ns, rss_pages, comm })
+        Some(ProcessRecord { tgid: pid, ppid, start_time_ns, cpu_ns, rss_pages, comm })
     }
 
     /// Whether the map holds an entry for `tgid`.
@@ -720,8 +752,13 @@ impl EbpfCpuTime {
     /// The program's error counters, summed over CPUs.
     pub fn error_counts(&self) -> Result<ErrorCounts, MapError> {
         let sum = |index: u32| -> Result<u64, MapError> { Ok(self.errors.get(&index, 0)?.iter().sum()) };
-        debug_assert_eq!(ERR_COUNT, 3);
-        Ok(ErrorCounts { map_full: sum(ERR_MAP_FULL)?, read_task: sum(ERR_READ_TASK)?, mismatch: sum(ERR_MISMATCH)? })
+        debug_assert_eq!(ERR_COUNT, 4);
+        Ok(ErrorCounts {
+            map_full: sum(ERR_MAP_FULL)?,
+            read_task: sum(ERR_READ_TASK)?,
+            mismatch: sum(ERR_MISMATCH)?,
+            exit_lost: sum(ERR_EXIT_LOST)?,
+        })
     }
 
     /// Run time and count of the switch program and of `resync`, for measuring
@@ -751,6 +788,13 @@ impl EbpfCpuTime {
         let unread = new(counts.read_task, self.reported.read_task);
         if unread > 0 {
             tracing::warn!("eBPF program could not read {unread} task ids; their time is not counted");
+        }
+        let lost = new(counts.exit_lost, self.reported.exit_lost);
+        if lost > 0 {
+            tracing::warn!(
+                "eBPF exit records: {lost} exited processes did not fit in the ring between two scans; \
+                 the time they ran since the previous scan is missing from their parents"
+            );
         }
         let mismatch = new(counts.mismatch, self.reported.mismatch);
         if mismatch > 0 {
@@ -788,6 +832,19 @@ impl CpuTimeSource for EbpfCpuTime {
         }
         self.report_errors();
         Ok(())
+    }
+
+    fn take_exits(&mut self, out: &mut Vec<Exit>) -> bool {
+        out.clear();
+        self.take_exit_records(|record| {
+            out.push(Exit {
+                pid: record.tgid,
+                start_time: record.start_time_ns,
+                ppid: record.ppid,
+                total_ns: record.cpu_ns,
+            })
+        });
+        true
     }
 
     fn read_processes(&mut self, out: &mut Vec<ProcessRecord>) -> Option<Result<(), CpuTimeError>> {

@@ -81,6 +81,7 @@ impl Service {
             host.cpus,
             Arc::clone(&cpu_source),
             config.limits.kept_stat_files,
+            collection.cpu_children,
         );
         let details = ProcessDetails::new(
             &collection.proc_root,
