@@ -224,6 +224,13 @@ impl ProcessScanner {
         Ok(&self.answer)
     }
 
+    /// The CPU ns each row of the last answer shows for its interval (0 for every
+    /// row of a first scan), in the answer's order: its share before rounding to
+    /// the protocol's percent.
+    pub fn shown_cpu_ns(&self) -> &[u64] {
+        &self.shown_ns
+    }
+
     /// Takes every process from the CPU source when it lists them itself (the eBPF
     /// task iterator: one read for all, instead of a stat file each) and merges them
     /// into `merged` with their CPU time in `cpu_ns`. Returns the reading's instant,
