@@ -18,8 +18,9 @@ use std::{
 };
 
 use socktop_agent::{
-    collect::processes::{ProcessScanner, SharedCpuSource},
-    cputime::{CpuTimeSource, attribution::ChildrenMode, ebpf, proc::ProcCpuTime},
+    collect::processes::ProcessScanner,
+    cputime::{CpuTimeSource, SharedCpuSource, attribution::ChildrenMode, ebpf, proc::ProcCpuTime},
+    host::clock::HostClock,
 };
 
 /// The tests burn CPU and measure the whole machine: one at a time.
@@ -30,7 +31,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn ebpf_or_skip() -> Option<Box<dyn CpuTimeSource>> {
-    match ebpf::load() {
+    match ebpf::load(std::path::Path::new("/proc"), host_clock()) {
         Ok(source) => Some(Box::new(source)),
         Err(error) if std::env::var("SOCKTOP_REQUIRE_EBPF").as_deref() == Ok("1") => {
             panic!("SOCKTOP_REQUIRE_EBPF=1 but the eBPF program did not load: {error}")
@@ -40,6 +41,10 @@ fn ebpf_or_skip() -> Option<Box<dyn CpuTimeSource>> {
             None
         }
     }
+}
+
+fn host_clock() -> HostClock {
+    HostClock::from_proc(std::path::Path::new("/proc")).unwrap()
 }
 
 fn proc_source() -> Box<dyn CpuTimeSource> {
@@ -52,7 +57,7 @@ fn scanner(mut source: Box<dyn CpuTimeSource>, children: ChildrenMode) -> Proces
     source.active();
     let cpus = std::thread::available_parallelism().unwrap().get();
     let shared: SharedCpuSource = Arc::new(Mutex::new(source));
-    ProcessScanner::new(PathBuf::from("/proc"), 4096, cpus, shared, 4096, children)
+    ProcessScanner::new(PathBuf::from("/proc"), host_clock(), cpus, shared, 4096, children)
 }
 
 /// One scan: every row's pid and the ns it shows.

@@ -20,18 +20,16 @@
 
 use std::fs::File;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::collect::clock;
-use crate::collect::procfs::{self, KeptFile, ProcDir};
-use crate::collect::stat::{comm_name, parse_stat};
 use crate::cputime::attribution::{Attribution, ChildrenMode, Exit, Listed};
-use crate::cputime::{CpuTimeSource, ProcessRecord, ScannedCpu, cpu_percent};
+use crate::cputime::rate::RateRule;
+use crate::cputime::{CpuTimeSource, ProcessRecord, ScannedCpu, SharedCpuSource, cpu_percent};
+use crate::host::clock::{self, HostClock};
+use crate::host::procfs::{self, KeptFile, ProcDir};
+use crate::host::stat::{comm_name, parse_stat};
 use crate::protocol::pb;
-
-/// The CPU-time source, shared by the processes list and the per-process detail.
-pub type SharedCpuSource = Arc<Mutex<Box<dyn CpuTimeSource>>>;
 
 /// A listing is redone after this long even when no pid was handed out, which
 /// bounds the miss should the pid counter wrap around exactly to where it was.
@@ -50,8 +48,9 @@ pub struct ProcessScanner {
     proc_root: PathBuf,
     /// Opened on the first scan, so building the scanner cannot fail.
     dir: Option<ProcDir>,
-    page_size: u64,
-    cpus: usize,
+    /// Converts /proc's pages and clock ticks.
+    clock: HostClock,
+    rate: RateRule,
     cpu_source: SharedCpuSource,
     /// Most stat files kept open between scans; past it, files are opened per scan.
     kept_files: usize,
@@ -84,10 +83,9 @@ pub struct ProcessScanner {
     /// Processes that exited since the last scan, when the source records them.
     exits: Vec<Exit>,
     exits_recorded: bool,
-    /// This scan's clock reading, in the unit of the processes' start times (ns of
-    /// CLOCK_MONOTONIC from the iterator, ticks of CLOCK_BOOTTIME from /proc).
-    clock: u64,
-    ns_per_tick: u64,
+    /// This scan's clock reading, on the clock of the processes' start times (ns
+    /// since boot: CLOCK_MONOTONIC for the iterator's, CLOCK_BOOTTIME for /proc's).
+    clock_ns: u64,
     /// This scan's processes as the attribution rule takes them, and what it shows.
     rule_input: Vec<Listed>,
     shown_ns: Vec<u64>,
@@ -102,8 +100,9 @@ struct Tracked {
     pid: u32,
     /// Its stat file, while within the budget of kept files.
     stat: Option<File>,
-    /// With the pid, names the process; a change means the pid was reused.
-    start_time: u64,
+    /// With the pid, names the process (ns since boot); a change means the pid
+    /// was reused.
+    start_time_ns: u64,
     /// Cumulative CPU ns at the previous scan; `None` before the first reading.
     cpu_ns: Option<u64>,
     /// The parent's pid.
@@ -122,7 +121,7 @@ impl Tracked {
         Tracked {
             pid,
             stat: None,
-            start_time: 0,
+            start_time_ns: 0,
             cpu_ns: None,
             ppid: 0,
             children_ns: 0,
@@ -133,13 +132,13 @@ impl Tracked {
     }
 
     /// Takes this scan's reading of the process.
-    fn update(&mut self, start_time: u64, ppid: u32, comm: &[u8], rss_bytes: u64) {
+    fn update(&mut self, rate: &RateRule, start_time_ns: u64, ppid: u32, comm: &[u8], rss_bytes: u64) {
         self.ppid = ppid;
-        if start_time != self.start_time {
+        if self.cpu_ns.is_none() || !rate.is_same_process(start_time_ns, self.start_time_ns) {
             // A new process, or a reused pid: its CPU history starts now.
-            self.start_time = start_time;
             self.cpu_ns = None;
         }
+        self.start_time_ns = start_time_ns;
         if comm != self.comm.as_slice() {
             self.comm.clear();
             self.comm.extend_from_slice(comm);
@@ -164,7 +163,7 @@ enum Read {
 impl ProcessScanner {
     pub fn new(
         proc_root: PathBuf,
-        page_size: u64,
+        clock: HostClock,
         cpus: usize,
         cpu_source: SharedCpuSource,
         kept_files: usize,
@@ -174,8 +173,8 @@ impl ProcessScanner {
         Self {
             proc_root,
             dir: None,
-            page_size,
-            cpus,
+            clock,
+            rate: RateRule::new(cpus, clock.ticks_per_second()),
             cpu_source,
             kept_files,
             open_files: 0,
@@ -192,11 +191,10 @@ impl ProcessScanner {
             cpu_scanned: Vec::new(),
             cpu_ns: Vec::new(),
             records: Vec::new(),
-            attribution: Attribution::new(children),
+            attribution: Attribution::new(children, RateRule::new(cpus, clock.ticks_per_second())),
             exits: Vec::new(),
             exits_recorded: false,
-            clock: 0,
-            ns_per_tick: 1_000_000_000 / ::procfs::ticks_per_second().max(1),
+            clock_ns: 0,
             rule_input: Vec::new(),
             shown_ns: Vec::new(),
             answer: pb::Processes::default(),
@@ -243,7 +241,7 @@ impl ProcessScanner {
         // Exits before the listing: a process that exits after it is either in the
         // listing or in the next scan's exits, never in both.
         self.exits_recorded = source.take_exits(&mut self.exits);
-        self.clock = clock::monotonic_ns();
+        self.clock_ns = clock::monotonic_ns();
         if let Err(e) = source.read_processes(&mut self.records)? {
             tracing::warn!(error = %e, "listing processes through the CPU source failed; scanning /proc");
             return None;
@@ -258,10 +256,11 @@ impl ProcessScanner {
             }
             let mut tracked = known.next_if(|t| t.pid == record.tgid).unwrap_or_else(|| Tracked::new(record.tgid));
             tracked.update(
+                &self.rate,
                 record.start_time_ns,
                 record.ppid,
                 comm_bytes(&record.comm),
-                record.rss_pages * self.page_size,
+                self.clock.pages_to_bytes(record.rss_pages),
             );
             tracked.children_ns = 0;
             self.cpu_ns.push(record.cpu_ns);
@@ -278,11 +277,11 @@ impl ProcessScanner {
     /// files. Without a new pid since the last listing, `merged` is simply what
     /// the last scan knew.
     fn list_and_merge(&mut self) -> std::io::Result<()> {
-        // Exits are seen through the parents' reaped-children times here: the
-        // listing's start times are /proc's ticks, not the records' clock.
+        // Exits are seen here through the parents' reaped-children times: /proc's
+        // start times are on the boot clock, and to a tick only.
         self.exits.clear();
         self.exits_recorded = false;
-        self.clock = clock::boottime_ns() / self.ns_per_tick;
+        self.clock_ns = clock::boottime_ns();
         let last_pid = self.last_pid();
         self.scan_last_pid = last_pid;
         if last_pid.is_some()
@@ -358,8 +357,9 @@ impl ProcessScanner {
             // An empty read is a process that exited after the open.
             return if length == 0 { Read::Vanished } else { Read::Unparsable };
         };
-        tracked.update(stat.start_time, stat.ppid, stat.comm, stat.rss_pages * self.page_size);
-        tracked.children_ns = (stat.cutime + stat.cstime).saturating_mul(self.ns_per_tick);
+        let start_time_ns = self.clock.ticks_to_ns(stat.start_time);
+        tracked.update(&self.rate, start_time_ns, stat.ppid, stat.comm, self.clock.pages_to_bytes(stat.rss_pages));
+        tracked.children_ns = self.clock.ticks_to_ns(stat.cutime + stat.cstime);
         self.cpu_scanned.push(ScannedCpu { pid: tracked.pid, ticks: stat.utime + stat.stime });
         Read::Ok
     }
@@ -399,23 +399,23 @@ impl ProcessScanner {
 
     /// Rewrites the answer's rows in place from the merged list.
     fn write_answer(&mut self, now: Instant) {
-        let wall = self.previous_at.map(|at| now.duration_since(at));
+        let wall = self.previous_at.and_then(|at| now.checked_duration_since(at)).filter(|wall| !wall.is_zero());
         self.rule_input.clear();
         self.rule_input.extend(self.merged.iter().zip(&self.cpu_ns).map(|(tracked, &own_ns)| Listed {
             pid: tracked.pid,
-            start_time: tracked.start_time,
+            start_time: tracked.start_time_ns,
             ppid: tracked.ppid,
             own_ns,
             children_ns: tracked.children_ns,
         }));
         let exits = self.exits_recorded.then_some(self.exits.as_slice());
-        self.attribution.account(self.clock, &self.rule_input, exits, &mut self.shown_ns);
+        self.attribution.account(self.clock_ns, &self.rule_input, exits, &mut self.shown_ns);
         let rows = &mut self.answer.rows;
         rows.resize_with(self.merged.len(), pb::Process::default);
         for (((row, tracked), &cpu_ns), &shown_ns) in
             rows.iter_mut().zip(&mut self.merged).zip(&self.cpu_ns).zip(&self.shown_ns)
         {
-            row.cpu_usage = wall.map_or(0.0, |wall| cpu_percent(shown_ns, wall, self.cpus));
+            row.cpu_usage = wall.map_or(0.0, |wall| cpu_percent(shown_ns, wall, self.rate.cpus()));
             tracked.cpu_ns = Some(cpu_ns);
             row.pid = tracked.pid;
             row.mem_bytes = tracked.rss_bytes;
@@ -430,6 +430,8 @@ impl ProcessScanner {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
     use super::*;
     use crate::cputime::proc::ProcCpuTime;
 
@@ -448,7 +450,7 @@ mod tests {
 
     fn scanner(root: &std::path::Path) -> ProcessScanner {
         let source: SharedCpuSource = Arc::new(Mutex::new(Box::new(ProcCpuTime::new(100))));
-        ProcessScanner::new(root.to_path_buf(), 4096, 2, source, 4096, ChildrenMode::Attribute)
+        ProcessScanner::new(root.to_path_buf(), HostClock::new(100, 0, 4096), 2, source, 4096, ChildrenMode::Attribute)
     }
 
     #[test]
@@ -505,7 +507,14 @@ mod tests {
         loadavg(1).unwrap();
         let source: SharedCpuSource = Arc::new(Mutex::new(Box::new(ProcCpuTime::new(100))));
         // No stat file kept open, so a removed process fails its read as in /proc.
-        let mut scanner = ProcessScanner::new(root.path().to_path_buf(), 4096, 2, source, 0, ChildrenMode::Attribute);
+        let mut scanner = ProcessScanner::new(
+            root.path().to_path_buf(),
+            HostClock::new(100, 0, 4096),
+            2,
+            source,
+            0,
+            ChildrenMode::Attribute,
+        );
         assert_eq!(pids(scanner.scan().unwrap()), [1]);
         add_process(root.path(), 2);
         assert_eq!(pids(scanner.scan().unwrap()), [1], "no pid handed out: the listing is reused");
@@ -542,7 +551,14 @@ mod tests {
         loadavg(2).unwrap();
         let calls = Arc::new(Mutex::new(Vec::new()));
         let source: SharedCpuSource = Arc::new(Mutex::new(Box::new(Recording(Arc::clone(&calls)))));
-        let mut scanner = ProcessScanner::new(root.path().to_path_buf(), 4096, 2, source, 0, ChildrenMode::Attribute);
+        let mut scanner = ProcessScanner::new(
+            root.path().to_path_buf(),
+            HostClock::new(100, 0, 4096),
+            2,
+            source,
+            0,
+            ChildrenMode::Attribute,
+        );
         scanner.scan().unwrap();
         scanner.scan().unwrap();
         assert_eq!(*calls.lock().unwrap(), [vec![1, 2]], "nothing could have exited in between");
@@ -560,7 +576,14 @@ mod tests {
     fn at_most_the_budget_of_stat_files_stays_open() {
         let root = fake_proc(&[(1, "a", 0, 1), (2, "b", 0, 1), (3, "c", 0, 1)]);
         let source: SharedCpuSource = Arc::new(Mutex::new(Box::new(ProcCpuTime::new(100))));
-        let mut scanner = ProcessScanner::new(root.path().to_path_buf(), 4096, 2, source, 2, ChildrenMode::Attribute);
+        let mut scanner = ProcessScanner::new(
+            root.path().to_path_buf(),
+            HostClock::new(100, 0, 4096),
+            2,
+            source,
+            2,
+            ChildrenMode::Attribute,
+        );
         for _ in 0..3 {
             assert_eq!(scanner.scan().unwrap().process_count, 3);
             assert_eq!(scanner.tracked.iter().filter(|t| t.stat.is_some()).count(), 2);

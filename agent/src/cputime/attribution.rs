@@ -25,6 +25,8 @@
 
 use std::str::FromStr;
 
+use super::rate::RateRule;
+
 /// How a processes scan shows the time of processes that exited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ChildrenMode {
@@ -142,9 +144,11 @@ struct Debt {
 }
 
 /// The state of the rule between scans.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Attribution {
     mode: ChildrenMode,
+    /// Tells whether two start times of one pid name one process.
+    rate: RateRule,
     /// The clock reading of the previous scan; None before the first.
     previous_clock: Option<u64>,
     /// Every process of the previous scan, sorted by pid.
@@ -159,8 +163,18 @@ pub struct Attribution {
 }
 
 impl Attribution {
-    pub fn new(mode: ChildrenMode) -> Self {
-        Self { mode, ..Self::default() }
+    pub fn new(mode: ChildrenMode, rate: RateRule) -> Self {
+        Self {
+            mode,
+            rate,
+            previous_clock: None,
+            known: Vec::new(),
+            next_known: Vec::new(),
+            departed: Vec::new(),
+            links: Vec::new(),
+            debts: Vec::new(),
+            unplaced_ns: 0,
+        }
     }
 
     pub fn mode(&self) -> ChildrenMode {
@@ -186,7 +200,7 @@ impl Attribution {
                 self.departed.push(Departed { known: gone, age: 0 });
             }
             let before = match known.next_if(|k| k.pid == process.pid) {
-                Some(k) if k.start_time == process.start_time => Some(k),
+                Some(k) if self.rate.is_same_process(k.start_time, process.start_time) => Some(k),
                 Some(reused) => {
                     self.departed.push(Departed { known: reused, age: 0 });
                     None
@@ -238,11 +252,15 @@ impl Attribution {
             self.links.push(Link { pid: exit.pid, ppid: exit.ppid, age: 0 });
         }
         for exit in exits {
-            if row_of(listed, exit.pid).is_some_and(|row| listed[row].start_time == exit.start_time) {
+            let listed_now = row_of(listed, exit.pid);
+            if listed_now.is_some_and(|row| self.rate.is_same_process(listed[row].start_time, exit.start_time)) {
                 // Still listed: its time is in its own row.
                 continue;
             }
-            let shown = match self.departed.iter().position(|d| same(&d.known, exit.pid, exit.start_time)) {
+            let departed = self.departed.iter().position(|d| {
+                d.known.pid == exit.pid && self.rate.is_same_process(d.known.start_time, exit.start_time)
+            });
+            let shown = match departed {
                 Some(index) => self.departed.swap_remove(index).known.own_ns,
                 None => 0,
             };
@@ -322,10 +340,6 @@ impl Attribution {
     }
 }
 
-fn same(known: &Known, pid: u32, start_time: u64) -> bool {
-    known.pid == pid && known.start_time == start_time
-}
-
 /// The index of `pid` in `listed` (sorted by pid).
 fn row_of(listed: &[Listed], pid: u32) -> Option<usize> {
     listed.binary_search_by_key(&pid, |p| p.pid).ok()
@@ -336,6 +350,11 @@ mod tests {
     use super::*;
 
     const MS: u64 = 1_000_000;
+
+    /// Start times (in the tests' small numbers) name one process only when equal.
+    fn rule() -> RateRule {
+        RateRule::new(2, 1_000_000_000)
+    }
 
     fn listed(pid: u32, ppid: u32, start_time: u64, own_ns: u64) -> Listed {
         Listed { pid, start_time, ppid, own_ns, children_ns: 0 }
@@ -361,14 +380,14 @@ mod tests {
 
     #[test]
     fn the_first_scan_shows_nothing_and_a_live_process_shows_its_own_time_since() {
-        let mut rule = Attribution::new(ChildrenMode::Attribute);
+        let mut rule = Attribution::new(ChildrenMode::Attribute, rule());
         assert_eq!(scan(&mut rule, 100, &[listed(1, 0, 0, 50 * MS)], &[]), [(1, 0)]);
         assert_eq!(scan(&mut rule, 200, &[listed(1, 0, 0, 80 * MS)], &[]), [(1, 30 * MS)]);
     }
 
     #[test]
     fn a_process_born_and_gone_between_scans_shows_in_its_parent() {
-        let mut rule = Attribution::new(ChildrenMode::Attribute);
+        let mut rule = Attribution::new(ChildrenMode::Attribute, rule());
         let shell = |own| [listed(1, 0, 0, 0), listed(10, 1, 5, own)];
         scan(&mut rule, 100, &shell(10 * MS), &[]);
         let children: Vec<Exit> = (0..5).map(|i| exit(20 + i, 10, 110 + u64::from(i), MS)).collect();
@@ -377,7 +396,7 @@ mod tests {
 
     #[test]
     fn a_child_listed_for_several_scans_adds_only_its_last_unshown_slice() {
-        let mut rule = Attribution::new(ChildrenMode::Attribute);
+        let mut rule = Attribution::new(ChildrenMode::Attribute, rule());
         let parent = listed(10, 1, 5, 0);
         scan(&mut rule, 100, &[parent], &[]);
         // A ten-minute compile: listed for many scans, showing its own time.
@@ -396,7 +415,7 @@ mod tests {
 
     #[test]
     fn an_exit_record_one_scan_late_still_subtracts_what_was_shown() {
-        let mut rule = Attribution::new(ChildrenMode::Attribute);
+        let mut rule = Attribution::new(ChildrenMode::Attribute, rule());
         let parent = listed(10, 1, 5, 0);
         scan(&mut rule, 100, &[parent, listed(30, 10, 50, 40 * MS)], &[]);
         scan(&mut rule, 200, &[parent, listed(30, 10, 50, 70 * MS)], &[]);
@@ -407,7 +426,7 @@ mod tests {
 
     #[test]
     fn exited_ancestors_are_walked_through_to_the_nearest_listed_one() {
-        let mut rule = Attribution::new(ChildrenMode::Attribute);
+        let mut rule = Attribution::new(ChildrenMode::Attribute, rule());
         let make = listed(10, 1, 5, 0);
         scan(&mut rule, 100, &[listed(1, 0, 0, 0), make], &[]);
         // make -> sh (exited) -> gcc (exited) -> cc1 (exited), records in any order.
@@ -421,7 +440,7 @@ mod tests {
 
     #[test]
     fn an_exit_with_no_known_ancestor_shows_in_pid_1() {
-        let mut rule = Attribution::new(ChildrenMode::Attribute);
+        let mut rule = Attribution::new(ChildrenMode::Attribute, rule());
         scan(&mut rule, 100, &[listed(1, 0, 0, 0), listed(10, 1, 5, 0)], &[]);
         let rows = scan(&mut rule, 200, &[listed(1, 0, 0, 0), listed(10, 1, 5, 0)], &[exit(60, 59, 150, 4 * MS)]);
         assert_eq!(rows, [(1, 4 * MS), (10, 0)]);
@@ -429,7 +448,7 @@ mod tests {
 
     #[test]
     fn a_reused_pid_is_a_new_process() {
-        let mut rule = Attribution::new(ChildrenMode::Attribute);
+        let mut rule = Attribution::new(ChildrenMode::Attribute, rule());
         let parent = listed(10, 1, 5, 0);
         scan(&mut rule, 100, &[parent, listed(30, 10, 50, 900 * MS)], &[]);
         // 30 exited (its last 10 ms unshown) and a new 30, born since, ran 2 ms.
@@ -439,7 +458,7 @@ mod tests {
 
     #[test]
     fn exits_before_the_first_scan_are_not_shown() {
-        let mut rule = Attribution::new(ChildrenMode::Attribute);
+        let mut rule = Attribution::new(ChildrenMode::Attribute, rule());
         let parent = listed(10, 1, 5, 0);
         assert_eq!(scan(&mut rule, 100, &[parent], &[exit(20, 10, 50, 5 * MS)]), [(10, 0)]);
         assert_eq!(scan(&mut rule, 200, &[parent], &[]), [(10, 0)]);
@@ -447,7 +466,7 @@ mod tests {
 
     #[test]
     fn own_mode_shows_only_own_time() {
-        let mut rule = Attribution::new(ChildrenMode::Own);
+        let mut rule = Attribution::new(ChildrenMode::Own, rule());
         let parent = |own| listed(10, 1, 5, own);
         scan(&mut rule, 100, &[parent(0)], &[]);
         assert_eq!(scan(&mut rule, 200, &[parent(MS)], &[exit(20, 10, 150, 5 * MS)]), [(10, MS)]);
@@ -459,7 +478,7 @@ mod tests {
 
     #[test]
     fn proc_mode_shows_reaped_children_through_the_parents_fold() {
-        let mut rule = Attribution::new(ChildrenMode::Attribute);
+        let mut rule = Attribution::new(ChildrenMode::Attribute, rule());
         scan_folded(&mut rule, 100, &[folded(10, 1, 5, 10 * MS, 100 * MS)]);
         // Children never listed were reaped: 30 ms folded in.
         assert_eq!(scan_folded(&mut rule, 200, &[folded(10, 1, 5, 11 * MS, 130 * MS)]), [(10, 31 * MS)]);
@@ -467,7 +486,7 @@ mod tests {
 
     #[test]
     fn proc_mode_does_not_show_again_what_a_listed_child_showed() {
-        let mut rule = Attribution::new(ChildrenMode::Attribute);
+        let mut rule = Attribution::new(ChildrenMode::Attribute, rule());
         let parent = |children| folded(10, 1, 5, 0, children);
         scan_folded(&mut rule, 100, &[parent(0), folded(30, 10, 50, 400 * MS, 0)]);
         assert_eq!(scan_folded(&mut rule, 200, &[parent(0), folded(30, 10, 50, 900 * MS, 0)])[1], (30, 500 * MS));
@@ -478,7 +497,7 @@ mod tests {
 
     #[test]
     fn proc_mode_debt_waits_one_scan_for_a_late_fold_then_lapses() {
-        let mut rule = Attribution::new(ChildrenMode::Attribute);
+        let mut rule = Attribution::new(ChildrenMode::Attribute, rule());
         let parent = |children| folded(10, 1, 5, 0, children);
         scan_folded(&mut rule, 100, &[parent(MS), folded(30, 10, 50, 400 * MS, 0)]);
         // Gone, but the fold shows a scan later.
