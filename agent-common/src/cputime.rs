@@ -98,6 +98,20 @@ pub const PROGRAM_RESYNC: &str = "resync";
 /// CPU-clock period of `PROGRAM_RESYNC` on each CPU: bounds how long a switch the
 /// tracepoint did not report can go unnoticed.
 pub const RESYNC_PERIOD_NS: u64 = 2_000_000;
+/// The `raw_tp` program that does `PROGRAM_RESYNC`'s repair whenever a high-
+/// resolution timer expires, the scheduler tick among them.
+pub const PROGRAM_REPAIR_TICK: &str = "repair_tick";
+/// The tracepoint it attaches to (`timer:hrtimer_expire_entry`). Not an `fentry`
+/// on `sched_tick`: attaching trampolines is refused where ftrace is locked down
+/// (it was on the development VM), tracepoints are not.
+pub const TICK_TRACEPOINT: &str = "hrtimer_expire_entry";
+/// The `raw_tp` program that does the repair when a CPU enters or leaves idle.
+pub const PROGRAM_REPAIR_IDLE: &str = "repair_idle";
+/// The tracepoint it attaches to (`power:cpu_idle`).
+pub const IDLE_TRACEPOINT: &str = "cpu_idle";
+/// How long after attaching the tick program every busy CPU has ticked: two ticks
+/// at the slowest rate the kernel offers (CONFIG_HZ=100).
+pub const TICK_SETTLE_NS: u64 = 20_000_000;
 
 /// A new process could not be inserted: the map is full, or (allocated on demand)
 /// the kernel had no memory at hand. Its time is lost until an insert succeeds.

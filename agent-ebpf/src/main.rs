@@ -14,8 +14,11 @@
 //! switch (two threads ping-ponging across two CPUs here: about 130 ns per switch
 //! with a shared entry, about 85 with per-CPU copies).
 //!
-//! Some kernels switch some tasks without the tracepoint; a CPU-clock perf event
-//! (`resync`) re-checks every CPU's running task and repairs the record.
+//! Some kernels switch some tasks without the tracepoint; the running task is
+//! re-checked and the record repaired on work the kernel does anyway: the
+//! scheduler tick of a busy CPU (`repair_tick`) and a CPU's entry into idle
+//! (`repair_idle`), or, where those cannot attach, a CPU-clock perf event
+//! (`resync`).
 //!
 //! Two companions serve the agent's processes list: `sched_process_free` hands the
 //! final total of a process that exited to user space (while someone reads) and
@@ -382,23 +385,52 @@ fn process_cpu_ns(tgid: u32) -> u64 {
     total
 }
 
-/// Runs every `RESYNC_PERIOD_NS` of CPU clock on each CPU, in the context of the
-/// task actually running. When that is not the task the slot recorded, the kernel
-/// switched without the tracepoint, and the slot is repaired as a traced switch to
-/// the running task would have left it. This also picks up a task that was already
-/// running when the program was attached and never leaves its CPU.
+/// Runs whenever a high-resolution timer expires on a CPU, the scheduler tick
+/// among them (`tick_sched_timer`, every 1/HZ s on a busy CPU; an idle CPU stops
+/// its tick): interrupts the kernel takes anyway, so the repair wakes nothing. In
+/// the timer interrupt, interrupts off; for the few timers that expire in softirq
+/// context the kernel keeps this program from nesting in itself.
+#[raw_tracepoint(tracepoint = "hrtimer_expire_entry")]
+pub fn repair_tick(_ctx: RawTracePointContext) -> u32 {
+    repair_current();
+    0
+}
+
+/// Runs when a CPU enters and leaves idle (`power:cpu_idle`, from the idle task,
+/// interrupts off): a task that left this CPU untraced for idle is withdrawn there,
+/// as the tick, stopped on an idle CPU, would not see it.
+#[raw_tracepoint(tracepoint = "cpu_idle")]
+pub fn repair_idle(_ctx: RawTracePointContext) -> u32 {
+    repair_current();
+    0
+}
+
+/// Runs every `RESYNC_PERIOD_NS` of CPU clock on each CPU: the repair where the
+/// tick and idle programs cannot attach. A CPU-clock event fires on idle CPUs too,
+/// waking them, which the two above do not.
 #[perf_event]
 pub fn resync(_ctx: PerfEventContext) -> u32 {
+    repair_current();
+    0
+}
+
+/// In the context of the task actually running, with interrupts off: when that is
+/// not the task the slot recorded, the kernel switched without the tracepoint, and
+/// the slot is repaired as a traced switch to the running task would have left it.
+/// This also picks up a task that was already running when the program was
+/// attached and never leaves its CPU.
+#[inline(always)]
+fn repair_current() {
     let now = unsafe { bpf_ktime_get_ns() };
     let Some(slot) = CPU_SLOT.get_ptr_mut(0) else {
-        return 0;
+        return;
     };
-    // SAFETY: per-CPU value; the switch handler runs with interrupts off, so this
-    // timer handler cannot interrupt it, nor it this one.
+    // SAFETY: per-CPU value; the switch handler runs with interrupts off, and so do
+    // the tick, the idle tracepoint and the perf event, so none interrupts another.
     let slot = unsafe { &mut *slot };
     let current = bpf_get_current_pid_tgid();
     if current as u32 == slot.tid {
-        return 0;
+        return;
     }
     let task = RawTask(unsafe { bpf_get_current_task() } as *const u8);
     let since = unseen_since(slot);
@@ -408,7 +440,6 @@ pub fn resync(_ctx: PerfEventContext) -> u32 {
     let start = last_update(task, slot.clock_offset_ns).map_or(now, |at| at.max(since).min(now));
     account_unseen_switch(slot, task, (current >> 32) as u32, since, start);
     *slot = CpuSlot { clock_offset_ns: slot.clock_offset_ns, ..switch_in(read_task(task), start, now) };
-    0
 }
 
 #[inline(always)]

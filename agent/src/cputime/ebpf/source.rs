@@ -10,14 +10,16 @@ use std::{
 
 use agent_common::cputime::{
     ERR_COUNT, ERR_EXIT_LOST, ERR_MAP_FULL, ERR_MISMATCH, ERR_READ_TASK, ERRORS_MAP, EXITS_MAP, EXITS_WANTED_MAP,
-    ExitRecord, MAX_PROCESSES, PROCESS_TIME_MAP, PROGRAM_PROCESSES, PROGRAM_RESYNC, ProcessTime, RESYNC_PERIOD_NS,
+    ExitRecord, IDLE_TRACEPOINT, MAX_PROCESSES, PROCESS_TIME_MAP, PROGRAM_PROCESSES, PROGRAM_REPAIR_IDLE,
+    PROGRAM_REPAIR_TICK, PROGRAM_RESYNC, ProcessTime, RESYNC_PERIOD_NS, TICK_SETTLE_NS, TICK_TRACEPOINT,
 };
 use aya::{
     Ebpf,
     maps::{Array, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf},
     programs::{
-        Iter, PerfEvent, ProgramError,
+        Iter, PerfEvent, ProgramError, RawTracePoint,
         perf_event::{PerfEventConfig, PerfEventLinkId, PerfEventScope, SamplePolicy, SoftwareEvent},
+        raw_trace_point::RawTracePointLinkId,
     },
     util::online_cpus,
 };
@@ -41,6 +43,19 @@ pub struct ErrorCounts {
     pub exit_lost: u64,
 }
 
+/// What repairs untraced switches while someone reads (see the program's
+/// `repair_current`).
+enum RepairLinks {
+    None,
+    /// `repair_tick` on the scheduler tick and `repair_idle` on idle entry.
+    Tick {
+        tick: RawTracePointLinkId,
+        idle: Option<RawTracePointLinkId>,
+    },
+    /// `resync` on a CPU-clock timer, one link per CPU.
+    Timer(Vec<PerfEventLinkId>),
+}
+
 /// The eBPF CPU-time source. Dropping it detaches the program and frees its maps.
 pub struct EbpfCpuTime {
     /// Owns the attached program; it stays attached as long as this lives.
@@ -56,10 +71,11 @@ pub struct EbpfCpuTime {
     /// Error counts already logged, so each new failure is reported once.
     pub(super) reported: ErrorCounts,
     pub(super) attach: AttachKind,
-    /// The `resync` attachments, one per CPU; empty while the agent is idle. Its
-    /// timer interrupts every CPU every `RESYNC_PERIOD_NS`, which an agent nobody
-    /// watches should not do.
-    pub(super) resync_links: Vec<PerfEventLinkId>,
+    /// Whether the repair of untraced switches rides on the scheduler tick and idle
+    /// entry (`repair_tick`, `repair_idle`) rather than the `resync` timer.
+    pub(super) repair_on_ticks: bool,
+    /// The repair's attachments; none while the agent is idle.
+    repair_links: RepairLinks,
     /// When `resync` was attached; None while it is not.
     pub(super) resync_since: Option<Instant>,
     /// Whether the process iterator loaded.
@@ -104,7 +120,8 @@ impl EbpfCpuTime {
             exits_wanted,
             reported: ErrorCounts::default(),
             attach,
-            resync_links: Vec::new(),
+            repair_on_ticks: false,
+            repair_links: RepairLinks::None,
             resync_since: None,
             iterator,
             kernel_cleanup: false,
@@ -119,7 +136,8 @@ impl EbpfCpuTime {
     /// periods cover it, so the next reading already sees every CPU.
     pub fn resume_resync(&mut self) -> Result<(), ProgramError> {
         let since = self.attach_resync()?;
-        let settled = since + Duration::from_nanos(2 * RESYNC_PERIOD_NS);
+        let settle_ns = if self.repair_on_ticks { TICK_SETTLE_NS } else { 2 * RESYNC_PERIOD_NS };
+        let settled = since + Duration::from_nanos(settle_ns);
         if let Some(wait) = settled.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
@@ -132,19 +150,10 @@ impl EbpfCpuTime {
         if let Some(since) = self.resync_since {
             return Ok(since);
         }
-        let cpus = online_cpus().map_err(|(_, error)| ProgramError::IOError(error))?;
-        let program: &mut PerfEvent =
-            self.ebpf.program_mut(PROGRAM_RESYNC).ok_or(ProgramError::NotLoaded)?.try_into()?;
-        for cpu in cpus {
-            let config = PerfEventConfig::Software(SoftwareEvent::CpuClock);
-            let scope = PerfEventScope::AllProcessesOneCpu { cpu };
-            match program.attach(config, scope, SamplePolicy::Period(RESYNC_PERIOD_NS), false) {
-                Ok(link) => self.resync_links.push(link),
-                Err(error) => {
-                    self.pause_resync();
-                    return Err(error);
-                }
-            }
+        let attached = if self.repair_on_ticks { self.attach_tick_repair() } else { self.attach_timer_repair() };
+        if let Err(error) = attached {
+            self.detach_repair();
+            return Err(error);
         }
         let since = Instant::now();
         self.resync_since = Some(since);
@@ -172,16 +181,74 @@ impl EbpfCpuTime {
         }
     }
 
-    /// Detaches `resync`; the next reading attaches it again.
+    /// The repair on the scheduler tick and idle entry: kernel work done anyway.
+    fn attach_tick_repair(&mut self) -> Result<(), ProgramError> {
+        let tick: &mut RawTracePoint =
+            self.ebpf.program_mut(PROGRAM_REPAIR_TICK).ok_or(ProgramError::NotLoaded)?.try_into()?;
+        self.repair_links = RepairLinks::Tick { tick: tick.attach(TICK_TRACEPOINT)?, idle: None };
+        let idle: &mut RawTracePoint =
+            self.ebpf.program_mut(PROGRAM_REPAIR_IDLE).ok_or(ProgramError::NotLoaded)?.try_into()?;
+        let idle_link = idle.attach(IDLE_TRACEPOINT)?;
+        if let RepairLinks::Tick { idle, .. } = &mut self.repair_links {
+            *idle = Some(idle_link);
+        }
+        Ok(())
+    }
+
+    /// The repair on a CPU-clock timer on every online CPU, which wakes idle CPUs.
+    fn attach_timer_repair(&mut self) -> Result<(), ProgramError> {
+        let cpus = online_cpus().map_err(|(_, error)| ProgramError::IOError(error))?;
+        let program: &mut PerfEvent =
+            self.ebpf.program_mut(PROGRAM_RESYNC).ok_or(ProgramError::NotLoaded)?.try_into()?;
+        let mut links = Vec::new();
+        for cpu in cpus {
+            let config = PerfEventConfig::Software(SoftwareEvent::CpuClock);
+            let scope = PerfEventScope::AllProcessesOneCpu { cpu };
+            match program.attach(config, scope, SamplePolicy::Period(RESYNC_PERIOD_NS), false) {
+                Ok(link) => links.push(link),
+                Err(error) => {
+                    self.repair_links = RepairLinks::Timer(links);
+                    return Err(error);
+                }
+            }
+        }
+        self.repair_links = RepairLinks::Timer(links);
+        Ok(())
+    }
+
+    /// Detaches the repair and stops the exit records; the next reading attaches
+    /// them again.
     pub fn pause_resync(&mut self) {
         if self.resync_since.take().is_some() {
             self.want_exits(false);
         }
-        let Some(program) = self.ebpf.program_mut(PROGRAM_RESYNC) else { return };
-        let Ok(program) = <&mut PerfEvent>::try_from(program) else { return };
-        for link in self.resync_links.drain(..) {
-            if let Err(error) = program.detach(link) {
-                tracing::debug!("detaching resync: {error}");
+        self.detach_repair();
+    }
+
+    fn detach_repair(&mut self) {
+        let report = |result: Result<(), ProgramError>| {
+            if let Err(error) = result {
+                tracing::debug!("detaching the repair of untraced switches: {error}");
+            }
+        };
+        match std::mem::replace(&mut self.repair_links, RepairLinks::None) {
+            RepairLinks::None => {}
+            RepairLinks::Tick { tick, idle } => {
+                if let Some(program) = self.ebpf.program_mut(PROGRAM_REPAIR_TICK) {
+                    report(<&mut RawTracePoint>::try_from(program).and_then(|program| program.detach(tick)));
+                }
+                if let (Some(idle), Some(program)) = (idle, self.ebpf.program_mut(PROGRAM_REPAIR_IDLE)) {
+                    report(<&mut RawTracePoint>::try_from(program).and_then(|program| program.detach(idle)));
+                }
+            }
+            RepairLinks::Timer(links) => {
+                if let Some(program) = self.ebpf.program_mut(PROGRAM_RESYNC) {
+                    if let Ok(program) = <&mut PerfEvent>::try_from(program) {
+                        for link in links {
+                            report(program.detach(link));
+                        }
+                    }
+                }
             }
         }
     }
