@@ -48,7 +48,7 @@ impl AttachKind {
     }
 
     /// The `sched_process_free` program of this kind.
-    fn free_program_name(self) -> &'static str {
+    pub(super) fn free_program_name(self) -> &'static str {
         match self {
             AttachKind::BtfTracePoint => PROGRAM_FREE_BTF,
             AttachKind::RawTracePoint => PROGRAM_FREE_RAW,
