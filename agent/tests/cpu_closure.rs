@@ -60,10 +60,10 @@ fn scanner(mut source: Box<dyn CpuTimeSource>, children: ChildrenMode) -> Proces
     ProcessScanner::new(PathBuf::from("/proc"), host_clock(), cpus, shared, 4096, children)
 }
 
-/// One scan: every row's pid and the ns it shows.
+/// One scan: every process's pid and the CPU ns its row shows for the interval.
 fn scan(scanner: &mut ProcessScanner) -> Vec<(u32, u64)> {
-    let pids: Vec<u32> = scanner.scan().unwrap().rows.iter().map(|row| row.pid).collect();
-    pids.into_iter().zip(scanner.shown_cpu_ns().iter().copied()).collect()
+    let snapshot = scanner.scan().unwrap();
+    snapshot.processes.iter().map(|process| (process.pid, process.interval_cpu_ns.unwrap_or(0))).collect()
 }
 
 fn shown_for(rows: &[(u32, u64)], pid: u32) -> u64 {
