@@ -64,6 +64,7 @@ impl Service {
             host.cpus,
             Arc::clone(&cpu_source),
             config.limits.kept_stat_files,
+            collection.cpu_children,
         );
         let framer = Arc::new(Mutex::new(Framer::default()));
         let details = ProcessDetails::new(
