@@ -82,6 +82,18 @@ pub struct Space {
     pub total: u64,
     /// Free to unprivileged users (`f_bavail`), as `df` shows it.
     pub available: u64,
+    /// Free, including the blocks reserved for root (`f_bfree`).
+    pub free: u64,
+}
+
+/// A mounted real filesystem and its space, labelled as node_exporter labels it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilesystemSpace {
+    /// The mount source (`/dev/sda1`, `server:/export`).
+    pub device: String,
+    pub mount_point: String,
+    pub fs_type: String,
+    pub space: Space,
 }
 
 pub fn statvfs(mount_point: &str) -> std::io::Result<Space> {
@@ -100,7 +112,7 @@ pub fn statvfs_c(path: &CStr) -> std::io::Result<Space> {
     // SAFETY: statvfs returned 0, so it initialised the struct.
     let stat = unsafe { stat.assume_init() };
     let fragment = stat.f_frsize;
-    Ok(Space { total: stat.f_blocks * fragment, available: stat.f_bavail * fragment })
+    Ok(Space { total: stat.f_blocks * fragment, available: stat.f_bavail * fragment, free: stat.f_bfree * fragment })
 }
 
 /// Filesystems whose statfs may wait on a server or a user-space daemon.

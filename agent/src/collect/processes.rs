@@ -21,6 +21,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::collect::process_groups::ProcessSample;
 use crate::collect::procfs::{self, KeptFile, ProcDir};
 use crate::collect::stat::{comm_name, parse_stat};
 use crate::cputime::{CpuTimeSource, ProcessRecord, ScannedCpu, cpu_percent};
@@ -182,6 +183,19 @@ impl ProcessScanner {
         self.merged.clear();
         self.previous_at = Some(now);
         Ok(&self.answer)
+    }
+
+    /// The processes of the last scan, sorted by pid, with their cumulative CPU
+    /// time and share, for the Prometheus per-name totals.
+    pub fn samples(&self) -> impl Iterator<Item = ProcessSample<'_>> {
+        self.tracked.iter().zip(&self.answer.rows).map(|(tracked, row)| ProcessSample {
+            pid: tracked.pid,
+            start_time: tracked.start_time,
+            comm: &tracked.name,
+            rss_bytes: tracked.rss_bytes,
+            cpu_ns: tracked.cpu_ns.unwrap_or(0),
+            cpu_percent: row.cpu_usage,
+        })
     }
 
     /// Takes every process from the CPU source when it lists them itself (the eBPF
