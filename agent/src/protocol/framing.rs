@@ -93,7 +93,8 @@ impl ProtobufFramer {
     }
 }
 
-fn gzip(bytes: &[u8]) -> Vec<u8> {
+/// gzip of a whole payload at the fastest level.
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
     // Level 1: these payloads are small and sent often; the fastest level already
     // shrinks the processes list about 4x.
     let mut encoder = GzEncoder::new(Vec::with_capacity(bytes.len() / 3 + 64), Compression::fast());

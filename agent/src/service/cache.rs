@@ -36,6 +36,12 @@ impl<C: Collect> Cached<C> {
         Self { ttl, collector: Arc::new(Mutex::new(collector)), last: tokio::sync::Mutex::new(None) }
     }
 
+    /// The collector, for a reader that needs its typed values rather than the
+    /// framed answer (the Prometheus scrape).
+    pub fn collector(&self) -> Arc<Mutex<C>> {
+        Arc::clone(&self.collector)
+    }
+
     /// The cached answer when it is younger than the TTL or was collected while this
     /// request waited; otherwise a fresh collection.
     pub async fn get(&self) -> Message {

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use hyper_tungstenite::tungstenite::Message;
 
 use super::cache::Collect;
-use crate::collect::disks::{Mount, is_partition, parse_mountinfo, real_mounts, statfs_may_wait, statvfs_c};
+use crate::collect::disks::{
+    FilesystemSpace, Mount, Space, is_partition, parse_mountinfo, real_mounts, statfs_may_wait, statvfs_c,
+};
 use crate::collect::procfs::KeptFile;
 use crate::collect::temperature::disk_temperature;
 use crate::config::Collection;
@@ -46,16 +48,30 @@ impl DisksCollector {
         self.mounts
             .iter()
             .filter_map(|known| {
-                let space = statvfs_c(&known.path)
-                    .inspect_err(|e| tracing::debug!(mount = %known.mount.mount_point, error = %e, "statvfs failed"))
-                    .ok()
-                    .filter(|space| space.total > 0)?;
+                let space = space_of(known)?;
                 Some(Disk {
                     is_partition: known.is_partition,
                     temperature: self.temperature_of(&known.mount.source),
                     name: known.mount.source.clone(),
                     total: space.total,
                     available: space.available,
+                })
+            })
+            .collect()
+    }
+
+    /// Each real filesystem with its space and labels, for Prometheus (no
+    /// temperatures: those are read only for the socktop answer).
+    pub fn filesystems(&mut self) -> Vec<FilesystemSpace> {
+        self.refresh_mounts();
+        self.mounts
+            .iter()
+            .filter_map(|known| {
+                Some(FilesystemSpace {
+                    space: space_of(known)?,
+                    device: known.mount.source.clone(),
+                    mount_point: known.mount.mount_point.clone(),
+                    fs_type: known.mount.fs_type.clone(),
                 })
             })
             .collect()
@@ -90,6 +106,14 @@ impl DisksCollector {
         }
         disk_temperature(&self.sys_root, device)
     }
+}
+
+/// The space of a mount; `None` when statvfs fails or it has no size.
+fn space_of(known: &KnownMount) -> Option<Space> {
+    statvfs_c(&known.path)
+        .inspect_err(|e| tracing::debug!(mount = %known.mount.mount_point, error = %e, "statvfs failed"))
+        .ok()
+        .filter(|space| space.total > 0)
 }
 
 impl Collect for DisksCollector {

@@ -14,8 +14,17 @@ use crate::collect::procfs::KeptFile;
 use crate::collect::temperature::CpuTemperature;
 use crate::collect::{cpu, memory, network};
 use crate::config::Collection;
-use crate::protocol::answer::Metrics;
+use crate::protocol::answer::{Gpu, Metrics, Network};
 use crate::protocol::framing::json_frame;
+
+/// What [`MetricsCollector::counters`] reads.
+#[derive(Debug, Clone, Default)]
+pub struct HostCounters {
+    pub cpu: cpu::CpuStat,
+    pub memory: memory::MemoryInfo,
+    pub networks: Vec<Network>,
+    pub gpus: Vec<Gpu>,
+}
 
 pub struct MetricsCollector {
     stat: KeptFile,
@@ -45,6 +54,19 @@ impl MetricsCollector {
             cpu: cpu::CpuUsage::new(baseline),
             temperature,
             gpus,
+        }
+    }
+
+    /// The cumulative counters and current values behind a metrics answer, for
+    /// Prometheus: CPU ticks per mode rather than shares since the last answer,
+    /// so it leaves the socktop clients' intervals alone. No temperature: the
+    /// scrape reads only what it exports.
+    pub fn counters(&mut self) -> HostCounters {
+        HostCounters {
+            cpu: read_kept(&mut self.stat).map(cpu::parse_proc_stat).unwrap_or_default(),
+            memory: read_kept(&mut self.meminfo).map(memory::parse_meminfo).unwrap_or_default(),
+            networks: read_kept(&mut self.net_dev).map(network::parse_net_dev).unwrap_or_default(),
+            gpus: self.gpus.as_mut().and_then(GpuCollector::collect).unwrap_or_default(),
         }
     }
 

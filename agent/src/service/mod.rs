@@ -6,10 +6,12 @@ mod details;
 mod disks;
 mod metrics;
 mod processes;
+mod prometheus;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use hyper::body::Bytes;
 use hyper_tungstenite::tungstenite::Message;
 
 use crate::collect::clock::{ClockError, HostClock};
@@ -24,6 +26,7 @@ use details::ProcessDetails;
 use disks::DisksCollector;
 use metrics::MetricsCollector;
 use processes::ProcessesCollector;
+use prometheus::PrometheusCollector;
 
 pub use cache::Collect;
 
@@ -31,6 +34,10 @@ pub struct Service {
     metrics: Cached<MetricsCollector>,
     disks: Cached<DisksCollector>,
     processes: Cached<ProcessesCollector>,
+    prometheus: Cached<PrometheusCollector>,
+    /// The last scrape text and its gzip, so concurrent scrapers that accept gzip
+    /// share one compression.
+    prometheus_gzip: Mutex<Option<(Bytes, Bytes)>>,
     details: ProcessDetails,
     cpu_source: SharedCpuSource,
     cpu_source_kind: CpuSourceKind,
@@ -89,10 +96,26 @@ impl Service {
             Arc::clone(&cpu_source),
             config.ttls.processes,
         );
+        let metrics = Cached::new(MetricsCollector::new(collection), config.ttls.metrics);
+        let disks = Cached::new(DisksCollector::new(collection), config.ttls.disks);
+        let processes = Cached::new(ProcessesCollector::new(scanner), config.ttls.processes);
+        let prometheus = PrometheusCollector::new(
+            metrics.collector(),
+            disks.collector(),
+            processes.collector(),
+            Arc::clone(&cpu_source),
+            host.clock,
+            collection.proc_root.clone(),
+            config.prometheus,
+        );
         Self {
-            metrics: Cached::new(MetricsCollector::new(collection), config.ttls.metrics),
-            disks: Cached::new(DisksCollector::new(collection), config.ttls.disks),
-            processes: Cached::new(ProcessesCollector::new(scanner), config.ttls.processes),
+            metrics,
+            disks,
+            processes,
+            // A scrape reuses the shortest TTL's freshness: two Prometheus servers
+            // scraping at once share one collection.
+            prometheus: Cached::new(prometheus, config.ttls.metrics),
+            prometheus_gzip: Mutex::new(None),
             details,
             cpu_source,
             cpu_source_kind,
@@ -114,6 +137,29 @@ impl Service {
 
     pub fn cpu_source_kind(&self) -> CpuSourceKind {
         self.cpu_source_kind
+    }
+
+    /// One Prometheus scrape: the text exposition, gzipped when `gzip`. The scrape
+    /// counts as a client while it runs, so the eBPF source keeps its periodic
+    /// repair attached only while someone reads it.
+    pub async fn prometheus(self: &Arc<Self>, gzip: bool) -> Bytes {
+        let _client = self.client_connected();
+        let text = match self.prometheus.get().await {
+            Message::Binary(bytes) => bytes,
+            other => other.into_data(),
+        };
+        if !gzip {
+            return text;
+        }
+        let mut memo = crate::sync::lock(&self.prometheus_gzip);
+        match memo.as_ref() {
+            Some((plain, packed)) if plain.as_ptr() == text.as_ptr() && plain.len() == text.len() => packed.clone(),
+            _ => {
+                let packed = Bytes::from(crate::protocol::framing::gzip(&text));
+                *memo = Some((text, packed.clone()));
+                packed
+            }
+        }
     }
 
     /// The answer frame to one text frame.

@@ -19,6 +19,17 @@ impl ProcessesCollector {
     }
 }
 
+impl ProcessesCollector {
+    /// Scans for the Prometheus scrape; `None` (logged) when listing failed.
+    pub fn scan_for_samples(&mut self) -> Option<&ProcessScanner> {
+        if let Err(e) = self.scanner.scan() {
+            tracing::error!(error = %e, "listing processes failed");
+            return None;
+        }
+        Some(&self.scanner)
+    }
+}
+
 impl Collect for ProcessesCollector {
     fn collect(&mut self) -> Message {
         let frame = match self.scanner.scan() {
