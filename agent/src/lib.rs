@@ -5,6 +5,7 @@
 pub mod collect;
 pub mod config;
 pub mod cputime;
+pub mod host;
 pub mod protocol;
 pub mod server;
 pub mod service;

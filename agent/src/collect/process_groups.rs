@@ -16,7 +16,8 @@
 
 use std::collections::HashMap;
 
-use super::schedstat::SchedStat;
+use crate::cputime::rate::RateRule;
+use crate::host::schedstat::SchedStat;
 
 /// The series all names past the cap are summed into.
 pub const OTHER: &str = "other";
@@ -25,9 +26,8 @@ pub const OTHER: &str = "other";
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ProcessSample<'a> {
     pub pid: u32,
-    /// With the pid, names the process across pid reuse (any unit, as long as a
-    /// source keeps to one).
-    pub start_time: u64,
+    /// With the pid, names the process across pid reuse (ns since boot).
+    pub start_time_ns: u64,
     pub comm: &'a str,
     pub rss_bytes: u64,
     /// Cumulative CPU time of all its threads.
@@ -40,7 +40,7 @@ pub struct ProcessSample<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExitRecord<'a> {
     pub pid: u32,
-    pub start_time: u64,
+    pub start_time_ns: u64,
     pub comm: &'a str,
     pub cpu_ns: u64,
 }
@@ -72,7 +72,7 @@ pub struct TopProcess {
 #[derive(Debug, Clone, Copy)]
 struct Known {
     pid: u32,
-    start_time: u64,
+    start_time_ns: u64,
     cpu_ns: u64,
     sched: Option<SchedStat>,
     /// Index into `CommGroups::groups`, or `None` for `other`.
@@ -83,6 +83,8 @@ struct Known {
 #[derive(Debug)]
 pub struct CommGroups {
     max_names: usize,
+    /// Tells a reused pid from the same process.
+    rate: RateRule,
     groups: Vec<CommTotals>,
     index: HashMap<String, usize>,
     other: CommTotals,
@@ -93,9 +95,10 @@ pub struct CommGroups {
 }
 
 impl CommGroups {
-    pub fn new(max_names: usize) -> Self {
+    pub fn new(max_names: usize, rate: RateRule) -> Self {
         Self {
             max_names,
+            rate,
             groups: Vec::new(),
             index: HashMap::new(),
             other: CommTotals { comm: OTHER.to_owned(), ..CommTotals::default() },
@@ -107,7 +110,7 @@ impl CommGroups {
 
     /// Adds one sample. `processes` must be sorted by pid. `read_sched` is asked
     /// for the schedstat of a process only when it is new or its CPU time moved
-    /// (see [`super::schedstat`]); `None` means unreadable (it exited meanwhile).
+    /// (see [`crate::host::schedstat`]); `None` means unreadable (it exited meanwhile).
     pub fn update(&mut self, processes: &[ProcessSample<'_>], mut read_sched: impl FnMut(u32) -> Option<SchedStat>) {
         for group in self.groups.iter_mut().chain(std::iter::once(&mut self.other)) {
             group.processes = 0;
@@ -117,7 +120,8 @@ impl CommGroups {
         let mut previous = std::mem::take(&mut self.known).into_iter().peekable();
         for process in processes {
             while previous.next_if(|k| k.pid < process.pid).is_some() {}
-            let before = previous.next_if(|k| k.pid == process.pid).filter(|k| k.start_time == process.start_time);
+            let before = (previous.next_if(|k| k.pid == process.pid))
+                .filter(|k| self.rate.is_same_process(k.start_time_ns, process.start_time_ns));
             let group = self.group_of(process.comm);
             let cpu_moved = before.is_none_or(|k| k.cpu_ns != process.cpu_ns);
             let sched = if cpu_moved {
@@ -137,7 +141,7 @@ impl CommGroups {
             }
             self.next_known.push(Known {
                 pid: process.pid,
-                start_time: process.start_time,
+                start_time_ns: process.start_time_ns,
                 cpu_ns: process.cpu_ns,
                 sched,
                 group,
@@ -153,7 +157,7 @@ impl CommGroups {
     pub fn add_exits(&mut self, exits: &[ExitRecord<'_>]) {
         for exit in exits {
             let position = (self.known.binary_search_by_key(&exit.pid, |k| k.pid).ok())
-                .filter(|&i| self.known[i].start_time == exit.start_time);
+                .filter(|&i| self.rate.is_same_process(self.known[i].start_time_ns, exit.start_time_ns));
             let (group, already) = match position {
                 Some(i) => (self.known[i].group, self.known[i].cpu_ns),
                 None => (self.group_of(exit.comm), 0),
@@ -224,7 +228,11 @@ mod tests {
     use super::*;
 
     fn p(pid: u32, comm: &'static str, cpu_ns: u64) -> ProcessSample<'static> {
-        ProcessSample { pid, start_time: 7, comm, rss_bytes: 1000, cpu_ns, cpu_percent: 0.0 }
+        ProcessSample { pid, start_time_ns: 7_000_000_000, comm, rss_bytes: 1000, cpu_ns, cpu_percent: 0.0 }
+    }
+
+    fn groups(max_names: usize) -> CommGroups {
+        CommGroups::new(max_names, RateRule::new(2, 100))
     }
 
     fn totals(groups: &CommGroups) -> Vec<(String, u64, u64)> {
@@ -237,7 +245,7 @@ mod tests {
 
     #[test]
     fn cpu_time_is_summed_per_name_and_kept_after_exit() {
-        let mut groups = CommGroups::new(10);
+        let mut groups = groups(10);
         groups.update(&[p(1, "a", 100), p(2, "b", 50), p(3, "a", 10)], no_sched);
         assert_eq!(totals(&groups), [("a".into(), 110, 2), ("b".into(), 50, 1)]);
         // Process 3 exited after using 5 more ns the sample did not see.
@@ -247,7 +255,7 @@ mod tests {
 
     #[test]
     fn an_exec_under_a_new_name_does_not_take_time_from_the_old_one() {
-        let mut groups = CommGroups::new(10);
+        let mut groups = groups(10);
         groups.update(&[p(1, "sh", 100)], no_sched);
         groups.update(&[p(1, "sleep", 120)], no_sched);
         assert_eq!(totals(&groups), [("sh".into(), 100, 0), ("sleep".into(), 20, 1)]);
@@ -255,16 +263,16 @@ mod tests {
 
     #[test]
     fn a_reused_pid_counts_as_a_new_process() {
-        let mut groups = CommGroups::new(10);
+        let mut groups = groups(10);
         groups.update(&[p(1, "a", 100)], no_sched);
-        let reused = ProcessSample { start_time: 8, ..p(1, "a", 30) };
+        let reused = ProcessSample { start_time_ns: 8_000_000_000, ..p(1, "a", 30) };
         groups.update(&[reused], no_sched);
         assert_eq!(totals(&groups), [("a".into(), 130, 1)]);
     }
 
     #[test]
     fn names_past_the_cap_go_to_other_for_good() {
-        let mut groups = CommGroups::new(2);
+        let mut groups = groups(2);
         groups.update(&[p(1, "a", 1), p(2, "b", 2), p(3, "c", 4), p(4, "d", 8)], no_sched);
         assert_eq!(totals(&groups), [("a".into(), 1, 1), ("b".into(), 2, 1), ("other".into(), 12, 2)]);
         // Even once "a" and "b" are gone, "c" stays in other.
@@ -274,7 +282,7 @@ mod tests {
 
     #[test]
     fn schedstat_is_read_only_for_processes_whose_cpu_time_moved() {
-        let mut groups = CommGroups::new(10);
+        let mut groups = groups(10);
         let mut asked = Vec::new();
         // Each reading is later, so larger, than the one before.
         let mut reader = |pid: u32| {
@@ -292,11 +300,11 @@ mod tests {
 
     #[test]
     fn exit_records_add_what_the_last_sample_missed_and_processes_it_never_saw() {
-        let mut groups = CommGroups::new(10);
+        let mut groups = groups(10);
         groups.update(&[p(1, "a", 100), p(2, "b", 10)], no_sched);
         groups.add_exits(&[
-            ExitRecord { pid: 2, start_time: 7, comm: "b", cpu_ns: 25 },
-            ExitRecord { pid: 9, start_time: 7, comm: "short", cpu_ns: 40 },
+            ExitRecord { pid: 2, start_time_ns: 7_000_000_000, comm: "b", cpu_ns: 25 },
+            ExitRecord { pid: 9, start_time_ns: 7_000_000_000, comm: "short", cpu_ns: 40 },
         ]);
         groups.update(&[p(1, "a", 100)], no_sched);
         assert_eq!(totals(&groups), [("a".into(), 100, 1), ("b".into(), 25, 0), ("short".into(), 40, 0)]);

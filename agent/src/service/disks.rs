@@ -10,9 +10,9 @@ use super::cache::Collect;
 use crate::collect::disks::{
     FilesystemSpace, Mount, Space, is_partition, parse_mountinfo, real_mounts, statfs_may_wait, statvfs_c,
 };
-use crate::collect::procfs::KeptFile;
 use crate::collect::temperature::disk_temperature;
 use crate::config::Collection;
+use crate::host::procfs::KeptFile;
 use crate::protocol::answer::Disk;
 use crate::protocol::framing::json_frame;
 

@@ -14,11 +14,13 @@ use super::cache::Collect;
 use super::disks::DisksCollector;
 use super::metrics::MetricsCollector;
 use super::processes::ProcessesCollector;
-use crate::collect::clock::HostClock;
 use crate::collect::process_groups::{CommGroups, ProcessSample, top_by_cpu};
-use crate::collect::processes::SharedCpuSource;
-use crate::collect::schedstat::read_schedstat;
 use crate::config::PrometheusLimits;
+use crate::cputime::SharedCpuSource;
+use crate::cputime::rate::RateRule;
+use crate::host::HostFacts;
+use crate::host::clock::HostClock;
+use crate::host::schedstat::read_schedstat;
 use crate::protocol::prometheus::{AgentHealth, HostFigures, ProcessFigures, Scrape, encode};
 use crate::sync::lock;
 
@@ -40,7 +42,7 @@ impl PrometheusCollector {
         disks: Arc<Mutex<DisksCollector>>,
         processes: Arc<Mutex<ProcessesCollector>>,
         cpu_source: SharedCpuSource,
-        clock: HostClock,
+        host: HostFacts,
         proc_root: PathBuf,
         limits: PrometheusLimits,
     ) -> Self {
@@ -49,10 +51,10 @@ impl PrometheusCollector {
             disks,
             processes,
             cpu_source,
-            clock,
+            clock: host.clock,
             proc_root,
             limits,
-            groups: CommGroups::new(limits.max_comm_names),
+            groups: CommGroups::new(limits.max_comm_names, RateRule::new(host.cpus, host.clock.ticks_per_second())),
             schedstat_buffer: Vec::new(),
         }
     }
