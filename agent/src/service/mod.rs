@@ -26,7 +26,7 @@ use details::ProcessDetails;
 use disks::DisksCollector;
 use metrics::MetricsCollector;
 use processes::ProcessesCollector;
-use prometheus::PrometheusCollector;
+use prometheus::{PrometheusCollector, ScrapeLease};
 
 pub use cache::Collect;
 
@@ -38,6 +38,7 @@ pub struct Service {
     /// The last scrape text and its gzip, so concurrent scrapers that accept gzip
     /// share one compression.
     prometheus_gzip: Mutex<Option<(Bytes, Bytes)>>,
+    scrape_lease: Mutex<ScrapeLease<ClientGuard>>,
     details: ProcessDetails,
     cpu_source: SharedCpuSource,
     cpu_source_kind: CpuSourceKind,
@@ -98,6 +99,7 @@ impl Service {
             // scraping at once share one collection.
             prometheus: Cached::new(prometheus, config.ttls.metrics),
             prometheus_gzip: Mutex::new(None),
+            scrape_lease: Mutex::new(ScrapeLease::default()),
             details,
             cpu_source,
             cpu_source_kind,
@@ -121,11 +123,12 @@ impl Service {
         self.cpu_source_kind
     }
 
-    /// One Prometheus scrape: the text exposition, gzipped when `gzip`. The scrape
-    /// counts as a client while it runs, so the eBPF source keeps its periodic
-    /// repair attached only while someone reads it.
+    /// One Prometheus scrape: the text exposition, gzipped when `gzip`. A scrape
+    /// counts as a connected client until about two scrape intervals later (see
+    /// [`ScrapeLease`]).
     pub async fn prometheus(self: &Arc<Self>, gzip: bool) -> Bytes {
-        let _client = self.client_connected();
+        let client = self.client_connected();
+        crate::sync::lock(&self.scrape_lease).renew(client);
         let text = match self.prometheus.get().await {
             Message::Binary(bytes) => bytes,
             other => other.into_data(),
