@@ -182,7 +182,9 @@ fn a_real_prometheus_finds_each_hosts_own_processes() {
     let mut agents = Vec::new();
     for (index, host) in fleet.hosts.iter().enumerate() {
         let mut launcher = host.launcher();
-        let mut args = vec![];
+        // Each scrape scans afresh, so a sample's time is its scan's time (with the
+        // default TTL a scrape may render a scan up to 1 s old).
+        let mut args = vec!["--processes-ttl-ms", "0"];
         if index != 1 {
             launcher.extend(["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"].map(String::from));
             args.extend(["--ebpf", "off"]);

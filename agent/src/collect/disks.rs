@@ -1,10 +1,51 @@
-//! Mounted real filesystems and their space, from `/proc/self/mountinfo`
-//! (proc(5)) and statvfs(3). Pseudo filesystems are left out, and a filesystem
-//! mounted several times (bind mounts) is listed once, at its first mount point.
+//! Mounted real filesystems and their space (`get_disks`), from
+//! `/proc/self/mountinfo` (proc(5)) and statvfs(3). Pseudo filesystems are left
+//! out, and a filesystem mounted several times (bind mounts) is listed once, at its
+//! first mount point.
 
 use std::collections::HashSet;
 use std::ffi::{CStr, CString};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use super::temperature::disk_temperature;
+use super::{Collect, CollectError};
+use crate::config::Collection;
+use crate::host::procfs::KeptFile;
+
+/// Every real mounted filesystem at one instant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DisksSnapshot {
+    /// When it was read (wall clock).
+    pub sampled_at: SystemTime,
+    /// In mountinfo order.
+    pub disks: Vec<Disk>,
+}
+
+/// One mounted filesystem; serialises as the socktop answer's disk object.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Disk {
+    /// The filesystem's source (a device such as `/dev/sda1`, or a share).
+    pub name: String,
+    /// Bytes.
+    pub total: u64,
+    /// Bytes available to unprivileged users.
+    pub available: u64,
+    /// °C, when the disk has a sensor and temperatures are on.
+    pub temperature: Option<f32>,
+    pub is_partition: bool,
+    /// Bytes free including the blocks reserved for root, where it is mounted and
+    /// its type: Prometheus exports them with node_exporter's labels; the socktop
+    /// answer has no field for them.
+    #[serde(skip)]
+    pub free: u64,
+    #[serde(skip)]
+    pub mount_point: String,
+    #[serde(skip)]
+    pub fs_type: String,
+}
 
 /// One line of mountinfo, reduced to what the disk list needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,16 +127,6 @@ pub struct Space {
     pub free: u64,
 }
 
-/// A mounted real filesystem and its space, labelled as node_exporter labels it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FilesystemSpace {
-    /// The mount source (`/dev/sda1`, `server:/export`).
-    pub device: String,
-    pub mount_point: String,
-    pub fs_type: String,
-    pub space: Space,
-}
-
 pub fn statvfs(mount_point: &str) -> std::io::Result<Space> {
     statvfs_c(&CString::new(mount_point).map_err(std::io::Error::other)?)
 }
@@ -130,6 +161,104 @@ pub fn statfs_may_wait(fs_type: &str) -> bool {
 pub fn is_partition(sys_root: &Path, source: &str) -> bool {
     let Some(name) = source.strip_prefix("/dev/") else { return false };
     sys_root.join("class/block").join(name).join("partition").exists()
+}
+
+pub struct DisksCollector {
+    /// Kept open: it tells of mount changes by POLLPRI, so it is read and parsed
+    /// again only then, not on every request.
+    mountinfo: KeptFile,
+    sys_root: PathBuf,
+    temperature: bool,
+    /// The real filesystems as of the last mountinfo read.
+    mounts: Vec<KnownMount>,
+}
+
+/// A mount and what does not change while it stays mounted.
+struct KnownMount {
+    mount: Mount,
+    path: CString,
+    is_partition: bool,
+}
+
+impl DisksCollector {
+    pub fn new(collection: &Collection) -> Self {
+        Self {
+            mountinfo: KeptFile::new(collection.proc_root.join("self/mountinfo")),
+            sys_root: collection.sys_root.clone(),
+            temperature: collection.temperature,
+            mounts: Vec::new(),
+        }
+    }
+
+    pub fn sample(&mut self) -> DisksSnapshot {
+        self.refresh_mounts();
+        let disks = self
+            .mounts
+            .iter()
+            .filter_map(|known| {
+                let space = statvfs_c(&known.path)
+                    .inspect_err(|e| tracing::debug!(mount = %known.mount.mount_point, error = %e, "statvfs failed"))
+                    .ok()
+                    .filter(|space| space.total > 0)?;
+                Some(Disk {
+                    is_partition: known.is_partition,
+                    temperature: self.temperature_of(&known.mount.source),
+                    name: known.mount.source.clone(),
+                    total: space.total,
+                    available: space.available,
+                    free: space.free,
+                    mount_point: known.mount.mount_point.clone(),
+                    fs_type: known.mount.fs_type.clone(),
+                })
+            })
+            .collect();
+        DisksSnapshot { sampled_at: SystemTime::now(), disks }
+    }
+
+    /// Reads mountinfo again when it says the mounts changed (or was never read).
+    fn refresh_mounts(&mut self) {
+        if !self.mountinfo.signals_change() {
+            return;
+        }
+        let mounts = match self.mountinfo.read() {
+            Ok(text) => real_mounts(parse_mountinfo(text)),
+            Err(e) => {
+                tracing::debug!(error = %e, "read failed");
+                Vec::new()
+            }
+        };
+        self.mounts = mounts
+            .into_iter()
+            .filter_map(|mount| {
+                let path = CString::new(mount.mount_point.as_str()).ok()?;
+                let is_partition = is_partition(&self.sys_root, &mount.source);
+                Some(KnownMount { mount, path, is_partition })
+            })
+            .collect();
+    }
+
+    fn temperature_of(&self, source: &str) -> Option<f32> {
+        let device = source.strip_prefix("/dev/")?;
+        if !self.temperature {
+            return None;
+        }
+        disk_temperature(&self.sys_root, device)
+    }
+}
+
+impl Collect for DisksCollector {
+    type Snapshot = DisksSnapshot;
+
+    fn collect(&mut self) -> Result<DisksSnapshot, CollectError> {
+        Ok(self.sample())
+    }
+
+    /// Local filesystems answer statfs from memory; network and FUSE ones, and
+    /// disk temperature sensors, may wait.
+    fn never_waits(&mut self) -> bool {
+        self.refresh_mounts();
+        !self.temperature && self.mounts.iter().all(|known| !statfs_may_wait(&known.mount.fs_type))
+    }
 }
 
 #[cfg(test)]

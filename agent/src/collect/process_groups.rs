@@ -16,25 +16,13 @@
 
 use std::collections::HashMap;
 
+use super::processes::ProcessSample;
+
 use crate::cputime::rate::RateRule;
 use crate::host::schedstat::SchedStat;
 
 /// The series all names past the cap are summed into.
 pub const OTHER: &str = "other";
-
-/// One live process, as a sample of the processes list knows it.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ProcessSample<'a> {
-    pub pid: u32,
-    /// With the pid, names the process across pid reuse (ns since boot).
-    pub start_time_ns: u64,
-    pub comm: &'a str,
-    pub rss_bytes: u64,
-    /// Cumulative CPU time of all its threads.
-    pub cpu_ns: u64,
-    /// Its share of the whole machine over the list's last interval, 0..100.
-    pub cpu_percent: f32,
-}
 
 /// The final CPU time of a process that exited, from a source that sees exits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +46,8 @@ pub struct CommTotals {
     pub rss_bytes: u64,
 }
 
-/// A process of the top list.
+/// A process of the top list; `cpu_percent` is its share of the whole machine
+/// over the snapshot's interval, 0..100.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TopProcess {
     pub pid: u32,
@@ -108,10 +97,10 @@ impl CommGroups {
         }
     }
 
-    /// Adds one sample. `processes` must be sorted by pid. `read_sched` is asked
+    /// Adds one scan's processes (sorted by pid, as a snapshot lists them). `read_sched` is asked
     /// for the schedstat of a process only when it is new or its CPU time moved
     /// (see [`crate::host::schedstat`]); `None` means unreadable (it exited meanwhile).
-    pub fn update(&mut self, processes: &[ProcessSample<'_>], mut read_sched: impl FnMut(u32) -> Option<SchedStat>) {
+    pub fn update(&mut self, processes: &[ProcessSample], mut read_sched: impl FnMut(u32) -> Option<SchedStat>) {
         for group in self.groups.iter_mut().chain(std::iter::once(&mut self.other)) {
             group.processes = 0;
             group.rss_bytes = 0;
@@ -122,7 +111,7 @@ impl CommGroups {
             while previous.next_if(|k| k.pid < process.pid).is_some() {}
             let before = (previous.next_if(|k| k.pid == process.pid))
                 .filter(|k| self.rate.is_same_process(k.start_time_ns, process.start_time_ns));
-            let group = self.group_of(process.comm);
+            let group = self.group_of(&process.name);
             let cpu_moved = before.is_none_or(|k| k.cpu_ns != process.cpu_ns);
             let sched = if cpu_moved {
                 self.schedstat_reads += 1;
@@ -198,11 +187,10 @@ impl CommGroups {
 }
 
 /// The `n` processes with the highest CPU share, highest first (ties by pid).
-pub fn top_by_cpu(processes: &[ProcessSample<'_>], n: usize) -> Vec<TopProcess> {
-    let mut ranked: Vec<&ProcessSample<'_>> = processes.iter().collect();
-    let by_share = |a: &&ProcessSample<'_>, b: &&ProcessSample<'_>| {
-        b.cpu_percent.total_cmp(&a.cpu_percent).then(a.pid.cmp(&b.pid))
-    };
+pub fn top_by_cpu(processes: &[ProcessSample], n: usize) -> Vec<TopProcess> {
+    let mut ranked: Vec<&ProcessSample> = processes.iter().collect();
+    let share = |p: &ProcessSample| p.cpu_share.unwrap_or(0.0);
+    let by_share = |a: &&ProcessSample, b: &&ProcessSample| share(b).total_cmp(&share(a)).then(a.pid.cmp(&b.pid));
     if n < ranked.len() {
         if n == 0 {
             return Vec::new();
@@ -215,9 +203,9 @@ pub fn top_by_cpu(processes: &[ProcessSample<'_>], n: usize) -> Vec<TopProcess> 
         .into_iter()
         .map(|p| TopProcess {
             pid: p.pid,
-            comm: p.comm.to_owned(),
+            comm: p.name.to_string(),
             cpu_ns: p.cpu_ns,
-            cpu_percent: p.cpu_percent,
+            cpu_percent: share(p),
             rss_bytes: p.rss_bytes,
         })
         .collect()
@@ -227,8 +215,8 @@ pub fn top_by_cpu(processes: &[ProcessSample<'_>], n: usize) -> Vec<TopProcess> 
 mod tests {
     use super::*;
 
-    fn p(pid: u32, comm: &'static str, cpu_ns: u64) -> ProcessSample<'static> {
-        ProcessSample { pid, start_time_ns: 7_000_000_000, comm, rss_bytes: 1000, cpu_ns, cpu_percent: 0.0 }
+    fn p(pid: u32, comm: &str, cpu_ns: u64) -> ProcessSample {
+        ProcessSample { pid, start_time_ns: 7_000_000_000, name: comm.into(), rss_bytes: 1000, cpu_ns, cpu_share: None }
     }
 
     fn groups(max_names: usize) -> CommGroups {
@@ -314,7 +302,7 @@ mod tests {
     fn the_top_list_is_ordered_by_share_and_bounded() {
         let mut processes = Vec::new();
         for (pid, share) in [(1, 5.0), (2, 50.0), (3, 0.0), (4, 20.0), (5, 20.0)] {
-            processes.push(ProcessSample { cpu_percent: share, ..p(pid, "x", 0) });
+            processes.push(ProcessSample { cpu_share: Some(share), ..p(pid, "x", 0) });
         }
         let pids = |n| top_by_cpu(&processes, n).into_iter().map(|t| t.pid).collect::<Vec<_>>();
         assert_eq!(pids(3), [2, 4, 5]);

@@ -54,6 +54,14 @@ mod tests {
         assert_eq!(parse_schedstat(b"1 x 3\n"), None);
     }
 
+    /// This thread's CPU time from the kernel's thread clock.
+    fn thread_cpu_ns() -> u64 {
+        let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: clock_gettime writes one timespec into `now`.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+        now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+    }
+
     #[test]
     fn this_thread_has_run_and_its_counters_only_grow() {
         let mut buffer = Vec::new();
@@ -62,12 +70,14 @@ mod tests {
         // SAFETY: gettid has no preconditions.
         let tid = unsafe { libc::gettid() } as u32;
         let first = read_schedstat(root, tid, &mut buffer).expect("own schedstat");
-        let spin = std::time::Instant::now();
-        while spin.elapsed() < std::time::Duration::from_millis(20) {}
+        // 20 ms of CPU time, however busy the host is.
+        let until = thread_cpu_ns() + 20_000_000;
+        while thread_cpu_ns() < until {}
+        // Leaving the CPU brings the kernel's figures up to date.
         std::thread::yield_now();
         let second = read_schedstat(root, tid, &mut buffer).expect("own schedstat");
         assert!(first.timeslices > 0, "{first:?}");
-        assert!(second.run_ns >= first.run_ns + 10_000_000, "{first:?} then {second:?}");
+        assert!(second.run_ns >= first.run_ns + 20_000_000, "{first:?} then {second:?}");
         assert!(second.wait_ns >= first.wait_ns && second.timeslices >= first.timeslices);
     }
 }

@@ -9,10 +9,11 @@
 use std::fmt::Write as _;
 
 use crate::collect::cpu::{CPU_MODES, CpuStat};
-use crate::collect::disks::FilesystemSpace;
+use crate::collect::disks::Disk;
+use crate::collect::gpu::GpuReading;
 use crate::collect::memory::MemoryInfo;
+use crate::collect::network::Network;
 use crate::collect::process_groups::{CommTotals, TopProcess};
-use crate::protocol::answer::{Gpu, Network};
 
 /// The `Content-Type` of the format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -34,8 +35,9 @@ pub struct HostFigures<'a> {
     pub boot_time_unix: u64,
     pub memory: &'a MemoryInfo,
     pub networks: &'a [Network],
-    pub filesystems: &'a [FilesystemSpace],
-    pub gpus: &'a [Gpu],
+    /// Real filesystems, as the disks answer lists them.
+    pub filesystems: &'a [Disk],
+    pub gpus: &'a [GpuReading],
 }
 
 /// Per-process figures, bounded.
@@ -197,26 +199,24 @@ fn write_host(w: &mut Writer, host: &HostFigures<'_>) {
             w.sample(name, &[("device", &network.name)], pick(network));
         }
     }
-    let filesystems: [Family<FilesystemSpace, u64>; 3] = [
-        ("node_filesystem_size_bytes", "Filesystem size in bytes.", |f| f.space.total),
-        ("node_filesystem_free_bytes", "Filesystem free space in bytes.", |f| f.space.free),
-        ("node_filesystem_avail_bytes", "Filesystem space available to non-root users in bytes.", |f| {
-            f.space.available
-        }),
+    let filesystems: [Family<Disk, u64>; 3] = [
+        ("node_filesystem_size_bytes", "Filesystem size in bytes.", |f| f.total),
+        ("node_filesystem_free_bytes", "Filesystem free space in bytes.", |f| f.free),
+        ("node_filesystem_avail_bytes", "Filesystem space available to non-root users in bytes.", |f| f.available),
     ];
     for (name, help, pick) in filesystems {
         w.family(name, help, Kind::Gauge);
         for fs in host.filesystems {
-            let labels = [("device", fs.device.as_str()), ("fstype", &fs.fs_type), ("mountpoint", &fs.mount_point)];
+            let labels = [("device", fs.name.as_str()), ("fstype", &fs.fs_type), ("mountpoint", &fs.mount_point)];
             w.sample(name, &labels, pick(fs));
         }
     }
 }
 
-fn write_gpus(w: &mut Writer, gpus: &[Gpu]) {
-    let families: [Family<Gpu, Option<f64>>; 4] = [
+fn write_gpus(w: &mut Writer, gpus: &[GpuReading]) {
+    let families: [Family<GpuReading, Option<f64>>; 4] = [
         ("socktop_gpu_utilization_ratio", "GPU busy share, 0 to 1.", |g| {
-            g.utilization_gpu_pct.map(|pct| f64::from(pct) / 100.0)
+            g.utilization_pct.map(|pct| f64::from(pct) / 100.0)
         }),
         ("socktop_gpu_memory_used_bytes", "GPU memory in use, in bytes.", |g| g.mem_used_bytes.map(|b| b as f64)),
         ("socktop_gpu_memory_total_bytes", "GPU memory, in bytes.", |g| g.mem_total_bytes.map(|b| b as f64)),
@@ -227,7 +227,7 @@ fn write_gpus(w: &mut Writer, gpus: &[Gpu]) {
         for (index, gpu) in gpus.iter().enumerate() {
             let Some(value) = pick(gpu) else { continue };
             let index = index.to_string();
-            let vendor = gpu.vendor.as_deref().unwrap_or_default();
+            let vendor = gpu.vendor.unwrap_or_default();
             w.sample(name, &[("gpu", &index), ("name", &gpu.name), ("vendor", vendor)], value);
         }
     }
@@ -338,17 +338,20 @@ fn write_agent(w: &mut Writer, agent: &AgentHealth) {
 mod tests {
     use super::*;
     use crate::collect::cpu::parse_proc_stat;
-    use crate::collect::disks::Space;
 
-    fn render(comms: &[CommTotals], gpus: &[Gpu], agent: &AgentHealth) -> String {
+    fn render(comms: &[CommTotals], gpus: &[GpuReading], agent: &AgentHealth) -> String {
         let cpu = parse_proc_stat("cpu  10 0 0 0 0 0 0 0\ncpu0 4705 150 1120 16250 520 0 23 7\n");
         let memory = MemoryInfo { mem_total: 2048, mem_available: 1024, ..MemoryInfo::default() };
         let networks = [Network { name: "eth0".into(), received: 5_000_000_000, transmitted: 9 }];
-        let filesystems = [FilesystemSpace {
-            device: "/dev/vda".into(),
+        let filesystems = [Disk {
+            name: "/dev/vda".into(),
+            total: 100,
+            available: 40,
+            temperature: None,
+            is_partition: false,
+            free: 50,
             mount_point: "/".into(),
             fs_type: "ext4".into(),
-            space: Space { total: 100, available: 40, free: 50 },
         }];
         let top =
             [TopProcess { pid: 42, comm: "busy".into(), cpu_ns: 1_500_000_000, cpu_percent: 50.0, rss_bytes: 4096 }];
@@ -424,16 +427,13 @@ mod tests {
 
     #[test]
     fn gpus_and_agent_health_have_their_series() {
-        let gpu = Gpu {
+        let gpu = GpuReading {
             name: "Radeon".into(),
-            vendor: Some("amd".into()),
-            utilization_gpu_pct: Some(37),
+            vendor: Some("amd"),
+            utilization_pct: Some(37),
             mem_used_bytes: Some(1 << 30),
             mem_total_bytes: None,
             temp_c: Some(61.5),
-            usage: Some(37),
-            memory_total: None,
-            memory_used: Some(1 << 30),
         };
         let agent = AgentHealth {
             version: "0.1.0",

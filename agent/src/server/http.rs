@@ -96,7 +96,9 @@ async fn metrics(request: &Request<Incoming>, shared: &Shared) -> Response<Full<
         .iter()
         .filter_map(|value| value.to_str().ok())
         .any(accepts_gzip);
-    let body = shared.service.prometheus(gzip).await;
+    let Some(body) = shared.service.prometheus(gzip).await else {
+        return plain(StatusCode::INTERNAL_SERVER_ERROR, "the scrape failed; see the agent's log\n");
+    };
     let mut response = Response::new(Full::new(body));
     let response_headers = response.headers_mut();
     let content_type = HeaderValue::from_static(crate::protocol::prometheus::CONTENT_TYPE);

@@ -1,117 +1,141 @@
-//! The Prometheus scrape (`GET /metrics`): reads the host through the same
-//! collectors as the socktop answers (one processes scanner, one CPU-time source,
-//! the same kept procfs files), keeps the per-command-name counters between
-//! scrapes, and renders the text once per collection, shared by concurrent
-//! scrapes like every other answer.
+//! The Prometheus scrape (`GET /metrics`): renders the same snapshots, from the
+//! same TTL caches, as the socktop answers (one processes scanner, one CPU-time
+//! source), keeps the per-command-name counters between scrapes, and memoizes the
+//! text (and its gzip) per set of snapshots, so concurrent scrapers share one
+//! rendering like every other answer.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use hyper_tungstenite::tungstenite::Message;
+use hyper::body::Bytes;
 
-use super::cache::Collect;
-use super::disks::DisksCollector;
-use super::metrics::MetricsCollector;
-use super::processes::ProcessesCollector;
-use crate::collect::process_groups::{CommGroups, ProcessSample, top_by_cpu};
+use super::cache::Collected;
+use crate::collect::disks::DisksSnapshot;
+use crate::collect::metrics::MetricsSnapshot;
+use crate::collect::process_groups::{CommGroups, top_by_cpu};
+use crate::collect::processes::ProcessesSnapshot;
 use crate::config::PrometheusLimits;
 use crate::cputime::SharedCpuSource;
 use crate::cputime::rate::RateRule;
 use crate::host::HostFacts;
-use crate::host::clock::HostClock;
 use crate::host::schedstat::read_schedstat;
+use crate::protocol::framing::Gzip;
 use crate::protocol::prometheus::{AgentHealth, HostFigures, ProcessFigures, Scrape, encode};
 use crate::sync::lock;
 
-pub struct PrometheusCollector {
-    metrics: Arc<Mutex<MetricsCollector>>,
-    disks: Arc<Mutex<DisksCollector>>,
-    processes: Arc<Mutex<ProcessesCollector>>,
-    cpu_source: SharedCpuSource,
-    clock: HostClock,
-    proc_root: PathBuf,
-    limits: PrometheusLimits,
-    groups: CommGroups,
-    schedstat_buffer: Vec<u8>,
+/// The three snapshots one scrape renders.
+pub struct Snapshots {
+    pub metrics: Collected<MetricsSnapshot>,
+    pub disks: Collected<DisksSnapshot>,
+    pub processes: Collected<ProcessesSnapshot>,
 }
 
-impl PrometheusCollector {
-    pub fn new(
-        metrics: Arc<Mutex<MetricsCollector>>,
-        disks: Arc<Mutex<DisksCollector>>,
-        processes: Arc<Mutex<ProcessesCollector>>,
-        cpu_source: SharedCpuSource,
-        host: HostFacts,
-        proc_root: PathBuf,
-        limits: PrometheusLimits,
-    ) -> Self {
-        Self {
-            metrics,
-            disks,
-            processes,
-            cpu_source,
-            clock: host.clock,
-            proc_root,
-            limits,
-            groups: CommGroups::new(limits.max_comm_names, RateRule::new(host.cpus, host.clock.ticks_per_second())),
+impl Snapshots {
+    fn same_as(&self, other: &Snapshots) -> bool {
+        Arc::ptr_eq(&self.metrics, &other.metrics)
+            && Arc::ptr_eq(&self.disks, &other.disks)
+            && Arc::ptr_eq(&self.processes, &other.processes)
+    }
+}
+
+/// One rendering, with its gzip made by the first scraper that asks for it.
+struct Rendering {
+    of: Snapshots,
+    text: Bytes,
+    gzip: OnceLock<Bytes>,
+}
+
+pub struct PrometheusEncoder {
+    limits: PrometheusLimits,
+    host: HostFacts,
+    proc_root: PathBuf,
+    cpu_source: SharedCpuSource,
+    state: Mutex<State>,
+}
+
+struct State {
+    groups: CommGroups,
+    /// The processes snapshot last added to `groups`: each is added once.
+    counted: Option<Collected<ProcessesSnapshot>>,
+    last: Option<Arc<Rendering>>,
+    schedstat_buffer: Vec<u8>,
+    gzip: Gzip,
+}
+
+impl PrometheusEncoder {
+    pub fn new(limits: PrometheusLimits, host: HostFacts, proc_root: PathBuf, cpu_source: SharedCpuSource) -> Self {
+        let rate = RateRule::new(host.cpus, host.clock.ticks_per_second());
+        let state = State {
+            groups: CommGroups::new(limits.max_comm_names, rate),
+            counted: None,
+            last: None,
             schedstat_buffer: Vec::new(),
-        }
+            gzip: Gzip::default(),
+        };
+        Self { limits, host, proc_root, cpu_source, state: Mutex::new(state) }
     }
 
-    /// Collects and renders one scrape.
-    pub fn scrape(&mut self) -> String {
+    /// The text of `snapshots`, gzipped when `gzip`; `collection` is how long
+    /// getting them took. Reads schedstat files: run it off the async workers.
+    pub fn render(&self, snapshots: Snapshots, collection: Duration, gzip: bool) -> Bytes {
+        let rendering = self.rendering(snapshots, collection);
+        if !gzip {
+            return rendering.text.clone();
+        }
+        rendering.gzip.get_or_init(|| Bytes::from(lock(&self.state).gzip.compress(&rendering.text))).clone()
+    }
+
+    fn rendering(&self, snapshots: Snapshots, collection: Duration) -> Arc<Rendering> {
         let started = Instant::now();
-        let host = lock(&self.metrics).counters();
-        let filesystems = lock(&self.disks).filesystems();
-        let (top, processes) = self.sample_processes();
-        let comms: Vec<_> = self.groups.totals().cloned().collect();
-        let agent = self.health(started, processes);
-        let scrape = Scrape {
+        let mut state = lock(&self.state);
+        if let Some(last) = state.last.as_ref().filter(|last| last.of.same_as(&snapshots)) {
+            return Arc::clone(last);
+        }
+        let processes = snapshots.processes.value().as_ref().ok();
+        let fresh = state.counted.as_ref().is_none_or(|counted| !Arc::ptr_eq(counted, &snapshots.processes));
+        if let Some(processes) = processes.filter(|_| fresh) {
+            let State { groups, schedstat_buffer, .. } = &mut *state;
+            let proc_root = &self.proc_root;
+            groups.update(&processes.processes, |pid| read_schedstat(proc_root, pid, schedstat_buffer));
+            state.counted = Some(Arc::clone(&snapshots.processes));
+        }
+        let listed = processes.map_or(&[][..], |p| &p.processes[..]);
+        let top = top_by_cpu(listed, self.limits.top_processes);
+        let comms: Vec<_> = state.groups.totals().cloned().collect();
+        let metrics = snapshots.metrics.value().as_ref().ok();
+        let disks = snapshots.disks.value().as_ref().ok();
+        let mut agent = self.health(listed.len() as u64, state.groups.schedstat_reads as u64);
+        agent.scrape_seconds = (collection + started.elapsed()).as_secs_f64();
+        let text = encode(&Scrape {
             host: HostFigures {
-                cpu: &host.cpu,
-                ticks_per_second: self.clock.ticks_per_second(),
-                boot_time_unix: self.clock.boot_time_unix(),
-                memory: &host.memory,
-                networks: &host.networks,
-                filesystems: &filesystems,
-                gpus: &host.gpus,
+                cpu: &metrics.map(|m| m.cpu_ticks.clone()).unwrap_or_default(),
+                ticks_per_second: self.host.clock.ticks_per_second(),
+                boot_time_unix: self.host.clock.boot_time_unix(),
+                memory: &metrics.map(|m| m.memory).unwrap_or_default(),
+                networks: metrics.map_or(&[][..], |m| &m.networks),
+                filesystems: disks.map_or(&[][..], |d| &d.disks),
+                gpus: metrics.and_then(|m| m.gpus.as_deref()).unwrap_or_default(),
             },
             processes: ProcessFigures { comms: &comms, top: &top },
             agent: &agent,
-        };
-        encode(&scrape)
+        });
+        let rendering = Arc::new(Rendering { of: snapshots, text: Bytes::from(text), gzip: OnceLock::new() });
+        state.last = Some(Arc::clone(&rendering));
+        rendering
     }
 
-    /// Scans the processes through the shared scanner, adds the scan to the
-    /// per-name counters and returns the top list and how many were listed.
-    fn sample_processes(&mut self) -> (Vec<crate::collect::process_groups::TopProcess>, u64) {
-        let mut collector = lock(&self.processes);
-        let Some(scanner) = collector.scan_for_samples() else { return (Vec::new(), 0) };
-        let samples: Vec<ProcessSample<'_>> = scanner.samples().collect();
-        let (proc_root, buffer) = (&self.proc_root, &mut self.schedstat_buffer);
-        self.groups.update(&samples, |pid| read_schedstat(proc_root, pid, buffer));
-        (top_by_cpu(&samples, self.limits.top_processes), samples.len() as u64)
-    }
-
-    fn health(&self, started: Instant, processes: u64) -> AgentHealth {
+    fn health(&self, processes: u64, schedstat_reads: u64) -> AgentHealth {
         let source = lock(&self.cpu_source);
         AgentHealth {
             version: env!("CARGO_PKG_VERSION"),
             cpu_source: source.kind().as_str(),
             fallback_reason: source.fallback_reason().map(str::to_owned),
             ebpf_errors: source.error_counts(),
-            scrape_seconds: started.elapsed().as_secs_f64(),
+            scrape_seconds: 0.0,
             processes,
-            schedstat_reads: self.groups.schedstat_reads as u64,
+            schedstat_reads,
         }
-    }
-}
-
-impl Collect for PrometheusCollector {
-    /// The text, in a binary frame for the cache; the HTTP route sends its bytes.
-    fn collect(&mut self) -> Message {
-        Message::binary(self.scrape().into_bytes())
     }
 }
 
