@@ -376,6 +376,16 @@ impl CpuTimeSource for EbpfCpuTime {
         CpuSourceKind::Ebpf
     }
 
+    fn error_counts(&self) -> Vec<(&'static str, u64)> {
+        match EbpfCpuTime::error_counts(self) {
+            Ok(c) => vec![("map_full", c.map_full), ("read_task", c.read_task), ("mismatch", c.mismatch)],
+            Err(error) => {
+                tracing::debug!("reading the eBPF error counters: {error}");
+                Vec::new()
+            }
+        }
+    }
+
     fn cumulative_ns(&mut self, procs: &[ScannedCpu], out: &mut Vec<u64>) -> Result<(), CpuTimeError> {
         out.clear();
         if let Err(error) = self.resume_resync() {
