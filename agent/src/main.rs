@@ -1,6 +1,7 @@
 //! The `socktop_agent` binary: parses flags, binds, picks the CPU-time source and
 //! runs the server until SIGINT or SIGTERM.
 
+mod capabilities;
 mod cli;
 
 use std::io::IsTerminal;
@@ -31,27 +32,47 @@ fn main() -> anyhow::Result<()> {
     // runtime starts. It logs the source chosen, and why when it is /proc.
     let (cpu_source, _fallback_reason) = cputime::select_source(!cli.ebpf, &cli.proc_root, host.clock);
     release_freed_heap();
-    runtime.build().context("starting the async runtime")?.block_on(serve(cli, host, cpu_source))
+    let tls = tls_acceptor(&cli)?;
+    let listener = std::net::TcpListener::bind((cli.bind, cli.port()))
+        .with_context(|| format!("binding {}:{}", cli.bind, cli.port()))?;
+    listener.set_nonblocking(true).context("making the listening socket non-blocking")?;
+    // Everything that needed privileges beyond serving is done; no other thread runs yet.
+    drop_unneeded_capabilities(cpu_source.kind());
+    runtime.build().context("starting the async runtime")?.block_on(serve(cli, host, cpu_source, tls, listener))
 }
 
-async fn serve(cli: Cli, host: HostFacts, cpu_source: Box<dyn CpuTimeSource>) -> anyhow::Result<()> {
+/// Makes or loads the TLS certificate when TLS is on.
+fn tls_acceptor(cli: &Cli) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+    let Some(dir) = cli.tls_dir()? else { return Ok(None) };
+    let (acceptor, cert) =
+        socktop_agent::tls::load_or_create(&dir).with_context(|| format!("setting up TLS in {}", dir.display()))?;
+    let verb = if cert.created { "created" } else { "using" };
+    tracing::info!("TLS on: {verb} certificate {} (SHA-256 {})", cert.cert_path.display(), cert.sha256);
+    tracing::info!("connect with: socktop --tls-ca {} wss://HOST:{}/ws", cert.cert_path.display(), cli.port());
+    Ok(Some(acceptor))
+}
+
+/// Gives up the capabilities serving does not use, and logs what it kept and why.
+fn drop_unneeded_capabilities(cpu_source: cputime::CpuSourceKind) {
+    let needs = capabilities::run_time_needs(cpu_source, capabilities::kernel_version());
+    match capabilities::keep_only(&needs) {
+        Ok(Some(outcome)) => tracing::info!("{}", outcome.describe()),
+        Ok(None) => tracing::debug!("no capabilities held"),
+        Err(error) => tracing::warn!("dropping unneeded capabilities failed: {error}"),
+    }
+}
+
+async fn serve(
+    cli: Cli,
+    host: HostFacts,
+    cpu_source: Box<dyn CpuTimeSource>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    listener: std::net::TcpListener,
+) -> anyhow::Result<()> {
     let mut config = cli.config();
     let room = raise_open_files_limit().saturating_sub(config.limits.max_connections as u64 + SPARE_FILES);
     config.limits.kept_stat_files = config.limits.kept_stat_files.min(usize::try_from(room).unwrap_or(usize::MAX));
-    let tls = match cli.tls_dir()? {
-        Some(dir) => {
-            let (acceptor, cert) = socktop_agent::tls::load_or_create(&dir)
-                .with_context(|| format!("setting up TLS in {}", dir.display()))?;
-            let verb = if cert.created { "created" } else { "using" };
-            tracing::info!("TLS on: {verb} certificate {} (SHA-256 {})", cert.cert_path.display(), cert.sha256);
-            tracing::info!("connect with: socktop --tls-ca {} wss://HOST:{}/ws", cert.cert_path.display(), cli.port());
-            Some(acceptor)
-        }
-        None => None,
-    };
-    let listener = TcpListener::bind((cli.bind, cli.port()))
-        .await
-        .with_context(|| format!("binding {}:{}", cli.bind, cli.port()))?;
+    let listener = TcpListener::from_std(listener).context("registering the listening socket")?;
     let service = Arc::new(Service::new(&config, host, cpu_source));
     tracing::info!(
         "listening on {}://{}/ws; TLS {}; token {}; cpu source: {}",
@@ -61,6 +82,8 @@ async fn serve(cli: Cli, host: HostFacts, cpu_source: Box<dyn CpuTimeSource>) ->
         if config.token.is_some() { "on" } else { "off" },
         service.cpu_source_kind().as_str(),
     );
+    let children = config.collection.cpu_children;
+    tracing::info!("cpu children: {} ({})", children.as_str(), children.meaning());
     socktop_agent::server::run(listener, tls, config, service, shutdown_signal()).await;
     Ok(())
 }

@@ -500,6 +500,33 @@ fn listed(source: &mut EbpfCpuTime) -> Vec<ProcessRecord> {
     records
 }
 
+/// Every listed process's start time is in ns since boot, whichever path gave it:
+/// the iterator's own (to the ns) and /proc's for the pids the iterator skips (in
+/// ticks, converted) both lie within a tick of /proc/PID/stat's `starttime`.
+#[test]
+fn ebpf_listed_start_times_are_ns_since_boot_for_every_process() {
+    let _serial = serial();
+    let Some(mut source) = load_or_skip(AttachKind::BtfTracePoint) else { return };
+    let tick_ns = 1_000_000_000 / procfs::ticks_per_second();
+    let records = listed(&mut source);
+    let mut compared = 0;
+    for record in &records {
+        // Field 22, `starttime`: clock ticks after boot.
+        let Some((_, fields)) = stat_fields(record.tgid) else { continue };
+        let proc_ns = fields[22 - 3] * tick_ns;
+        let difference = record.start_time_ns.abs_diff(proc_ns);
+        assert!(
+            difference < tick_ns,
+            "pid {}: {} ns listed, /proc says {proc_ns} ns",
+            record.tgid,
+            record.start_time_ns
+        );
+        compared += 1;
+    }
+    assert!(compared > records.len() / 2, "only {compared} of {} records compared", records.len());
+    assert!(records.iter().any(|r| r.tgid == 1), "pid 1 is listed (through /proc where the iterator skips it)");
+}
+
 #[test]
 fn ebpf_process_iterator_lists_what_proc_lists() {
     let _serial = serial();

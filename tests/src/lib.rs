@@ -10,28 +10,54 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+pub mod fleet;
+
 /// A running agent, killed when dropped.
 pub struct Agent {
     child: Child,
+    /// The address it listens on, and its port.
+    pub host: String,
     pub port: u16,
     log: Arc<Mutex<Vec<String>>>,
 }
 
 /// The agent binary of this workspace, built once per test run with the same
-/// profile as the tests.
+/// profile as the tests. This package is not the agent's, so Cargo gives it no
+/// `CARGO_BIN_EXE_socktop_agent`: the path is the one Cargo reports for the build.
 pub fn agent_binary() -> &'static PathBuf {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--quiet", "-p", "socktop_agent", "--bin", "socktop_agent"])
-            .status()
-            .expect("running cargo build");
-        assert!(status.success(), "building socktop_agent failed");
-        // This test runs as target/<profile>/deps/e2e-HASH; the agent sits in target/<profile>.
-        let exe = std::env::current_exe().expect("test executable path");
-        exe.parent().and_then(|deps| deps.parent()).expect("target profile folder").join("socktop_agent")
-    })
+    BINARY.get_or_init(|| build_agent().unwrap_or_else(|error| panic!("building socktop_agent: {error:#}")))
+}
+
+fn build_agent() -> anyhow::Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let output = Command::new(cargo)
+        .args(["build", "--quiet", "--message-format=json-render-diagnostics", "--profile", &test_profile()?])
+        .args(["-p", "socktop_agent", "--bin", "socktop_agent"])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running cargo build")?;
+    anyhow::ensure!(output.status.success(), "cargo build failed ({})", output.status);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    stdout.lines().rev().find_map(agent_executable).context("cargo reported no socktop_agent executable")
+}
+
+/// The Cargo profile this test was built with, from the folder it runs in
+/// (target/<profile folder>/deps/e2e-HASH): `debug` is the dev profile's folder
+/// (`cargo test`), any other is named after its profile (`release` under
+/// `cargo test --release`).
+fn test_profile() -> anyhow::Result<String> {
+    let exe = std::env::current_exe().context("test executable path")?;
+    let folder = exe.parent().and_then(|deps| deps.parent()).and_then(|p| p.file_name()).context("profile folder")?;
+    let folder = folder.to_str().context("profile folder name")?;
+    Ok(if folder == "debug" { "dev".to_owned() } else { folder.to_owned() })
+}
+
+/// The `executable` of a `compiler-artifact` message for the agent's binary.
+fn agent_executable(line: &str) -> Option<PathBuf> {
+    let message: serde_json::Value = serde_json::from_str(line).ok()?;
+    let is_agent = message["reason"] == "compiler-artifact" && message["target"]["name"] == "socktop_agent";
+    is_agent.then(|| message["executable"].as_str().map(PathBuf::from)).flatten()
 }
 
 impl Agent {
@@ -44,6 +70,13 @@ impl Agent {
     /// Starts the agent as user `nobody` (when the tests run as root), from a copy
     /// of the binary in a folder that user can reach.
     pub fn start_unprivileged(args: &[&str]) -> anyhow::Result<(Agent, tempfile::TempDir)> {
+        Self::start_unprivileged_with(&[], args)
+    }
+
+    /// Starts the agent as user `nobody` holding only the capabilities `caps`
+    /// (names as systemd writes them, `CAP_BPF`), ambient as a unit grants them and
+    /// with the bounding set cut to them. Not root: plainly, as the current user.
+    pub fn start_unprivileged_with(caps: &[&str], args: &[&str]) -> anyhow::Result<(Agent, tempfile::TempDir)> {
         let dir = tempfile::tempdir()?;
         if !running_as_root() {
             return Ok((Self::start(args, &[])?, dir));
@@ -51,8 +84,17 @@ impl Agent {
         std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
         let binary = dir.path().join("socktop_agent");
         std::fs::copy(agent_binary(), &binary)?;
+        let set: String = std::iter::once("-all".to_owned())
+            .chain(caps.iter().map(|cap| format!("+{}", setpriv_name(cap))))
+            .collect::<Vec<_>>()
+            .join(",");
         let mut command = Command::new("setpriv");
-        command.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"]).arg(&binary);
+        command.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
+        command.arg(format!("--inh-caps={set}")).arg(format!("--bounding-set={set}"));
+        if !caps.is_empty() {
+            command.arg(format!("--ambient-caps={set}"));
+        }
+        command.arg(&binary);
         Ok((Self::spawn(command, args, &[])?, dir))
     }
 
@@ -64,8 +106,34 @@ impl Agent {
         Self::spawn(command, args, envs)
     }
 
-    fn spawn(mut command: Command, args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<Agent> {
-        command.args(["--bind", "127.0.0.1", "--port", "0"]).args(args);
+    /// Starts the agent through `launcher` (a command that ends by running the
+    /// program named after it, such as `ip netns exec NAME`), listening on
+    /// `bind:port`.
+    pub fn start_via(
+        launcher: &[&str],
+        bind: std::net::IpAddr,
+        port: u16,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> anyhow::Result<Agent> {
+        let (program, launcher_args) = launcher.split_first().context("an empty launcher")?;
+        let mut command = Command::new(program);
+        command.args(launcher_args).arg(agent_binary());
+        Self::spawn_at(command, &bind.to_string(), port, args, envs)
+    }
+
+    fn spawn(command: Command, args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<Agent> {
+        Self::spawn_at(command, "127.0.0.1", 0, args, envs)
+    }
+
+    fn spawn_at(
+        mut command: Command,
+        bind: &str,
+        port: u16,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> anyhow::Result<Agent> {
+        command.args(["--bind", bind, "--port", &port.to_string()]).args(args);
         command.env("RUST_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         for var in ["SOCKTOP_TOKEN", "SOCKTOP_ENABLE_SSL", "SOCKTOP_PORT", "SOCKTOP_AGENT_EBPF"] {
             command.env_remove(var);
@@ -85,7 +153,7 @@ impl Agent {
             }
         });
         match port_rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(port) => Ok(Agent { child, port, log }),
+            Ok(port) => Ok(Agent { child, host: bind.to_owned(), port, log }),
             Err(_) => {
                 let _ = child.kill();
                 bail!("agent did not start: {:?}", log.lock().expect("log lock"))
@@ -94,7 +162,12 @@ impl Agent {
     }
 
     pub fn ws_url(&self) -> String {
-        format!("ws://127.0.0.1:{}/ws", self.port)
+        format!("ws://{}/ws", self.address())
+    }
+
+    /// `host:port`, as a Prometheus target names it.
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
     }
 
     pub fn pid(&self) -> u32 {
@@ -148,7 +221,12 @@ impl Drop for Agent {
     }
 }
 
-fn running_as_root() -> bool {
+/// `CAP_BPF` as setpriv(1) spells it: `bpf`.
+fn setpriv_name(cap: &str) -> String {
+    cap.trim_start_matches("CAP_").to_ascii_lowercase()
+}
+
+pub fn running_as_root() -> bool {
     let uid = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
     uid.is_ok_and(|uid| uid == "0")
 }
@@ -166,6 +244,11 @@ impl Workload {
     /// A shell loop that keeps one CPU busy.
     pub fn busy_loop() -> Workload {
         Workload(Command::new("sh").args(["-c", "while :; do :; done"]).spawn().expect("spawning a busy loop"))
+    }
+
+    /// Any command, killed when dropped.
+    pub fn run(command: &mut Command) -> Workload {
+        Workload(command.spawn().expect("spawning a workload"))
     }
 
     /// A process that sleeps.
@@ -202,6 +285,13 @@ pub mod host {
     /// Pids currently in /proc.
     pub fn pids() -> Vec<u32> {
         std::fs::read_dir("/proc").expect("/proc").filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect()
+    }
+
+    /// Nanoseconds a task has run on a CPU, from the scheduler
+    /// (`/proc/PID/schedstat`, first field; the main thread of a process).
+    pub fn on_cpu_ns(pid: u32) -> u64 {
+        let schedstat = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).expect("schedstat");
+        schedstat.split_whitespace().next().and_then(|ns| ns.parse().ok()).expect("schedstat run time")
     }
 
     /// utime + stime of a process, in clock ticks.
@@ -255,5 +345,25 @@ pub mod per_pid {
             AgentResponse::JournalEntries(j) => Ok(j),
             other => anyhow::bail!("journal request got {other:?}"),
         }
+    }
+}
+
+/// The systemd unit the package ships (`deploy/socktop-agent.service`), so tests
+/// run the agent with exactly what it grants.
+pub mod unit {
+    use std::path::PathBuf;
+
+    pub fn path() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/socktop-agent.service")
+    }
+
+    /// The space-separated values of every `key=` line, in order.
+    pub fn values(key: &str) -> Vec<String> {
+        let text = std::fs::read_to_string(path()).expect("the unit file");
+        let prefix = format!("{key}=");
+        text.lines()
+            .filter_map(|line| line.trim().strip_prefix(prefix.as_str()))
+            .flat_map(|values| values.split_whitespace().map(str::to_owned))
+            .collect()
     }
 }

@@ -11,6 +11,10 @@ use prost::Message as _;
 use socktop_connector::{connect_to_socktop_agent, connect_to_socktop_agent_with_tls};
 use tokio_tungstenite::tungstenite::Message;
 
+// Parts of this one test binary kept in their own files.
+#[path = "e2e/capabilities.rs"]
+mod capabilities;
+
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn raw_client(agent: &Agent) -> Ws {
@@ -122,7 +126,7 @@ fn ebpf_required() -> bool {
 }
 
 /// Starts the agent with the CPU source asked for (`on` or `off`) and checks the
-/// processes list against the kernel's tick count of a busy loop and a sleeper.
+/// processes list against the scheduler's run time of a busy loop and a sleeper.
 async fn busy_and_idle_processes_match_the_kernel(ebpf: &str) {
     let agent = Agent::start(&["--ebpf", ebpf], &[("SOCKTOP_AGENT_PROCESSES_TTL_MS", "0")]).expect("agent starts");
     let source = agent.wait_for_log("cpu source: ", Duration::from_secs(5)).expect("source logged");
@@ -133,24 +137,32 @@ async fn busy_and_idle_processes_match_the_kernel(ebpf: &str) {
         eprintln!("skipping the eBPF half: {source}");
         return;
     }
+    assert_busy_and_idle_match_the_kernel(&agent).await;
+}
+
+/// Checks an agent's processes list (collected on every request) against the
+/// scheduler's run time of a busy loop and a sleeper started here.
+async fn assert_busy_and_idle_match_the_kernel(agent: &Agent) {
     let (busy, idle) = (Workload::busy_loop(), Workload::idle());
     let mut client = connect_to_socktop_agent(agent.ws_url()).await.expect("client connects");
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let ticks_before = host::cpu_ticks(busy.pid());
+    let ns_before = host::on_cpu_ns(busy.pid());
     let started = std::time::Instant::now();
     client::processes(&mut client).await.expect("processes answer");
     tokio::time::sleep(Duration::from_millis(2000)).await;
     let processes = client::processes(&mut client).await.expect("processes answer");
     let wall = started.elapsed();
-    let ticks = host::cpu_ticks(busy.pid()) - ticks_before;
+    let busy_ns = host::on_cpu_ns(busy.pid()) - ns_before;
 
-    // Ground truth: the kernel's own tick count over (about) the same window, as
+    // Ground truth: the scheduler's own run time over (about) the same window, as
     // a share of the whole machine.
-    let truth = ticks as f64 / 100.0 / wall.as_secs_f64() / host::cpus() as f64 * 100.0;
+    let truth = busy_ns as f64 / wall.as_nanos() as f64 / host::cpus() as f64 * 100.0;
     let usage = |pid| processes.top_processes.iter().find(|p| p.pid == pid).expect("listed").cpu_usage as f64;
     assert!((usage(busy.pid()) - truth).abs() < 5.0, "busy {} vs kernel {truth:.1}", usage(busy.pid()));
-    assert!(usage(busy.pid()) > 20.0, "a busy loop must show: {}", usage(busy.pid()));
+    // On a loaded host the loop gets less than a CPU; it must have run for the
+    // comparison above to prove anything.
+    assert!(truth > 2.0 && usage(busy.pid()) > 1.0, "the busy loop barely ran: {truth:.1}%");
     assert!(usage(idle.pid()) < 0.5, "sleep shows {}", usage(idle.pid()));
 }
 
@@ -367,6 +379,57 @@ async fn per_pid_requests_for_a_missing_process_get_an_error_naming_the_pid() {
     assert_eq!(error["request"].as_str(), Some("get_process_metrics"));
     let Answer::Json(metrics) = ask(&mut ws, "get_metrics").await else { panic!() };
     assert!(metrics.get("cpu_total").is_some());
+}
+
+/// A shell whose command line is `bytes` long, so its detail answer is large.
+struct LongCommandLine(std::process::Child);
+
+impl LongCommandLine {
+    fn start(bytes: usize) -> Self {
+        let filler = "x".repeat(bytes);
+        let child = std::process::Command::new("sh")
+            .args(["-c", "while :; do sleep 1; done", &filler])
+            .spawn()
+            .expect("spawning sh");
+        Self(child)
+    }
+}
+
+impl Drop for LongCommandLine {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_form_answers_are_text_whatever_their_size_while_commands_keep_gzip() {
+    let agent = Agent::start(&[], &[]).unwrap();
+    let mut ws = raw_client(&agent).await;
+    let shell = LongCommandLine::start(2000);
+    let pid = shell.0.id();
+    // Let the shell exec, so its command line is the long one.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    ws.send(Message::text(format!("get_process_metrics:{pid}"))).await.unwrap();
+    let Message::Binary(gzipped) = next_frame(&mut ws).await else { panic!("a command's large answer is binary") };
+    assert!(gzipped.starts_with(&[0x1f, 0x8b]), "a command's large answer is gzipped");
+    let Answer::Json(from_command) = decode(Message::Binary(gzipped)) else { panic!("gzipped JSON") };
+
+    ws.send(Message::text(format!(r#"{{"type":"process_metrics","pid":{pid}}}"#))).await.unwrap();
+    let Message::Text(text) = next_frame(&mut ws).await else { panic!("a JSON-form answer is a text frame") };
+    assert!(text.len() > 768, "the answer is large: {} bytes", text.len());
+    let from_json: serde_json::Value = serde_json::from_str(text.as_str()).unwrap();
+    assert_eq!(from_json, from_command, "both forms carry the same (cached) answer");
+    assert_eq!(from_json["process"]["pid"].as_u64(), Some(u64::from(pid)));
+
+    for request in ["get_processes", r#"{"type":"processes"}"#] {
+        ws.send(Message::text(request)).await.unwrap();
+        let Message::Binary(bytes) = next_frame(&mut ws).await else { panic!("{request}: protobuf is binary") };
+        let Answer::Processes(list) = decode(Message::Binary(bytes.clone())) else { panic!("{request}: protobuf") };
+        assert_eq!(bytes.starts_with(&[0x1f, 0x8b]), list.encoded_len() > 768, "{request}: gzip above 768 bytes");
+        assert!(list.rows.iter().any(|p| p.pid == pid), "{request}: the shell is listed");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,6 +3,7 @@
 
 mod bench;
 mod build_ebpf;
+mod deb;
 mod ebpf_cost;
 
 use clap::{CommandFactory, Parser, Subcommand};
@@ -22,6 +23,8 @@ enum Command {
     EbpfCost(ebpf_cost::Args),
     /// Benchmark this agent side by side with the original socktop_agent.
     Bench(bench::BenchArgs),
+    /// Build the Debian package (man page and completions, then cargo deb).
+    Deb(deb::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -29,6 +32,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::BuildEbpf(args)) => build_ebpf::run(&args),
         Some(Command::EbpfCost(args)) => ebpf_cost::run(&args),
         Some(Command::Bench(args)) => bench::run(args),
+        Some(Command::Deb(args)) => deb::run(&args),
         // `cargo xtask` alone lists the commands.
         None => Ok(Cli::command().print_help()?),
     }

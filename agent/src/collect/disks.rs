@@ -1,10 +1,51 @@
-//! Mounted real filesystems and their space, from `/proc/self/mountinfo`
-//! (proc(5)) and statvfs(3). Pseudo filesystems are left out, and a filesystem
-//! mounted several times (bind mounts) is listed once, at its first mount point.
+//! Mounted real filesystems and their space (`get_disks`), from
+//! `/proc/self/mountinfo` (proc(5)) and statvfs(3). Pseudo filesystems are left
+//! out, and a filesystem mounted several times (bind mounts) is listed once, at its
+//! first mount point.
 
 use std::collections::HashSet;
 use std::ffi::{CStr, CString};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use super::temperature::DiskTemperatures;
+use super::{Collect, CollectError};
+use crate::config::Collection;
+use crate::host::procfs::KeptFile;
+
+/// Every real mounted filesystem at one instant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DisksSnapshot {
+    /// When it was read (wall clock).
+    pub sampled_at: SystemTime,
+    /// In mountinfo order.
+    pub disks: Vec<Disk>,
+}
+
+/// One mounted filesystem; serialises as the socktop answer's disk object.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Disk {
+    /// The filesystem's source (a device such as `/dev/sda1`, or a share).
+    pub name: String,
+    /// Bytes.
+    pub total: u64,
+    /// Bytes available to unprivileged users.
+    pub available: u64,
+    /// °C, when the disk has a sensor and temperatures are on.
+    pub temperature: Option<f32>,
+    pub is_partition: bool,
+    /// Bytes free including the blocks reserved for root, where it is mounted and
+    /// its type: Prometheus exports them with node_exporter's labels; the socktop
+    /// answer has no field for them.
+    #[serde(skip)]
+    pub free: u64,
+    #[serde(skip)]
+    pub mount_point: String,
+    #[serde(skip)]
+    pub fs_type: String,
+}
 
 /// One line of mountinfo, reduced to what the disk list needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +123,8 @@ pub struct Space {
     pub total: u64,
     /// Free to unprivileged users (`f_bavail`), as `df` shows it.
     pub available: u64,
+    /// Free, including the blocks reserved for root (`f_bfree`).
+    pub free: u64,
 }
 
 pub fn statvfs(mount_point: &str) -> std::io::Result<Space> {
@@ -100,7 +143,7 @@ pub fn statvfs_c(path: &CStr) -> std::io::Result<Space> {
     // SAFETY: statvfs returned 0, so it initialised the struct.
     let stat = unsafe { stat.assume_init() };
     let fragment = stat.f_frsize;
-    Ok(Space { total: stat.f_blocks * fragment, available: stat.f_bavail * fragment })
+    Ok(Space { total: stat.f_blocks * fragment, available: stat.f_bavail * fragment, free: stat.f_bfree * fragment })
 }
 
 /// Filesystems whose statfs may wait on a server or a user-space daemon.
@@ -118,6 +161,100 @@ pub fn statfs_may_wait(fs_type: &str) -> bool {
 pub fn is_partition(sys_root: &Path, source: &str) -> bool {
     let Some(name) = source.strip_prefix("/dev/") else { return false };
     sys_root.join("class/block").join(name).join("partition").exists()
+}
+
+pub struct DisksCollector {
+    /// Kept open: it tells of mount changes by POLLPRI, so it is read and parsed
+    /// again only then, not on every request.
+    mountinfo: KeptFile,
+    sys_root: PathBuf,
+    /// `None` when temperatures are off.
+    temperatures: Option<DiskTemperatures>,
+    /// The real filesystems as of the last mountinfo read.
+    mounts: Vec<KnownMount>,
+}
+
+/// A mount and what does not change while it stays mounted.
+struct KnownMount {
+    mount: Mount,
+    path: CString,
+    is_partition: bool,
+}
+
+impl DisksCollector {
+    pub fn new(collection: &Collection) -> Self {
+        Self {
+            mountinfo: KeptFile::new(collection.proc_root.join("self/mountinfo")),
+            sys_root: collection.sys_root.clone(),
+            temperatures: collection.temperature.then(|| DiskTemperatures::new(&collection.sys_root)),
+            mounts: Vec::new(),
+        }
+    }
+
+    pub fn sample(&mut self) -> DisksSnapshot {
+        self.refresh_mounts();
+        let mut temperatures = self.temperatures.as_mut().map(DiskTemperatures::reads);
+        let disks = self
+            .mounts
+            .iter()
+            .filter_map(|known| {
+                let space = statvfs_c(&known.path)
+                    .inspect_err(|e| tracing::debug!(mount = %known.mount.mount_point, error = %e, "statvfs failed"))
+                    .ok()
+                    .filter(|space| space.total > 0)?;
+                Some(Disk {
+                    is_partition: known.is_partition,
+                    temperature: temperatures.as_mut().and_then(|t| t.read(&known.mount.source)),
+                    name: known.mount.source.clone(),
+                    total: space.total,
+                    available: space.available,
+                    free: space.free,
+                    mount_point: known.mount.mount_point.clone(),
+                    fs_type: known.mount.fs_type.clone(),
+                })
+            })
+            .collect();
+        DisksSnapshot { sampled_at: SystemTime::now(), disks }
+    }
+
+    /// Reads mountinfo again when it says the mounts changed (or was never read).
+    fn refresh_mounts(&mut self) {
+        if !self.mountinfo.signals_change() {
+            return;
+        }
+        let mounts = match self.mountinfo.read() {
+            Ok(text) => real_mounts(parse_mountinfo(text)),
+            Err(e) => {
+                tracing::debug!(error = %e, "read failed");
+                Vec::new()
+            }
+        };
+        self.mounts = mounts
+            .into_iter()
+            .filter_map(|mount| {
+                let path = CString::new(mount.mount_point.as_str()).ok()?;
+                let is_partition = is_partition(&self.sys_root, &mount.source);
+                Some(KnownMount { mount, path, is_partition })
+            })
+            .collect();
+    }
+}
+
+impl Collect for DisksCollector {
+    type Snapshot = DisksSnapshot;
+
+    fn collect(&mut self) -> Result<DisksSnapshot, CollectError> {
+        Ok(self.sample())
+    }
+
+    /// Local filesystems answer statfs from memory; network and FUSE ones, and
+    /// disk temperature sensors, may wait.
+    fn never_waits(&mut self) -> bool {
+        self.refresh_mounts();
+        let sources = self.mounts.iter().map(|known| known.mount.source.as_str());
+        self.temperatures.as_mut().is_none_or(|t| t.never_waits(sources))
+            && self.mounts.iter().all(|known| !statfs_may_wait(&known.mount.fs_type))
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,16 @@
 //! Cumulative bytes per network interface from `/proc/net/dev` (proc(5)); the
 //! client computes rates from successive answers.
 
-use crate::protocol::answer::Network;
+use serde::Serialize;
+
+/// Cumulative byte counters of one network interface.
+/// (Serialises as the socktop answer's network object.)
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Network {
+    pub name: String,
+    pub received: u64,
+    pub transmitted: u64,
+}
 
 /// Parses `/proc/net/dev`: two header lines, then `name: rx_bytes rx_packets ...
 /// (8 receive fields) tx_bytes ...`.

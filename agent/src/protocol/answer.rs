@@ -1,6 +1,19 @@
-//! Answer types, serialised to the exact JSON field names the socktop client decodes.
+//! The JSON shapes of the socktop answers, with the exact field names the socktop
+//! client decodes. Where the wire shape is the domain shape (a disk, a network
+//! interface, a process detail, journal entries) the collectors' types serialise
+//! as they are and are re-exported here; the shapes below exist for what only the
+//! wire needs: empty fields the client requires, GPU aliases, error answers.
+
+use std::time::UNIX_EPOCH;
 
 use serde::Serialize;
+
+pub use crate::collect::disks::Disk;
+use crate::collect::gpu::GpuReading;
+pub use crate::collect::journal::{JournalEntry, JournalResponse};
+use crate::collect::metrics::MetricsSnapshot;
+pub use crate::collect::network::Network;
+pub use crate::collect::process_detail::{ProcessDetail, ThreadDetail};
 
 /// The fast metrics answer (`get_metrics`).
 #[derive(Debug, Clone, Serialize)]
@@ -28,12 +41,27 @@ pub struct Metrics {
     pub process_count: Option<usize>,
 }
 
-/// Cumulative byte counters of one network interface.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Network {
-    pub name: String,
-    pub received: u64,
-    pub transmitted: u64,
+impl From<&MetricsSnapshot> for Metrics {
+    fn from(snapshot: &MetricsSnapshot) -> Self {
+        let memory = snapshot.memory;
+        let since_epoch = snapshot.sampled_at.duration_since(UNIX_EPOCH).unwrap_or_default();
+        Metrics {
+            sampled_at_ms: since_epoch.as_millis() as u64,
+            cpu_total: snapshot.cpu_total,
+            cpu_per_core: snapshot.cpu_per_core.clone(),
+            mem_total: memory.mem_total,
+            mem_used: memory.mem_used,
+            swap_total: memory.swap_total,
+            swap_used: memory.swap_used,
+            hostname: snapshot.hostname.clone(),
+            cpu_temp_c: snapshot.cpu_temp_c,
+            disks: Vec::new(),
+            networks: snapshot.networks.clone(),
+            top_processes: Vec::new(),
+            gpus: snapshot.gpus.as_ref().map(|gpus| gpus.iter().map(Gpu::from).collect()),
+            process_count: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -42,16 +70,6 @@ pub struct TopProcess {
     pub name: String,
     pub cpu_usage: f32,
     pub mem_bytes: u64,
-}
-
-/// One mounted filesystem (`get_disks`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Disk {
-    pub name: String,
-    pub total: u64,
-    pub available: u64,
-    pub temperature: Option<f32>,
-    pub is_partition: bool,
 }
 
 /// One GPU. The client accepts several aliases per value but rejects an object that
@@ -72,6 +90,24 @@ pub struct Gpu {
     pub memory_used: Option<u64>,
 }
 
+impl From<&GpuReading> for Gpu {
+    /// Each value once under a name the client decodes and once under the README's
+    /// name, which the client ignores (PROTOCOL.md, "Gpu object").
+    fn from(reading: &GpuReading) -> Self {
+        Gpu {
+            name: reading.name.clone(),
+            vendor: reading.vendor.map(str::to_owned),
+            utilization_gpu_pct: reading.utilization_pct,
+            mem_used_bytes: reading.mem_used_bytes,
+            mem_total_bytes: reading.mem_total_bytes,
+            temp_c: reading.temp_c,
+            usage: reading.utilization_pct,
+            memory_total: reading.mem_total_bytes,
+            memory_used: reading.mem_used_bytes,
+        }
+    }
+}
+
 /// `get_process_metrics:PID`.
 #[derive(Debug, Clone, Serialize)]
 pub struct ProcessMetricsResponse {
@@ -80,82 +116,118 @@ pub struct ProcessMetricsResponse {
     pub cached_at: u64,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct ProcessDetail {
-    pub pid: u32,
-    pub name: String,
-    /// The full command line, arguments joined by spaces.
-    pub command: String,
-    /// Share of the whole machine, 0..100, same scale as the processes list.
-    pub cpu_usage: f32,
-    pub mem_bytes: u64,
-    pub virtual_mem_bytes: u64,
-    pub shared_mem_bytes: Option<u64>,
-    pub thread_count: u32,
-    pub fd_count: Option<u32>,
-    /// "Running", "Sleeping", "Idle", "Zombie", ...
-    pub status: String,
-    pub parent_pid: Option<u32>,
-    pub user_id: u32,
-    pub group_id: u32,
-    /// Unix seconds.
-    pub start_time: u64,
-    /// Microseconds.
-    pub cpu_time_user: u64,
-    /// Microseconds.
-    pub cpu_time_system: u64,
-    pub read_bytes: Option<u64>,
-    pub write_bytes: Option<u64>,
-    pub working_directory: Option<String>,
-    pub executable_path: Option<String>,
-    pub child_processes: Vec<ProcessDetail>,
-    pub threads: Vec<ThreadDetail>,
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct ThreadDetail {
-    pub tid: u32,
-    pub name: String,
-    /// Microseconds.
-    pub cpu_time_user: u64,
-    /// Microseconds.
-    pub cpu_time_system: u64,
-    pub status: String,
-}
-
-/// `get_journal_entries:PID`.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct JournalResponse {
-    pub entries: Vec<JournalEntry>,
-    pub total_count: u32,
-    pub truncated: bool,
-    /// Why `entries` is empty when the journal could not be read.
-    pub notice: Option<String>,
-    /// Unix seconds.
-    pub cached_at: u64,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct JournalEntry {
-    /// RFC 3339, UTC.
-    pub timestamp: String,
-    pub timestamp_us: u64,
-    /// "Emergency", "Alert", "Critical", "Error", "Warning", "Notice", "Info" or "Debug".
-    pub priority: String,
-    pub message: String,
-    pub unit: Option<String>,
-    pub pid: Option<u32>,
-    pub comm: Option<String>,
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
-}
-
-/// The answer to a request that could not be served.
-#[derive(Debug, Clone, Serialize)]
+/// The answer to a request that could not be served:
+/// `{"error":"...","request":"...","pid":N}` (`pid` only for per-pid requests).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ErrorAnswer {
     pub error: String,
     /// The request as received (truncated), or the request kind for per-pid failures.
     pub request: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
+}
+
+/// How much of a bad request is echoed back in the error answer.
+const ECHO_LIMIT: usize = 128;
+
+impl ErrorAnswer {
+    /// An error answer to `request` (a command name, or what was received).
+    pub fn new(error: impl Into<String>, request: impl Into<String>) -> Self {
+        Self { error: error.into(), request: request.into(), pid: None }
+    }
+
+    /// An error answer to a per-pid request.
+    pub fn for_pid(error: impl Into<String>, request: impl Into<String>, pid: u32) -> Self {
+        Self { pid: Some(pid), ..Self::new(error, request) }
+    }
+
+    /// An error answer to a frame that is no request, echoing what was received
+    /// (its first characters).
+    pub fn unrecognised(error: impl Into<String>, received: &str) -> Self {
+        let mut echo: String = received.chars().take(ECHO_LIMIT).collect();
+        if echo.len() < received.len() {
+            echo.push('…');
+        }
+        Self::new(error, echo)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+
+    use super::*;
+
+    #[test]
+    fn error_answers_escape_their_text_and_echo_a_bounded_request() {
+        let answer = ErrorAnswer::unrecognised("bad \"quote\"", &format!("x\"{}", "y".repeat(500)));
+        let json: serde_json::Value = serde_json::to_value(&answer).unwrap();
+        assert_eq!(json["error"], "bad \"quote\"");
+        assert_eq!(json["request"].as_str().unwrap().chars().count(), ECHO_LIMIT + 1);
+        assert!(json.get("pid").is_none());
+        let per_pid = serde_json::to_value(ErrorAnswer::for_pid("gone", "get_process_metrics", 7)).unwrap();
+        assert_eq!(per_pid, serde_json::json!({"error": "gone", "request": "get_process_metrics", "pid": 7}));
+    }
+
+    /// The client's view of a Gpu (socktop_connector 1.60.1, `GpuInfo`): serde rejects
+    /// an object with two aliases of one field as a duplicate.
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[expect(dead_code, reason = "only decoding matters")]
+    struct ClientGpu {
+        name: Option<String>,
+        vendor: Option<String>,
+        #[serde(default, alias = "utilization_gpu_pct", alias = "gpu_util_pct", alias = "gpu_utilization")]
+        utilization: Option<f32>,
+        #[serde(default, alias = "mem_used_bytes", alias = "vram_used_bytes")]
+        mem_used: Option<u64>,
+        #[serde(default, alias = "mem_total_bytes", alias = "vram_total_bytes")]
+        mem_total: Option<u64>,
+        #[serde(default, alias = "temp_c", alias = "temperature_c")]
+        temp: Option<f32>,
+        // The README's names, which the real client ignores.
+        usage: Option<u32>,
+        memory_total: Option<u64>,
+        memory_used: Option<u64>,
+    }
+
+    const ALIAS_GROUPS: [&[&str]; 4] = [
+        &["utilization", "utilization_gpu_pct", "gpu_util_pct", "gpu_utilization"],
+        &["mem_used", "mem_used_bytes", "vram_used_bytes"],
+        &["mem_total", "mem_total_bytes", "vram_total_bytes"],
+        &["temp", "temp_c", "temperature_c"],
+    ];
+
+    fn assert_one_alias_per_value(gpu: Gpu) {
+        let json = serde_json::to_value(&gpu).unwrap();
+        let object = json.as_object().unwrap();
+        for group in ALIAS_GROUPS {
+            let present = group.iter().filter(|name| object.contains_key(**name)).count();
+            assert_eq!(present, 1, "{group:?} in {json}");
+        }
+        for readme in ["usage", "memory_total", "memory_used", "temp_c"] {
+            assert!(object.contains_key(readme), "README field {readme} missing in {json}");
+        }
+        let text = serde_json::to_string(&gpu).unwrap();
+        serde_json::from_str::<ClientGpu>(&text).unwrap_or_else(|e| panic!("client rejects {text}: {e}"));
+    }
+
+    #[test]
+    fn gpu_serialises_one_alias_per_value() {
+        let full = GpuReading {
+            name: "AMD Radeon RX 7600".into(),
+            vendor: Some("AMD"),
+            utilization_pct: Some(12),
+            mem_used_bytes: Some(1 << 30),
+            mem_total_bytes: Some(8 << 30),
+            temp_c: Some(48.5),
+        };
+        let json = serde_json::to_value(Gpu::from(&full)).unwrap();
+        assert_eq!(json["utilization_gpu_pct"], 12);
+        assert_eq!(json["usage"], 12);
+        assert_eq!(json["mem_used_bytes"], json["memory_used"]);
+        assert_eq!(json["mem_total_bytes"], json["memory_total"]);
+        assert_one_alias_per_value(Gpu::from(&full));
+        assert_one_alias_per_value(Gpu::from(&GpuReading { name: "bare".into(), ..GpuReading::default() }));
+    }
 }

@@ -6,9 +6,31 @@
 
 pub mod answer;
 pub mod framing;
+pub mod prometheus;
 pub mod request;
 
 /// The generated protobuf types of `proto/processes.proto`.
 pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/socktop.rs"));
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+
+    use super::pb;
+
+    fn answer() -> pb::Processes {
+        let row = |pid| pb::Process { pid, name: format!("worker {pid}"), cpu_usage: 12.5, mem_bytes: 1 << 33 };
+        pb::Processes { process_count: 3, rows: vec![row(1), row(2), row(70_000)] }
+    }
+
+    #[test]
+    fn a_processes_answer_is_the_guides_process_list_byte_for_byte() {
+        let bytes = answer().encode_to_vec();
+        let list = pb::ProcessList::decode(&bytes[..]).unwrap();
+        assert_eq!(list.process_count, 3);
+        assert_eq!(list.processes, answer().rows);
+        assert_eq!(list.encode_to_vec(), bytes, "both names must encode one answer the same way");
+    }
 }

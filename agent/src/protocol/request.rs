@@ -4,6 +4,31 @@
 
 use serde::Deserialize;
 
+/// How a request was written, which decides how its JSON answer is framed
+/// (PROTOCOL.md, "Framing of answers").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Form {
+    /// A plain command of the socktop client (`get_metrics`): JSON answers over 768
+    /// bytes are gzipped, as the original agent does.
+    Command,
+    /// The README's JSON form (`{"type":"metrics"}`): JSON answers are always text.
+    Json,
+}
+
+impl Form {
+    /// The form `text` is written in, recognised or not.
+    pub fn of(text: &str) -> Form {
+        if text.trim_start().starts_with('{') { Form::Json } else { Form::Command }
+    }
+}
+
+/// A recognised request and the form it came in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Incoming {
+    pub request: Request,
+    pub form: Form,
+}
+
 /// A recognised request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Request {
@@ -43,11 +68,16 @@ impl Request {
 }
 
 /// Parses one text frame.
-pub fn parse(text: &str) -> Result<Request, RequestError> {
-    let text = text.trim();
-    if text.starts_with('{') {
-        return parse_json(text);
-    }
+pub fn parse(text: &str) -> Result<Incoming, RequestError> {
+    let form = Form::of(text);
+    let request = match form {
+        Form::Json => parse_json(text.trim())?,
+        Form::Command => parse_command(text.trim())?,
+    };
+    Ok(Incoming { request, form })
+}
+
+fn parse_command(text: &str) -> Result<Request, RequestError> {
     match text {
         "get_metrics" => return Ok(Request::Metrics),
         "get_disks" => return Ok(Request::Disks),
@@ -91,6 +121,22 @@ fn parse_json(text: &str) -> Result<Request, RequestError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the text asks for, whatever its form.
+    fn parse(text: &str) -> Result<Request, RequestError> {
+        super::parse(text).map(|incoming| incoming.request)
+    }
+
+    #[test]
+    fn a_request_carries_the_form_it_came_in() {
+        let form = |text| super::parse(text).map(|incoming| incoming.form);
+        assert_eq!(form("get_metrics"), Ok(Form::Command));
+        assert_eq!(form("  get_process_metrics:7"), Ok(Form::Command));
+        assert_eq!(form(r#"{"type":"metrics"}"#), Ok(Form::Json));
+        assert_eq!(form(r#" {"type":"processes"}"#), Ok(Form::Json));
+        assert_eq!(Form::of("{\"type\":"), Form::Json);
+        assert_eq!(Form::of("hello"), Form::Command);
+    }
 
     #[test]
     fn plain_commands_of_the_real_client() {

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use super::Shared;
 use crate::protocol::answer::ErrorAnswer;
 use crate::protocol::framing::json_frame;
+use crate::protocol::request::Form;
 
 type Answer = Pin<Box<dyn Future<Output = Message> + Send>>;
 
@@ -77,12 +78,11 @@ fn answer_for(message: Message, shared: &Arc<Shared>) -> Option<Answer> {
             Some(Box::pin(async move { service.answer_text(text.as_str()).await }))
         }
         Message::Binary(bytes) => {
-            let error = ErrorAnswer {
-                error: "requests are text frames; binary frames are not understood".into(),
-                request: format!("<{} binary bytes>", bytes.len()),
-                pid: None,
-            };
-            Some(Box::pin(std::future::ready(json_frame(&error))))
+            let error = ErrorAnswer::new(
+                "requests are text frames; binary frames are not understood",
+                format!("<{} binary bytes>", bytes.len()),
+            );
+            Some(Box::pin(std::future::ready(json_frame(&error, Form::Command, &error.request))))
         }
         Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => None,
     }

@@ -1,34 +1,53 @@
-//! A TTL cache of ready-to-send answers that also makes concurrent requests share
+//! A TTL cache of collected snapshots that also makes concurrent requests share
 //! one collection: collectors are expensive (a processes scan reads every
 //! `/proc/PID/stat`), and fifty clients polling at once must not scan fifty times.
+//! Each snapshot keeps its renderings, one per request form, so those clients also
+//! share one encoding and one gzip.
 
-use std::sync::{Arc, Mutex, TryLockError};
+use std::sync::{Arc, Mutex, OnceLock, TryLockError};
 use std::time::Duration;
 
 use hyper_tungstenite::tungstenite::Message;
 use tokio::time::Instant;
 
-/// Something that collects one kind of answer. Runs on a blocking thread, unless
-/// it says it never waits.
-pub trait Collect: Send + 'static {
-    fn collect(&mut self) -> Message;
+use crate::collect::{Collect, CollectError};
+use crate::protocol::request::Form;
 
-    /// True when the next collection only reads procfs, sysfs and memory, a few
-    /// microseconds, and cannot wait on a device, a disk or the network. Such a
-    /// collection runs on the async worker itself: handing it to the blocking pool
-    /// costs two thread wake-ups, more CPU than the collection. Asked before each
-    /// collection (what a collector reads may change, as mounts do); it must itself
-    /// never wait.
-    fn never_waits(&mut self) -> bool {
-        false
+/// A value with its renderings, each made once, by the first request that needs it.
+#[derive(Debug)]
+pub struct Rendered<T> {
+    value: T,
+    /// One rendering per request form (see [`Form`]).
+    frames: [OnceLock<Message>; 2],
+}
+
+impl<T> Rendered<T> {
+    pub fn new(value: T) -> Self {
+        Self { value, frames: Default::default() }
+    }
+
+    pub fn value(&self) -> &T {
+        &self.value
+    }
+
+    /// The frame for `form`, rendered by `render` unless an earlier request did.
+    pub fn frame(&self, form: Form, render: impl FnOnce(&T) -> Message) -> Message {
+        let slot = match form {
+            Form::Command => &self.frames[0],
+            Form::Json => &self.frames[1],
+        };
+        slot.get_or_init(|| render(&self.value)).clone()
     }
 }
 
-pub struct Cached<C> {
+/// A collection's outcome with its renderings.
+pub type Collected<S> = Arc<Rendered<Result<S, CollectError>>>;
+
+pub struct Cached<C: Collect> {
     ttl: Duration,
     collector: Arc<Mutex<C>>,
-    /// The last answer and when its collection finished.
-    last: tokio::sync::Mutex<Option<(Instant, Message)>>,
+    /// The last collection and when it finished.
+    last: tokio::sync::Mutex<Option<(Instant, Collected<C::Snapshot>)>>,
 }
 
 impl<C: Collect> Cached<C> {
@@ -36,26 +55,27 @@ impl<C: Collect> Cached<C> {
         Self { ttl, collector: Arc::new(Mutex::new(collector)), last: tokio::sync::Mutex::new(None) }
     }
 
-    /// The cached answer when it is younger than the TTL or was collected while this
-    /// request waited; otherwise a fresh collection.
-    pub async fn get(&self) -> Message {
+    /// The cached collection when it is younger than the TTL or was made while this
+    /// request waited; otherwise a fresh one.
+    pub async fn get(&self) -> Collected<C::Snapshot> {
         let asked_at = Instant::now();
         let mut last = self.last.lock().await;
-        if let Some((finished_at, frame)) = last.as_ref()
+        if let Some((finished_at, collected)) = last.as_ref()
             && (*finished_at >= asked_at || asked_at.duration_since(*finished_at) < self.ttl)
         {
-            return frame.clone();
+            return Arc::clone(collected);
         }
-        let frame = match self.collect_inline() {
-            Some(frame) => frame,
+        let result = match self.collect_inline() {
+            Some(result) => result,
             None => self.collect_blocking().await,
         };
-        *last = Some((Instant::now(), frame.clone()));
-        frame
+        let collected = Arc::new(Rendered::new(result));
+        *last = Some((Instant::now(), Arc::clone(&collected)));
+        collected
     }
 
     /// The collection, run here when the collector says it cannot wait.
-    fn collect_inline(&self) -> Option<Message> {
+    fn collect_inline(&self) -> Option<Result<C::Snapshot, CollectError>> {
         // A collection still running on the blocking pool (its requester gone)
         // holds the collector; waiting for it here would stall the async worker.
         let mut collector = match self.collector.try_lock() {
@@ -66,7 +86,7 @@ impl<C: Collect> Cached<C> {
         collector.never_waits().then(|| collector.collect())
     }
 
-    async fn collect_blocking(&self) -> Message {
+    async fn collect_blocking(&self) -> Result<C::Snapshot, CollectError> {
         let collector = Arc::clone(&self.collector);
         let collected = tokio::task::spawn_blocking(move || {
             let mut collector = crate::sync::lock(&collector);
@@ -75,7 +95,7 @@ impl<C: Collect> Cached<C> {
         .await;
         collected.unwrap_or_else(|e| {
             tracing::error!(error = %e, "a collector panicked");
-            Message::text(r#"{"error":"collection failed"}"#)
+            Err(CollectError("collection failed".to_owned()))
         })
     }
 }
@@ -88,9 +108,10 @@ mod tests {
     struct Counting(Arc<AtomicUsize>);
 
     impl Collect for Counting {
-        fn collect(&mut self) -> Message {
-            let n = self.0.fetch_add(1, Ordering::SeqCst) + 1;
-            Message::text(n.to_string())
+        type Snapshot = usize;
+
+        fn collect(&mut self) -> Result<usize, CollectError> {
+            Ok(self.0.fetch_add(1, Ordering::SeqCst) + 1)
         }
     }
 
@@ -99,14 +120,19 @@ mod tests {
         (Arc::new(Cached::new(Counting(Arc::clone(&count)), ttl)), count)
     }
 
+    /// The collection number a cached answer carries.
+    fn number(collected: &Collected<usize>) -> usize {
+        *collected.value().as_ref().unwrap()
+    }
+
     #[tokio::test(start_paused = true)]
     async fn answers_are_reused_until_the_ttl_passes() {
         let (cache, count) = cached(Duration::from_millis(250));
-        assert_eq!(cache.get().await, Message::text("1"));
+        assert_eq!(number(&cache.get().await), 1);
         tokio::time::advance(Duration::from_millis(200)).await;
-        assert_eq!(cache.get().await, Message::text("1"));
+        assert_eq!(number(&cache.get().await), 1);
         tokio::time::advance(Duration::from_millis(60)).await;
-        assert_eq!(cache.get().await, Message::text("2"));
+        assert_eq!(number(&cache.get().await), 2);
         assert_eq!(count.load(Ordering::SeqCst), 2);
     }
 
@@ -114,9 +140,11 @@ mod tests {
     struct Inline(Arc<AtomicUsize>);
 
     impl Collect for Inline {
-        fn collect(&mut self) -> Message {
+        type Snapshot = String;
+
+        fn collect(&mut self) -> Result<String, CollectError> {
             self.0.fetch_add(1, Ordering::SeqCst);
-            Message::text(format!("{:?}", std::thread::current().id()))
+            Ok(format!("{:?}", std::thread::current().id()))
         }
         fn never_waits(&mut self) -> bool {
             true
@@ -128,7 +156,7 @@ mod tests {
         let count = Arc::new(AtomicUsize::new(0));
         let cache = Cached::new(Inline(Arc::clone(&count)), Duration::ZERO);
         let here = format!("{:?}", std::thread::current().id());
-        assert_eq!(cache.get().await, Message::text(here.clone()));
+        assert_eq!(cache.get().await.value().as_ref().unwrap(), &here);
         // A collection left running on the blocking pool holds the collector.
         let held = Arc::clone(&cache.collector);
         let guard = held.lock().unwrap();
@@ -142,7 +170,7 @@ mod tests {
         let (cache, count) = cached(Duration::ZERO);
         for expected in 1..=3 {
             tokio::time::advance(Duration::from_millis(1)).await;
-            assert_eq!(cache.get().await, Message::text(expected.to_string()));
+            assert_eq!(number(&cache.get().await), expected);
         }
         assert_eq!(count.load(Ordering::SeqCst), 3);
     }
@@ -163,8 +191,46 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         drop(guard);
         for waiter in waiters {
-            assert_eq!(waiter.await.unwrap(), Message::text("1"));
+            assert_eq!(number(&waiter.await.unwrap()), 1);
         }
         assert_eq!(count.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_requests_share_one_rendering_per_form() {
+        let (cache, _) = cached(Duration::from_secs(60));
+        let renders = Arc::new(AtomicUsize::new(0));
+        let ask = |form: Form| {
+            let (cache, renders) = (Arc::clone(&cache), Arc::clone(&renders));
+            tokio::spawn(async move {
+                cache.get().await.frame(form, |value| {
+                    renders.fetch_add(1, Ordering::SeqCst);
+                    Message::text(format!("{form:?} {}", value.as_ref().unwrap()))
+                })
+            })
+        };
+        let answers: Vec<_> = (0..50).map(|i| ask(if i % 2 == 0 { Form::Command } else { Form::Json })).collect();
+        for (i, answer) in answers.into_iter().enumerate() {
+            let expected = if i % 2 == 0 { "Command 1" } else { "Json 1" };
+            assert_eq!(answer.await.unwrap(), Message::text(expected));
+        }
+        assert_eq!(renders.load(Ordering::SeqCst), 2, "one rendering per form for fifty requests");
+    }
+
+    struct Panicking;
+
+    impl Collect for Panicking {
+        type Snapshot = ();
+
+        fn collect(&mut self) -> Result<(), CollectError> {
+            panic!("a collector bug")
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_collector_gives_an_error_not_a_dead_agent() {
+        let cache = Cached::new(Panicking, Duration::ZERO);
+        let collected = cache.get().await;
+        assert_eq!(collected.value().as_ref().unwrap_err(), &CollectError("collection failed".into()));
     }
 }

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use hyper_tungstenite::tungstenite::Message;
 
+use super::cache::Rendered;
+
 use crate::collect::journal::journal_entries;
 use crate::collect::pid_cache::BoundedPidCache;
 use crate::collect::process_detail::{DetailError, read_process_detail};
@@ -14,8 +16,9 @@ use crate::cputime::rate::{CpuReading, RateRule};
 use crate::cputime::{ScannedCpu, SharedCpuSource};
 use crate::host::clock::{HostClock, unix_now};
 use crate::host::stat::parse_stat;
-use crate::protocol::answer::{ErrorAnswer, ProcessDetail, ProcessMetricsResponse};
-use crate::protocol::framing::json_frame;
+use crate::protocol::answer::{ErrorAnswer, JournalResponse, ProcessDetail, ProcessMetricsResponse};
+use crate::protocol::framing::Framer;
+use crate::protocol::request::{Form, Request};
 use crate::sync::lock;
 
 /// Most pids whose answers and CPU readings are kept.
@@ -31,9 +34,14 @@ const JOURNAL_TTL: Duration = Duration::from_secs(5);
 
 pub struct ProcessDetails {
     inner: Arc<Inner>,
-    answers: Mutex<BoundedPidCache<Message>>,
-    journals: Mutex<BoundedPidCache<Message>>,
+    /// Answers with their renderings, per pid.
+    answers: Mutex<BoundedPidCache<Arc<Rendered<DetailAnswer>>>>,
+    journals: Mutex<BoundedPidCache<Arc<Rendered<JournalResponse>>>>,
+    framer: Arc<Mutex<Framer>>,
 }
+
+/// A process's detail, or why there is none.
+type DetailAnswer = Result<ProcessMetricsResponse, ErrorAnswer>;
 
 struct Inner {
     proc_root: std::path::PathBuf,
@@ -51,6 +59,7 @@ impl ProcessDetails {
         cpus: usize,
         cpu_source: SharedCpuSource,
         ttl: Duration,
+        framer: Arc<Mutex<Framer>>,
     ) -> Self {
         let inner = Inner {
             proc_root: proc_root.to_path_buf(),
@@ -63,31 +72,47 @@ impl ProcessDetails {
             inner: Arc::new(inner),
             answers: Mutex::new(BoundedPidCache::new(CACHED_PIDS, ttl)),
             journals: Mutex::new(BoundedPidCache::new(CACHED_PIDS, JOURNAL_TTL)),
+            framer,
         }
     }
 
-    pub async fn process_metrics(&self, pid: u32) -> Message {
-        if let Some(frame) = lock(&self.answers).get(pid) {
-            return frame.clone();
-        }
-        let inner = Arc::clone(&self.inner);
-        let frame = match tokio::task::spawn_blocking(move || inner.detail(pid)).await {
-            Ok(Ok(detail)) => json_frame(&ProcessMetricsResponse { process: detail, cached_at: unix_now().as_secs() }),
-            Ok(Err(DetailError::NotFound(_))) => pid_error("get_process_metrics", pid, format!("no process {pid}")),
-            Ok(Err(e)) => pid_error("get_process_metrics", pid, e.to_string()),
-            Err(e) => pid_error("get_process_metrics", pid, format!("collection failed: {e}")),
+    pub async fn process_metrics(&self, pid: u32, form: Form) -> Message {
+        let request = Request::ProcessMetrics { pid }.command();
+        let cached = lock(&self.answers).get(pid).cloned();
+        let answer = match cached {
+            Some(answer) => answer,
+            None => {
+                let inner = Arc::clone(&self.inner);
+                let error = |error: String| Err(ErrorAnswer::for_pid(error, request, pid));
+                let answer = match tokio::task::spawn_blocking(move || inner.detail(pid)).await {
+                    Ok(Ok(process)) => Ok(ProcessMetricsResponse { process, cached_at: unix_now().as_secs() }),
+                    Ok(Err(DetailError::NotFound(_))) => error(format!("no process {pid}")),
+                    Ok(Err(e)) => error(e.to_string()),
+                    Err(e) => error(format!("collection failed: {e}")),
+                };
+                let answer = Arc::new(Rendered::new(answer));
+                lock(&self.answers).insert(pid, Arc::clone(&answer));
+                answer
+            }
         };
-        lock(&self.answers).insert(pid, frame.clone());
-        frame
+        answer.frame(form, |answer| match answer {
+            Ok(response) => lock(&self.framer).json(response, form, request),
+            Err(error) => lock(&self.framer).json(error, form, request),
+        })
     }
 
-    pub async fn journal(&self, pid: u32) -> Message {
-        if let Some(frame) = lock(&self.journals).get(pid) {
-            return frame.clone();
-        }
-        let frame = json_frame(&journal_entries(pid, JOURNAL_LIMIT).await);
-        lock(&self.journals).insert(pid, frame.clone());
-        frame
+    pub async fn journal(&self, pid: u32, form: Form) -> Message {
+        let cached = lock(&self.journals).get(pid).cloned();
+        let journal = match cached {
+            Some(journal) => journal,
+            None => {
+                let journal = Arc::new(Rendered::new(journal_entries(pid, JOURNAL_LIMIT).await));
+                lock(&self.journals).insert(pid, Arc::clone(&journal));
+                journal
+            }
+        };
+        let request = Request::JournalEntries { pid }.command();
+        journal.frame(form, |journal| lock(&self.framer).json(journal, form, request))
     }
 }
 
@@ -126,8 +151,4 @@ impl Inner {
         let start_time_ns = self.clock.ticks_to_ns(stat.start_time);
         Ok(CpuReading { start_time_ns, cpu_ns: out.first().copied().unwrap_or(0), at: Instant::now() })
     }
-}
-
-fn pid_error(request: &str, pid: u32, error: String) -> Message {
-    json_frame(&ErrorAnswer { error, request: request.to_owned(), pid: Some(pid) })
 }

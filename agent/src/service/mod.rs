@@ -1,37 +1,43 @@
-//! Turns requests into answer frames: owns the collectors, their caches and the
-//! CPU-time source. One `Service` is shared by every connection.
+//! Turns requests into answer frames: owns the collectors, their caches of
+//! snapshots and the CPU-time source, and renders each snapshot with the
+//! protocol's encoders, once per request form. One `Service` is shared by every
+//! connection.
 
 mod cache;
 mod details;
-mod disks;
-mod metrics;
-mod processes;
+mod prometheus;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use hyper::body::Bytes;
 use hyper_tungstenite::tungstenite::Message;
 
-use crate::collect::processes::ProcessScanner;
+use crate::collect::disks::{DisksCollector, DisksSnapshot};
+use crate::collect::metrics::{MetricsCollector, MetricsSnapshot};
+use crate::collect::processes::{ProcessScanner, ProcessesSnapshot};
 use crate::config::Config;
 use crate::cputime::{CpuSourceKind, CpuTimeSource, SharedCpuSource};
 use crate::host::HostFacts;
-use crate::protocol::answer::ErrorAnswer;
-use crate::protocol::framing::json_frame;
-use crate::protocol::request::{Request, RequestError};
+use crate::protocol::answer::{ErrorAnswer, Metrics};
+use crate::protocol::framing::Framer;
+use crate::protocol::request::{Form, Incoming, Request};
+use crate::sync::lock;
 use cache::Cached;
 use details::ProcessDetails;
-use disks::DisksCollector;
-use metrics::MetricsCollector;
-use processes::ProcessesCollector;
+use prometheus::{PrometheusEncoder, ScrapeLease, Snapshots};
 
-pub use cache::Collect;
+pub use cache::{Collected, Rendered};
 
 pub struct Service {
     metrics: Cached<MetricsCollector>,
     disks: Cached<DisksCollector>,
-    processes: Cached<ProcessesCollector>,
+    processes: Cached<ProcessScanner>,
     details: ProcessDetails,
+    /// The encoders' buffers and gzip compressor, kept between answers.
+    framer: Arc<Mutex<Framer>>,
+    prometheus: Arc<PrometheusEncoder>,
+    scrape_lease: Mutex<ScrapeLease<ClientGuard>>,
     cpu_source: SharedCpuSource,
     cpu_source_kind: CpuSourceKind,
     /// Connected WebSocket clients; when it drops to zero the CPU-time source is
@@ -63,19 +69,27 @@ impl Service {
             host.cpus,
             Arc::clone(&cpu_source),
             config.limits.kept_stat_files,
+            collection.cpu_children,
         );
+        let framer = Arc::new(Mutex::new(Framer::default()));
         let details = ProcessDetails::new(
             &collection.proc_root,
             host.clock,
             host.cpus,
             Arc::clone(&cpu_source),
             config.ttls.processes,
+            Arc::clone(&framer),
         );
+        let prometheus =
+            PrometheusEncoder::new(config.prometheus, host, collection.proc_root.clone(), Arc::clone(&cpu_source));
         Self {
             metrics: Cached::new(MetricsCollector::new(collection), config.ttls.metrics),
             disks: Cached::new(DisksCollector::new(collection), config.ttls.disks),
-            processes: Cached::new(ProcessesCollector::new(scanner), config.ttls.processes),
+            processes: Cached::new(scanner, config.ttls.processes),
             details,
+            framer,
+            prometheus: Arc::new(prometheus),
+            scrape_lease: Mutex::new(ScrapeLease::default()),
             cpu_source,
             cpu_source_kind,
             clients: AtomicUsize::new(0),
@@ -101,29 +115,89 @@ impl Service {
     /// The answer frame to one text frame.
     pub async fn answer_text(&self, text: &str) -> Message {
         match crate::protocol::request::parse(text) {
-            Ok(request) => self.answer(request).await,
-            Err(error) => request_error(&error, text),
+            Ok(incoming) => self.answer(incoming).await,
+            Err(error) => {
+                let answer = ErrorAnswer::unrecognised(error.to_string(), text);
+                lock(&self.framer).json(&answer, Form::of(text), &answer.request)
+            }
         }
     }
 
-    pub async fn answer(&self, request: Request) -> Message {
+    /// The current processes snapshot (collected, or cached within the TTL like the
+    /// list's answers), for encoders other than the socktop frames.
+    pub async fn processes(&self) -> Collected<ProcessesSnapshot> {
+        self.processes.get().await
+    }
+
+    /// The current metrics snapshot, shared with the metrics answers.
+    pub async fn metrics(&self) -> Collected<MetricsSnapshot> {
+        self.metrics.get().await
+    }
+
+    /// The current disks snapshot, shared with the disks answers.
+    pub async fn disks(&self) -> Collected<DisksSnapshot> {
+        self.disks.get().await
+    }
+
+    /// One Prometheus scrape of the current snapshots (shared with the socktop
+    /// answers through the caches): the text exposition, gzipped when `gzip`. A
+    /// scrape counts as a connected client until about two scrape intervals later
+    /// (see [`ScrapeLease`]). None when rendering failed (logged).
+    pub async fn prometheus(self: &Arc<Self>, gzip: bool) -> Option<Bytes> {
+        let client = self.client_connected();
+        lock(&self.scrape_lease).renew(client);
+        let started = std::time::Instant::now();
+        let (metrics, disks, processes) = tokio::join!(self.metrics(), self.disks(), self.processes());
+        let snapshots = Snapshots { metrics, disks, processes };
+        let collection = started.elapsed();
+        let encoder = Arc::clone(&self.prometheus);
+        // The per-name counters read schedstat files of the processes that ran.
+        let rendered = tokio::task::spawn_blocking(move || encoder.render(snapshots, collection, gzip)).await;
+        rendered.inspect_err(|e| tracing::error!(error = %e, "rendering a Prometheus scrape panicked")).ok()
+    }
+
+    pub async fn answer(&self, incoming: Incoming) -> Message {
+        let Incoming { request, form } = incoming;
         match request {
-            Request::Metrics => self.metrics.get().await,
-            Request::Disks => self.disks.get().await,
-            Request::Processes => self.processes.get().await,
-            Request::ProcessMetrics { pid } => self.details.process_metrics(pid).await,
-            Request::JournalEntries { pid } => self.details.journal(pid).await,
+            Request::Metrics => {
+                let collected = self.metrics().await;
+                self.render(&collected, request, form, |framer, snapshot| {
+                    framer.json(&Metrics::from(snapshot), form, request.command())
+                })
+            }
+            Request::Disks => {
+                let collected = self.disks().await;
+                self.render(&collected, request, form, |framer, snapshot| {
+                    framer.json(&snapshot.disks, form, request.command())
+                })
+            }
+            // Protobuf in both forms (PROTOCOL.md): one rendering serves both.
+            Request::Processes => {
+                let collected = self.processes().await;
+                self.render(&collected, request, Form::Command, |framer, snapshot| framer.processes(snapshot))
+            }
+            Request::ProcessMetrics { pid } => self.details.process_metrics(pid, form).await,
+            Request::JournalEntries { pid } => self.details.journal(pid, form).await,
         }
     }
-}
 
-/// How much of a bad request is echoed back in the error answer.
-const ECHO_LIMIT: usize = 128;
-
-pub fn request_error(error: &RequestError, received: &str) -> Message {
-    let mut echo: String = received.chars().take(ECHO_LIMIT).collect();
-    if echo.len() < received.len() {
-        echo.push('…');
+    /// The frame of a collection for `form`, rendered by the first request that
+    /// needs it: `encode` for a snapshot, an error answer for a failed collection.
+    fn render<S>(
+        &self,
+        collected: &Collected<S>,
+        request: Request,
+        form: Form,
+        encode: impl FnOnce(&mut Framer, &S) -> Message,
+    ) -> Message {
+        collected.frame(form, |result| {
+            let mut framer = lock(&self.framer);
+            match result {
+                Ok(snapshot) => encode(&mut framer, snapshot),
+                Err(error) => {
+                    framer.json(&ErrorAnswer::new(error.to_string(), request.command()), form, request.command())
+                }
+            }
+        })
     }
-    json_frame(&ErrorAnswer { error: error.to_string(), request: echo, pid: None })
 }

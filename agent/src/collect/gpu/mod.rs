@@ -18,9 +18,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use crate::collect::probe::{JudgedAt, Probed, REPROBE_AFTER};
-use crate::protocol::answer::Gpu;
 
-/// What a source measured of one GPU, before it is put in the wire shape.
+/// What a source measured of one GPU (the protocol puts it in the wire shape).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct GpuReading {
     pub name: String,
@@ -30,24 +29,6 @@ pub struct GpuReading {
     pub mem_used_bytes: Option<u64>,
     pub mem_total_bytes: Option<u64>,
     pub temp_c: Option<f32>,
-}
-
-impl GpuReading {
-    /// The wire shape: each value once under a name the client decodes and once under
-    /// the README's name, which the client ignores (PROTOCOL.md, "Gpu object").
-    pub fn into_answer(self) -> Gpu {
-        Gpu {
-            name: self.name,
-            vendor: self.vendor.map(str::to_owned),
-            utilization_gpu_pct: self.utilization_pct,
-            mem_used_bytes: self.mem_used_bytes,
-            mem_total_bytes: self.mem_total_bytes,
-            temp_c: self.temp_c,
-            usage: self.utilization_pct,
-            memory_total: self.mem_total_bytes,
-            memory_used: self.mem_used_bytes,
-        }
-    }
 }
 
 /// Failure counters, shared with the NVML thread.
@@ -125,7 +106,7 @@ impl GpuCollector {
     }
 
     /// Every GPU now, sysfs cards first; `None` when there is none at all.
-    pub fn collect(&mut self) -> Option<Vec<Gpu>> {
+    pub fn collect(&mut self) -> Option<Vec<GpuReading>> {
         let now = self.judged.take();
         self.collect_at(now)
     }
@@ -138,11 +119,11 @@ impl GpuCollector {
         self.sysfs.is_idle_at(now) && self.nvml.as_ref().is_none_or(|nvml| nvml.is_idle_at(now))
     }
 
-    fn collect_at(&mut self, now: Instant) -> Option<Vec<Gpu>> {
+    fn collect_at(&mut self, now: Instant) -> Option<Vec<GpuReading>> {
         let (sys_root, counters) = (&self.sys_root, &self.counters);
         let cards = self.sysfs.get(now, || find_sysfs_gpus(sys_root, counters)).map_or(&[][..], |cards| &cards[..]);
-        let mut gpus: Vec<Gpu> = cards.iter().map(|g| g.read(counters).into_answer()).collect();
-        gpus.extend(self.poll_nvml(now).into_iter().map(GpuReading::into_answer));
+        let mut gpus: Vec<GpuReading> = cards.iter().map(|g| g.read(counters)).collect();
+        gpus.extend(self.poll_nvml(now));
         (!gpus.is_empty()).then_some(gpus)
     }
 
@@ -177,8 +158,6 @@ fn find_sysfs_gpus(sys_root: &Path, counters: &Counters) -> Option<Vec<sysfs::Dr
 mod tests {
     use std::sync::Mutex;
     use std::time::{Duration, Instant};
-
-    use serde::Deserialize;
 
     use super::worker::tests::{FakeBackend, gpu};
     use super::worker::{Timing, Unavailable};
@@ -267,67 +246,5 @@ mod tests {
         assert!(!collector.never_waits(), "NVML is first loaded on a blocking thread");
         assert_eq!(collector.collect(), None);
         assert!(collector.never_waits());
-    }
-
-    /// The client's view of a Gpu (socktop_connector 1.60.1, `GpuInfo`): serde rejects
-    /// an object with two aliases of one field as a duplicate.
-    #[derive(Debug, Deserialize)]
-    #[serde(deny_unknown_fields)]
-    #[expect(dead_code, reason = "only decoding matters")]
-    struct ClientGpu {
-        name: Option<String>,
-        vendor: Option<String>,
-        #[serde(default, alias = "utilization_gpu_pct", alias = "gpu_util_pct", alias = "gpu_utilization")]
-        utilization: Option<f32>,
-        #[serde(default, alias = "mem_used_bytes", alias = "vram_used_bytes")]
-        mem_used: Option<u64>,
-        #[serde(default, alias = "mem_total_bytes", alias = "vram_total_bytes")]
-        mem_total: Option<u64>,
-        #[serde(default, alias = "temp_c", alias = "temperature_c")]
-        temp: Option<f32>,
-        // The README's names, which the real client ignores.
-        usage: Option<u32>,
-        memory_total: Option<u64>,
-        memory_used: Option<u64>,
-    }
-
-    const ALIAS_GROUPS: [&[&str]; 4] = [
-        &["utilization", "utilization_gpu_pct", "gpu_util_pct", "gpu_utilization"],
-        &["mem_used", "mem_used_bytes", "vram_used_bytes"],
-        &["mem_total", "mem_total_bytes", "vram_total_bytes"],
-        &["temp", "temp_c", "temperature_c"],
-    ];
-
-    fn assert_one_alias_per_value(gpu: Gpu) {
-        let json = serde_json::to_value(&gpu).unwrap();
-        let object = json.as_object().unwrap();
-        for group in ALIAS_GROUPS {
-            let present = group.iter().filter(|name| object.contains_key(**name)).count();
-            assert_eq!(present, 1, "{group:?} in {json}");
-        }
-        for readme in ["usage", "memory_total", "memory_used", "temp_c"] {
-            assert!(object.contains_key(readme), "README field {readme} missing in {json}");
-        }
-        let text = serde_json::to_string(&gpu).unwrap();
-        serde_json::from_str::<ClientGpu>(&text).unwrap_or_else(|e| panic!("client rejects {text}: {e}"));
-    }
-
-    #[test]
-    fn gpu_serialises_one_alias_per_value() {
-        let full = GpuReading {
-            name: "AMD Radeon RX 7600".into(),
-            vendor: Some("AMD"),
-            utilization_pct: Some(12),
-            mem_used_bytes: Some(1 << 30),
-            mem_total_bytes: Some(8 << 30),
-            temp_c: Some(48.5),
-        };
-        let json = serde_json::to_value(full.clone().into_answer()).unwrap();
-        assert_eq!(json["utilization_gpu_pct"], 12);
-        assert_eq!(json["usage"], 12);
-        assert_eq!(json["mem_used_bytes"], json["memory_used"]);
-        assert_eq!(json["mem_total_bytes"], json["memory_total"]);
-        assert_one_alias_per_value(full.into_answer());
-        assert_one_alias_per_value(gpu("bare").into_answer());
     }
 }

@@ -12,8 +12,37 @@ use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 
-use crate::protocol::answer::JournalResponse;
 pub use parse::{MAX_MESSAGE_BYTES, ParsedJournal, parse_journal_json, priority_label};
+use serde::Serialize;
+
+/// The newest journal entries of one pid (`get_journal_entries:PID`); serialises
+/// as the socktop answer.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct JournalResponse {
+    pub entries: Vec<JournalEntry>,
+    pub total_count: u32,
+    pub truncated: bool,
+    /// Why `entries` is empty when the journal could not be read.
+    pub notice: Option<String>,
+    /// Unix seconds.
+    pub cached_at: u64,
+}
+
+/// One journal entry.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct JournalEntry {
+    /// RFC 3339, UTC.
+    pub timestamp: String,
+    pub timestamp_us: u64,
+    /// "Emergency", "Alert", "Critical", "Error", "Warning", "Notice", "Info" or "Debug".
+    pub priority: String,
+    pub message: String,
+    pub unit: Option<String>,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
 
 /// Entries per answer, as the original agent asks for.
 pub const DEFAULT_LIMIT: usize = 100;

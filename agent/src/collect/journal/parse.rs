@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::protocol::answer::JournalEntry;
+use super::JournalEntry;
 
 /// Messages are cut here: a service may log lines of up to 48 KiB (journald.conf
 /// LineMax), and a hundred of those would make a multi-megabyte answer.

@@ -13,13 +13,59 @@ mod tests;
 
 use std::path::Path;
 
+use serde::Serialize;
 use thiserror::Error;
 
 use crate::host::clock::HostClock;
 use crate::host::stat::{Stat, StatError, parse_stat, state_name};
-use crate::protocol::answer::ProcessDetail;
 use files::{count_entries, optional, read_capped, read_link, read_required};
 pub use status::{IoBytes, ProcStatus, command_line, parse_io, parse_statm_shared_pages, parse_status};
+
+/// One process in detail (`get_process_metrics:PID`); serialises as the socktop
+/// answer's `process` object.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ProcessDetail {
+    pub pid: u32,
+    pub name: String,
+    /// The full command line, arguments joined by spaces.
+    pub command: String,
+    /// Share of the whole machine, 0..100, same scale as the processes list.
+    pub cpu_usage: f32,
+    pub mem_bytes: u64,
+    pub virtual_mem_bytes: u64,
+    pub shared_mem_bytes: Option<u64>,
+    pub thread_count: u32,
+    pub fd_count: Option<u32>,
+    /// "Running", "Sleeping", "Idle", "Zombie", ...
+    pub status: String,
+    pub parent_pid: Option<u32>,
+    pub user_id: u32,
+    pub group_id: u32,
+    /// Unix seconds.
+    pub start_time: u64,
+    /// Microseconds.
+    pub cpu_time_user: u64,
+    /// Microseconds.
+    pub cpu_time_system: u64,
+    pub read_bytes: Option<u64>,
+    pub write_bytes: Option<u64>,
+    pub working_directory: Option<String>,
+    pub executable_path: Option<String>,
+    pub child_processes: Vec<ProcessDetail>,
+    pub threads: Vec<ThreadDetail>,
+}
+
+/// One thread of a [`ProcessDetail`].
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ThreadDetail {
+    pub tid: u32,
+    pub name: String,
+    /// Microseconds.
+    pub cpu_time_user: u64,
+    /// Microseconds.
+    pub cpu_time_system: u64,
+    pub status: String,
+}
 
 /// At most this many threads are listed, lowest TIDs first (`thread_count` still says
 /// how many there are): a process with 10,000 threads must not make a huge answer.

@@ -2,10 +2,10 @@
 
 use std::path::Path;
 
+use super::ThreadDetail;
 use super::files::{numeric_entries, optional};
 use crate::host::clock::HostClock;
 use crate::host::stat::{parse_stat, state_name};
-use crate::protocol::answer::ThreadDetail;
 
 /// The first `max` threads by TID. Threads that exit while being read are left out.
 pub(super) fn threads(dir: &Path, pid: u32, clock: &HostClock, max: usize) -> Vec<ThreadDetail> {

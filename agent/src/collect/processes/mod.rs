@@ -1,6 +1,9 @@
 //! The processes list (`get_processes`): every process in `/proc` with its name,
-//! resident memory and CPU share since the previous scan. CPU time comes from the
-//! agent's [`CpuTimeSource`] (eBPF or /proc).
+//! resident memory, cumulative CPU time and CPU share since the previous scan, as
+//! a [`ProcessesSnapshot`]. CPU time comes from the agent's [`CpuTimeSource`]
+//! (eBPF or /proc); the time of processes that exited since the previous scan
+//! shows in their nearest listed ancestor (see
+//! [`attribution`](crate::cputime::attribution)).
 //!
 //! With the eBPF source, one read of its task iterator lists every process with its
 //! name, resident pages and CPU time ([`CpuTimeSource::read_processes`]), and no
@@ -11,22 +14,27 @@
 //! to `kept_files` processes stay open between scans and are re-read with pread (see
 //! [`procfs`]); what the scanner knows of each process lives in a vector sorted by
 //! pid and merged with the (ascending) directory listing, so no map is rebuilt;
-//! names are decoded only when a process's `comm` changes; the answer's rows are
-//! rewritten in place, so a steady scan allocates nothing; and `/proc` is not
+//! names are decoded only when a process's `comm` changes and are shared with the
+//! snapshot, so a steady scan allocates only the snapshot's vector; and `/proc` is not
 //! listed again while no pid was handed out since the last listing (see
 //! [`procfs::parse_last_pid`]): exits show up as failed reads anyway.
+
+mod snapshot;
 
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use crate::cputime::rate::{CpuReading, RateRule};
-use crate::cputime::{CpuTimeSource, ProcessRecord, ScannedCpu, SharedCpuSource};
-use crate::host::clock::HostClock;
+use crate::cputime::attribution::{Attribution, ChildrenMode, Exit, Listed};
+use crate::cputime::rate::RateRule;
+use crate::cputime::{CpuSourceKind, CpuTimeSource, ProcessRecord, ScannedCpu, SharedCpuSource, cpu_percent};
+use crate::host::clock::{self, HostClock};
 use crate::host::procfs::{self, KeptFile, ProcDir};
 use crate::host::stat::{comm_name, parse_stat};
-use crate::protocol::pb;
+pub use snapshot::{ProcessSample, ProcessesSnapshot};
+
+use super::{Collect, CollectError};
 
 /// A listing is redone after this long even when no pid was handed out, which
 /// bounds the miss should the pid counter wrap around exactly to where it was.
@@ -49,6 +57,7 @@ pub struct ProcessScanner {
     clock: HostClock,
     rate: RateRule,
     cpu_source: SharedCpuSource,
+    source_kind: CpuSourceKind,
     /// Most stat files kept open between scans; past it, files are opened per scan.
     kept_files: usize,
     open_files: usize,
@@ -75,9 +84,19 @@ pub struct ProcessScanner {
     cpu_ns: Vec<u64>,
     /// What the CPU source listed, when it lists processes itself.
     records: Vec<ProcessRecord>,
-    answer: pb::Processes,
+    /// Where exited processes' time shows, and what it knows of earlier scans.
+    attribution: Attribution,
+    /// Processes that exited since the last scan, when the source records them.
+    exits: Vec<Exit>,
+    exits_recorded: bool,
+    /// This scan's clock reading, on the clock of the processes' start times (ns
+    /// since boot: CLOCK_MONOTONIC for the iterator's, CLOCK_BOOTTIME for /proc's).
+    clock_ns: u64,
+    /// This scan's processes as the attribution rule takes them, and what it shows.
+    rule_input: Vec<Listed>,
+    shown_ns: Vec<u64>,
     previous_at: Option<Instant>,
-    pub last_issues: ScanIssues,
+    last_issues: ScanIssues,
 }
 
 /// What the scanner keeps of one process between scans.
@@ -91,19 +110,35 @@ struct Tracked {
     start_time_ns: u64,
     /// Cumulative CPU ns at the previous scan; `None` before the first reading.
     cpu_ns: Option<u64>,
-    /// `comm` as read, and as the text the answer carries.
+    /// The parent's pid.
+    ppid: u32,
+    /// CPU ns of the children it reaped (/proc `cutime` + `cstime`; 0 from the
+    /// iterator, whose source records exits instead).
+    children_ns: u64,
+    /// `comm` as read, and as the text the snapshot carries.
     comm: Vec<u8>,
-    name: String,
+    name: Arc<str>,
     rss_bytes: u64,
 }
 
 impl Tracked {
     fn new(pid: u32) -> Tracked {
-        Tracked { pid, stat: None, start_time_ns: 0, cpu_ns: None, comm: Vec::new(), name: String::new(), rss_bytes: 0 }
+        Tracked {
+            pid,
+            stat: None,
+            start_time_ns: 0,
+            cpu_ns: None,
+            ppid: 0,
+            children_ns: 0,
+            comm: Vec::new(),
+            name: Arc::from(""),
+            rss_bytes: 0,
+        }
     }
 
     /// Takes this scan's reading of the process.
-    fn update(&mut self, rate: &RateRule, start_time_ns: u64, comm: &[u8], rss_bytes: u64) {
+    fn update(&mut self, rate: &RateRule, start_time_ns: u64, ppid: u32, comm: &[u8], rss_bytes: u64) {
+        self.ppid = ppid;
         if self.cpu_ns.is_none() || !rate.is_same_process(start_time_ns, self.start_time_ns) {
             // A new process, or a reused pid: its CPU history starts now.
             self.cpu_ns = None;
@@ -112,7 +147,7 @@ impl Tracked {
         if comm != self.comm.as_slice() {
             self.comm.clear();
             self.comm.extend_from_slice(comm);
-            self.name = comm_name(comm);
+            self.name = Arc::from(comm_name(comm));
         }
         self.rss_bytes = rss_bytes;
     }
@@ -137,13 +172,16 @@ impl ProcessScanner {
         cpus: usize,
         cpu_source: SharedCpuSource,
         kept_files: usize,
+        children: ChildrenMode,
     ) -> Self {
         let loadavg = procfs::is_own_pid_namespace(&proc_root).then(|| KeptFile::new(proc_root.join("loadavg")));
+        let source_kind = crate::sync::lock(&cpu_source).kind();
         Self {
             proc_root,
             dir: None,
             clock,
             rate: RateRule::new(cpus, clock.ticks_per_second()),
+            source_kind,
             cpu_source,
             kept_files,
             open_files: 0,
@@ -160,14 +198,20 @@ impl ProcessScanner {
             cpu_scanned: Vec::new(),
             cpu_ns: Vec::new(),
             records: Vec::new(),
-            answer: pb::Processes::default(),
+            attribution: Attribution::new(children, RateRule::new(cpus, clock.ticks_per_second())),
+            exits: Vec::new(),
+            exits_recorded: false,
+            clock_ns: 0,
+            rule_input: Vec::new(),
+            shown_ns: Vec::new(),
             previous_at: None,
             last_issues: ScanIssues::default(),
         }
     }
 
-    /// Reads every process and its CPU share since the previous call (0 on the first).
-    pub fn scan(&mut self) -> std::io::Result<&pb::Processes> {
+    /// Reads every process and its CPU share since the previous call (none on the
+    /// first).
+    pub fn scan(&mut self) -> std::io::Result<ProcessesSnapshot> {
         let now = match self.read_from_cpu_source() {
             Some(now) => now,
             None => {
@@ -178,11 +222,11 @@ impl ProcessScanner {
                 now
             }
         };
-        self.write_answer(now);
+        let snapshot = self.snapshot(now);
         std::mem::swap(&mut self.tracked, &mut self.merged);
         self.merged.clear();
         self.previous_at = Some(now);
-        Ok(&self.answer)
+        Ok(snapshot)
     }
 
     /// Takes every process from the CPU source when it lists them itself (the eBPF
@@ -194,6 +238,11 @@ impl ProcessScanner {
         let mut source = crate::sync::lock(&cpu_source);
         // Read first: a process created after it makes the next scan tell the source.
         let last_pid = self.last_pid();
+        // Exits before the listing: a process that exits after it is either in the
+        // listing or in the next scan's exits, never in both. Drained on every scan,
+        // whichever path lists, so the ring never fills.
+        self.exits_recorded = source.take_exits(&mut self.exits);
+        self.clock_ns = clock::monotonic_ns();
         if let Err(e) = source.read_processes(&mut self.records)? {
             tracing::warn!(error = %e, "listing processes through the CPU source failed; scanning /proc");
             return None;
@@ -210,9 +259,11 @@ impl ProcessScanner {
             tracked.update(
                 &self.rate,
                 record.start_time_ns,
+                record.ppid,
                 comm_bytes(&record.comm),
                 self.clock.pages_to_bytes(record.rss_pages),
             );
+            tracked.children_ns = 0;
             self.cpu_ns.push(record.cpu_ns);
             self.merged.push(tracked);
         }
@@ -227,6 +278,11 @@ impl ProcessScanner {
     /// files. Without a new pid since the last listing, `merged` is simply what
     /// the last scan knew.
     fn list_and_merge(&mut self) -> std::io::Result<()> {
+        // Exits are seen here through the parents' reaped-children times: /proc's
+        // start times are on the boot clock, and to a tick only.
+        self.exits.clear();
+        self.exits_recorded = false;
+        self.clock_ns = clock::boottime_ns();
         let last_pid = self.last_pid();
         self.scan_last_pid = last_pid;
         if last_pid.is_some()
@@ -303,7 +359,8 @@ impl ProcessScanner {
             return if length == 0 { Read::Vanished } else { Read::Unparsable };
         };
         let start_time_ns = self.clock.ticks_to_ns(stat.start_time);
-        tracked.update(&self.rate, start_time_ns, stat.comm, self.clock.pages_to_bytes(stat.rss_pages));
+        tracked.update(&self.rate, start_time_ns, stat.ppid, stat.comm, self.clock.pages_to_bytes(stat.rss_pages));
+        tracked.children_ns = self.clock.ticks_to_ns(stat.cutime + stat.cstime);
         self.cpu_scanned.push(ScannedCpu { pid: tracked.pid, ticks: stat.utime + stat.stime });
         Read::Ok
     }
@@ -341,218 +398,68 @@ impl ProcessScanner {
         }
     }
 
-    /// Rewrites the answer's rows in place from the merged list.
-    fn write_answer(&mut self, now: Instant) {
-        let rows = &mut self.answer.rows;
-        rows.resize_with(self.merged.len(), pb::Process::default);
-        for ((row, tracked), &cpu_ns) in rows.iter_mut().zip(&mut self.merged).zip(&self.cpu_ns) {
-            let reading = CpuReading { start_time_ns: tracked.start_time_ns, cpu_ns, at: now };
-            row.cpu_usage = match (tracked.cpu_ns, self.previous_at) {
-                (Some(before), Some(at)) => {
-                    let before = CpuReading { cpu_ns: before, at, ..reading };
-                    self.rate.share(&before, &reading).unwrap_or(0.0)
+    /// The snapshot of the merged list, each process's share over the interval
+    /// being what the attribution rule shows for it: its own time since the scan
+    /// before and, under `--cpu-children attribute`, the unshown time of its
+    /// descendants that exited meanwhile.
+    fn snapshot(&mut self, now: Instant) -> ProcessesSnapshot {
+        let interval = self.previous_at.and_then(|at| now.checked_duration_since(at)).filter(|wall| !wall.is_zero());
+        self.rule_input.clear();
+        self.rule_input.extend(self.merged.iter().zip(&self.cpu_ns).map(|(tracked, &own_ns)| Listed {
+            pid: tracked.pid,
+            start_time: tracked.start_time_ns,
+            ppid: tracked.ppid,
+            own_ns,
+            children_ns: tracked.children_ns,
+        }));
+        let exits = self.exits_recorded.then_some(self.exits.as_slice());
+        self.attribution.account(self.clock_ns, &self.rule_input, exits, &mut self.shown_ns);
+        let cpus = self.rate.cpus();
+        let processes = self
+            .merged
+            .iter_mut()
+            .zip(&self.cpu_ns)
+            .zip(&self.shown_ns)
+            .map(|((tracked, &cpu_ns), &shown_ns)| {
+                tracked.cpu_ns = Some(cpu_ns);
+                let interval_cpu_ns = interval.map(|_| shown_ns);
+                ProcessSample {
+                    pid: tracked.pid,
+                    ppid: tracked.ppid,
+                    start_time_ns: tracked.start_time_ns,
+                    name: Arc::clone(&tracked.name),
+                    rss_bytes: tracked.rss_bytes,
+                    cpu_ns,
+                    interval_cpu_ns,
+                    cpu_share: interval.map(|wall| cpu_percent(shown_ns, wall, cpus)),
                 }
-                _ => 0.0,
-            };
-            tracked.cpu_ns = Some(cpu_ns);
-            row.pid = tracked.pid;
-            row.mem_bytes = tracked.rss_bytes;
-            if row.name != tracked.name {
-                row.name.clear();
-                row.name.push_str(&tracked.name);
-            }
+            })
+            .collect();
+        ProcessesSnapshot {
+            at: now,
+            sampled_at: SystemTime::now(),
+            interval: self.previous_at.map(|at| now.saturating_duration_since(at)),
+            cpus: self.rate.cpus(),
+            source: self.source_kind,
+            processes,
         }
-        self.answer.process_count = rows.len() as u64;
+    }
+}
+
+impl Collect for ProcessScanner {
+    type Snapshot = ProcessesSnapshot;
+
+    fn collect(&mut self) -> Result<ProcessesSnapshot, CollectError> {
+        let scanned = self.scan().map_err(|e| {
+            tracing::error!(error = %e, "listing processes failed");
+            CollectError(format!("listing processes failed: {e}"))
+        });
+        if self.last_issues.unparsable > 0 {
+            tracing::debug!(issues = ?self.last_issues, "some /proc/PID/stat files did not parse");
+        }
+        scanned
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::Mutex;
-
-    use super::*;
-    use crate::cputime::proc::ProcCpuTime;
-
-    fn fake_proc(processes: &[(u32, &str, u64, u64)]) -> tempfile::TempDir {
-        let dir = tempfile::tempdir().unwrap();
-        for &(pid, name, ticks, rss_pages) in processes {
-            let pid_dir = dir.path().join(pid.to_string());
-            std::fs::create_dir(&pid_dir).unwrap();
-            let stat = format!(
-                "{pid} ({name}) S 1 {pid} {pid} 0 -1 0 0 0 0 0 {ticks} 0 0 0 20 0 1 0 100 1000 {rss_pages} 0\n"
-            );
-            std::fs::write(pid_dir.join("stat"), stat).unwrap();
-        }
-        dir
-    }
-
-    fn scanner(root: &std::path::Path) -> ProcessScanner {
-        let source: SharedCpuSource = Arc::new(Mutex::new(Box::new(ProcCpuTime::new(100))));
-        ProcessScanner::new(root.to_path_buf(), HostClock::new(100, 0, 4096), 2, source, 4096)
-    }
-
-    #[test]
-    fn lists_every_numeric_entry_with_name_and_resident_bytes() {
-        let root = fake_proc(&[(1, "init", 0, 100), (42, "my (odd) name", 5, 3)]);
-        let mut scanner = scanner(root.path());
-        let mut rows = scanner.scan().unwrap().rows.clone();
-        rows.sort_by_key(|r| r.pid);
-        assert_eq!(rows.len(), 2);
-        assert_eq!((rows[1].pid, rows[1].name.as_str(), rows[1].mem_bytes), (42, "my (odd) name", 3 * 4096));
-        assert!(rows.iter().all(|r| r.cpu_usage == 0.0), "first scan has no interval");
-    }
-
-    #[test]
-    fn cpu_share_is_the_tick_delta_over_wall_time_and_all_cpus() {
-        let root = fake_proc(&[(7, "busy", 0, 1)]);
-        let mut scanner = scanner(root.path());
-        scanner.scan().unwrap();
-        // Pretend the previous scan was one second ago and 100 ticks (1 s) ran since.
-        scanner.previous_at = Some(Instant::now() - std::time::Duration::from_secs(1));
-        let stat = "7 (busy) R 1 7 7 0 -1 0 0 0 0 0 60 40 0 0 20 0 1 0 100 1000 1 0\n";
-        std::fs::write(root.path().join("7/stat"), stat).unwrap();
-        let usage = scanner.scan().unwrap().rows[0].cpu_usage;
-        // One busy CPU out of two is 50%; the wall clock ran slightly over 1 s.
-        assert!((49.0..=50.0).contains(&usage), "{usage}");
-    }
-
-    #[test]
-    fn a_reused_pid_starts_from_zero_instead_of_a_negative_delta() {
-        let root = fake_proc(&[(7, "old", 500, 1)]);
-        let mut scanner = scanner(root.path());
-        scanner.scan().unwrap();
-        let reborn = "7 (new) R 1 7 7 0 -1 0 0 0 0 0 1 0 0 0 20 0 1 0 999 1000 1 0\n";
-        std::fs::write(root.path().join("7/stat"), reborn).unwrap();
-        assert_eq!(scanner.scan().unwrap().rows[0].cpu_usage, 0.0);
-    }
-
-    fn add_process(root: &std::path::Path, pid: u32) {
-        std::fs::create_dir(root.join(pid.to_string())).unwrap();
-        let stat = format!("{pid} (p{pid}) S 1 0 0 0 -1 0 0 0 0 0 1 1 0 0 20 0 1 0 100 1000 1 0\n");
-        std::fs::write(root.join(format!("{pid}/stat")), stat).unwrap();
-    }
-
-    fn pids(processes: &pb::Processes) -> Vec<u32> {
-        processes.rows.iter().map(|r| r.pid).collect()
-    }
-
-    #[test]
-    fn proc_is_listed_again_only_once_a_new_pid_was_handed_out() {
-        let root = fake_proc(&[(1, "init", 0, 1)]);
-        std::os::unix::fs::symlink(std::process::id().to_string(), root.path().join("self")).unwrap();
-        let loadavg =
-            |last_pid: u32| std::fs::write(root.path().join("loadavg"), format!("0.0 0.0 0.0 1/9 {last_pid}\n"));
-        loadavg(1).unwrap();
-        let source: SharedCpuSource = Arc::new(Mutex::new(Box::new(ProcCpuTime::new(100))));
-        // No stat file kept open, so a removed process fails its read as in /proc.
-        let mut scanner = ProcessScanner::new(root.path().to_path_buf(), HostClock::new(100, 0, 4096), 2, source, 0);
-        assert_eq!(pids(scanner.scan().unwrap()), [1]);
-        add_process(root.path(), 2);
-        assert_eq!(pids(scanner.scan().unwrap()), [1], "no pid handed out: the listing is reused");
-        loadavg(2).unwrap();
-        assert_eq!(pids(scanner.scan().unwrap()), [1, 2]);
-        std::fs::remove_dir_all(root.path().join("1")).unwrap();
-        assert_eq!(pids(scanner.scan().unwrap()), [2], "an exit shows without a listing");
-    }
-
-    /// A /proc source that records the live lists it is given.
-    struct Recording(Arc<Mutex<Vec<Vec<u32>>>>);
-
-    impl CpuTimeSource for Recording {
-        fn kind(&self) -> crate::cputime::CpuSourceKind {
-            crate::cputime::CpuSourceKind::Proc
-        }
-        fn cumulative_ns(
-            &mut self,
-            procs: &[ScannedCpu],
-            out: &mut Vec<u64>,
-        ) -> Result<(), crate::cputime::CpuTimeError> {
-            ProcCpuTime::new(100).cumulative_ns(procs, out)
-        }
-        fn retain_live(&mut self, live: &[u32]) {
-            self.0.lock().unwrap().push(live.to_vec());
-        }
-    }
-
-    #[test]
-    fn the_cpu_source_forgets_processes_only_when_some_may_have_exited() {
-        let root = fake_proc(&[(1, "init", 0, 1), (2, "b", 0, 1)]);
-        std::os::unix::fs::symlink(std::process::id().to_string(), root.path().join("self")).unwrap();
-        let loadavg = |last_pid: u32| std::fs::write(root.path().join("loadavg"), format!("0 0 0 1/9 {last_pid}\n"));
-        loadavg(2).unwrap();
-        let calls = Arc::new(Mutex::new(Vec::new()));
-        let source: SharedCpuSource = Arc::new(Mutex::new(Box::new(Recording(Arc::clone(&calls)))));
-        let mut scanner = ProcessScanner::new(root.path().to_path_buf(), HostClock::new(100, 0, 4096), 2, source, 0);
-        scanner.scan().unwrap();
-        scanner.scan().unwrap();
-        assert_eq!(*calls.lock().unwrap(), [vec![1, 2]], "nothing could have exited in between");
-        std::fs::remove_dir_all(root.path().join("2")).unwrap();
-        scanner.scan().unwrap();
-        scanner.scan().unwrap();
-        assert_eq!(calls.lock().unwrap().last(), Some(&vec![1]));
-        assert_eq!(calls.lock().unwrap().len(), 2);
-        loadavg(3).unwrap();
-        scanner.scan().unwrap();
-        assert_eq!(calls.lock().unwrap().len(), 3, "a pid was handed out: maybe born and gone");
-    }
-
-    #[test]
-    fn at_most_the_budget_of_stat_files_stays_open() {
-        let root = fake_proc(&[(1, "a", 0, 1), (2, "b", 0, 1), (3, "c", 0, 1)]);
-        let source: SharedCpuSource = Arc::new(Mutex::new(Box::new(ProcCpuTime::new(100))));
-        let mut scanner = ProcessScanner::new(root.path().to_path_buf(), HostClock::new(100, 0, 4096), 2, source, 2);
-        for _ in 0..3 {
-            assert_eq!(scanner.scan().unwrap().process_count, 3);
-            assert_eq!(scanner.tracked.iter().filter(|t| t.stat.is_some()).count(), 2);
-        }
-        std::fs::remove_dir_all(root.path().join("1")).unwrap();
-        add_process(root.path(), 4);
-        assert_eq!(pids(scanner.scan().unwrap()), [2, 3, 4]);
-        assert_eq!(scanner.tracked.iter().filter(|t| t.stat.is_some()).count(), 2, "the freed slot is reused");
-    }
-
-    #[test]
-    fn a_changed_command_name_is_picked_up() {
-        let root = fake_proc(&[(5, "before", 0, 1)]);
-        let mut scanner = scanner(root.path());
-        assert_eq!(scanner.scan().unwrap().rows[0].name, "before");
-        let exec = "5 (after) S 1 5 5 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 100 1000 1 0\n";
-        std::fs::write(root.path().join("5/stat"), exec).unwrap();
-        assert_eq!(scanner.scan().unwrap().rows[0].name, "after");
-    }
-
-    #[test]
-    fn an_exited_child_leaves_the_list_of_the_real_proc() {
-        let mut scanner = scanner(std::path::Path::new("/proc"));
-        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
-        assert!(pids(scanner.scan().unwrap()).contains(&child.id()));
-        child.kill().unwrap();
-        child.wait().unwrap();
-        assert!(!pids(scanner.scan().unwrap()).contains(&child.id()));
-    }
-
-    #[test]
-    fn broken_stat_files_are_counted_not_fatal() {
-        let root = fake_proc(&[(1, "ok", 0, 1)]);
-        std::fs::create_dir(root.path().join("2")).unwrap();
-        std::fs::write(root.path().join("2/stat"), "garbage").unwrap();
-        std::fs::create_dir(root.path().join("3")).unwrap();
-        std::fs::write(root.path().join("3/stat"), "").unwrap();
-        std::fs::create_dir(root.path().join("4")).unwrap();
-        let mut scanner = scanner(root.path());
-        assert_eq!(scanner.scan().unwrap().process_count, 1);
-        assert_eq!(scanner.last_issues, ScanIssues { vanished: 2, unparsable: 1 });
-    }
-
-    #[test]
-    fn the_real_proc_lists_this_test_process_with_its_resident_memory() {
-        let mut scanner = scanner(std::path::Path::new("/proc"));
-        let processes = scanner.scan().unwrap().clone();
-        let me = processes.rows.iter().find(|r| r.pid == std::process::id()).expect("own pid listed");
-        let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-        let rss_pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-        let page = 4096;
-        let diff = me.mem_bytes.abs_diff(rss_pages * page);
-        assert!(diff < 8 * 1024 * 1024, "rss {} vs statm {}", me.mem_bytes, rss_pages * page);
-    }
-}
+mod tests;

@@ -1,21 +1,42 @@
-//! The fast metrics answer (`get_metrics`): CPU shares, memory, network counters,
-//! host name, CPU temperature and GPUs, collected together on request.
+//! The fast metrics (`get_metrics`): CPU shares, memory, network counters, host
+//! name, CPU temperature and GPUs, collected together on request.
 //!
 //! Clients ask every 500 ms, so the three procfs files stay open and are re-read in
 //! place ([`KeptFile`]): an open, a buffer allocation and a close per file per
 //! request cost more than the reads.
 
-use hyper_tungstenite::tungstenite::Message;
+use std::time::SystemTime;
 
-use super::cache::Collect;
-use crate::collect::gpu::GpuCollector;
-use crate::collect::temperature::CpuTemperature;
-use crate::collect::{cpu, memory, network};
+use super::gpu::{GpuCollector, GpuReading};
+use super::memory::MemoryInfo;
+use super::network::Network;
+use super::temperature::CpuTemperature;
+use super::{Collect, CollectError, cpu, memory, network};
 use crate::config::Collection;
-use crate::host::clock::unix_now;
 use crate::host::procfs::KeptFile;
-use crate::protocol::answer::Metrics;
-use crate::protocol::framing::json_frame;
+
+/// One reading of the host's fast metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricsSnapshot {
+    /// When it was read (wall clock); clients compute rates from it.
+    pub sampled_at: SystemTime,
+    /// Busy share of the whole machine since the reading before, 0..100.
+    pub cpu_total: f32,
+    /// Busy share of each logical CPU, 0..100, in CPU order.
+    pub cpu_per_core: Vec<f32>,
+    /// The cumulative ticks per CPU and mode the shares come from (Prometheus
+    /// exports counters, not shares).
+    pub cpu_ticks: cpu::CpuStat,
+    /// Memory and swap, in bytes.
+    pub memory: MemoryInfo,
+    pub hostname: String,
+    /// The CPU package temperature; None when off or the host has no sensor.
+    pub cpu_temp_c: Option<f32>,
+    /// Cumulative byte counters per network interface.
+    pub networks: Vec<Network>,
+    /// None when GPU collection is off or no GPU was found.
+    pub gpus: Option<Vec<GpuReading>>,
+}
 
 pub struct MetricsCollector {
     stat: KeptFile,
@@ -48,26 +69,19 @@ impl MetricsCollector {
         }
     }
 
-    pub fn sample(&mut self) -> Metrics {
+    pub fn sample(&mut self) -> MetricsSnapshot {
         let stat = read_kept(&mut self.stat).map(cpu::parse_proc_stat).unwrap_or_default();
-        let shares = self.cpu.update(stat);
-        let memory = read_kept(&mut self.meminfo).map(memory::parse_meminfo).unwrap_or_default();
-        let networks = read_kept(&mut self.net_dev).map(network::parse_net_dev).unwrap_or_default();
-        Metrics {
-            sampled_at_ms: unix_now().as_millis() as u64,
+        let shares = self.cpu.update(stat.clone());
+        MetricsSnapshot {
+            sampled_at: SystemTime::now(),
             cpu_total: shares.total,
             cpu_per_core: shares.per_core,
-            mem_total: memory.mem_total,
-            mem_used: memory.mem_used,
-            swap_total: memory.swap_total,
-            swap_used: memory.swap_used,
+            cpu_ticks: stat,
+            memory: read_kept(&mut self.meminfo).map(memory::parse_meminfo).unwrap_or_default(),
             hostname: hostname(),
             cpu_temp_c: self.temperature.as_mut().and_then(CpuTemperature::read),
-            disks: Vec::new(),
-            networks,
-            top_processes: Vec::new(),
+            networks: read_kept(&mut self.net_dev).map(network::parse_net_dev).unwrap_or_default(),
             gpus: self.gpus.as_mut().and_then(GpuCollector::collect),
-            process_count: None,
         }
     }
 }
@@ -95,8 +109,10 @@ fn read_kept(file: &mut KeptFile) -> Option<&str> {
 }
 
 impl Collect for MetricsCollector {
-    fn collect(&mut self) -> Message {
-        json_frame(&self.sample())
+    type Snapshot = MetricsSnapshot;
+
+    fn collect(&mut self) -> Result<MetricsSnapshot, CollectError> {
+        Ok(self.sample())
     }
 
     /// Without a temperature sensor (hwmon drivers may wait on a bus) and GPUs (NVML

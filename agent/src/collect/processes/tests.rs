@@ -1,0 +1,209 @@
+//! The scanner against fake /proc trees and the real one.
+
+use std::sync::Mutex;
+
+use super::*;
+use crate::cputime::proc::ProcCpuTime;
+
+fn fake_proc(processes: &[(u32, &str, u64, u64)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for &(pid, name, ticks, rss_pages) in processes {
+        let pid_dir = dir.path().join(pid.to_string());
+        std::fs::create_dir(&pid_dir).unwrap();
+        let stat =
+            format!("{pid} ({name}) S 1 {pid} {pid} 0 -1 0 0 0 0 0 {ticks} 0 0 0 20 0 1 0 100 1000 {rss_pages} 0\n");
+        std::fs::write(pid_dir.join("stat"), stat).unwrap();
+    }
+    dir
+}
+
+fn scanner(root: &std::path::Path) -> ProcessScanner {
+    let source: SharedCpuSource = Arc::new(Mutex::new(Box::new(ProcCpuTime::new(100))));
+    ProcessScanner::new(root.to_path_buf(), HostClock::new(100, 0, 4096), 2, source, 4096, ChildrenMode::Attribute)
+}
+
+#[test]
+fn lists_every_numeric_entry_with_name_and_resident_bytes() {
+    let root = fake_proc(&[(1, "init", 0, 100), (42, "my (odd) name", 5, 3)]);
+    let mut scanner = scanner(root.path());
+    let mut rows = scanner.scan().unwrap().processes;
+    rows.sort_by_key(|r| r.pid);
+    assert_eq!(rows.len(), 2);
+    assert_eq!((rows[1].pid, &*rows[1].name, rows[1].rss_bytes), (42, "my (odd) name", 3 * 4096));
+    assert!(rows.iter().all(|r| usage(r) == 0.0), "first scan has no interval");
+}
+
+#[test]
+fn cpu_share_is_the_tick_delta_over_wall_time_and_all_cpus() {
+    let root = fake_proc(&[(7, "busy", 0, 1)]);
+    let mut scanner = scanner(root.path());
+    scanner.scan().unwrap();
+    // Pretend the previous scan was one second ago and 100 ticks (1 s) ran since.
+    scanner.previous_at = Some(Instant::now() - std::time::Duration::from_secs(1));
+    let stat = "7 (busy) R 1 7 7 0 -1 0 0 0 0 0 60 40 0 0 20 0 1 0 100 1000 1 0\n";
+    std::fs::write(root.path().join("7/stat"), stat).unwrap();
+    let usage = usage(&scanner.scan().unwrap().processes[0]);
+    // One busy CPU out of two is 50%; the wall clock ran slightly over 1 s.
+    assert!((49.0..=50.0).contains(&usage), "{usage}");
+}
+
+#[test]
+fn a_reused_pid_starts_from_zero_instead_of_a_negative_delta() {
+    let root = fake_proc(&[(7, "old", 500, 1)]);
+    let mut scanner = scanner(root.path());
+    scanner.scan().unwrap();
+    let reborn = "7 (new) R 1 7 7 0 -1 0 0 0 0 0 1 0 0 0 20 0 1 0 999 1000 1 0\n";
+    std::fs::write(root.path().join("7/stat"), reborn).unwrap();
+    assert_eq!(usage(&scanner.scan().unwrap().processes[0]), 0.0);
+}
+
+fn add_process(root: &std::path::Path, pid: u32) {
+    std::fs::create_dir(root.join(pid.to_string())).unwrap();
+    let stat = format!("{pid} (p{pid}) S 1 0 0 0 -1 0 0 0 0 0 1 1 0 0 20 0 1 0 100 1000 1 0\n");
+    std::fs::write(root.join(format!("{pid}/stat")), stat).unwrap();
+}
+
+fn pids(snapshot: ProcessesSnapshot) -> Vec<u32> {
+    snapshot.processes.iter().map(|r| r.pid).collect()
+}
+
+/// The share as the answer carries it: 0 without an interval.
+fn usage(process: &ProcessSample) -> f32 {
+    process.cpu_share.unwrap_or(0.0)
+}
+
+#[test]
+fn proc_is_listed_again_only_once_a_new_pid_was_handed_out() {
+    let root = fake_proc(&[(1, "init", 0, 1)]);
+    std::os::unix::fs::symlink(std::process::id().to_string(), root.path().join("self")).unwrap();
+    let loadavg = |last_pid: u32| std::fs::write(root.path().join("loadavg"), format!("0.0 0.0 0.0 1/9 {last_pid}\n"));
+    loadavg(1).unwrap();
+    let source: SharedCpuSource = Arc::new(Mutex::new(Box::new(ProcCpuTime::new(100))));
+    // No stat file kept open, so a removed process fails its read as in /proc.
+    let mut scanner = ProcessScanner::new(
+        root.path().to_path_buf(),
+        HostClock::new(100, 0, 4096),
+        2,
+        source,
+        0,
+        ChildrenMode::Attribute,
+    );
+    assert_eq!(pids(scanner.scan().unwrap()), [1]);
+    add_process(root.path(), 2);
+    assert_eq!(pids(scanner.scan().unwrap()), [1], "no pid handed out: the listing is reused");
+    loadavg(2).unwrap();
+    assert_eq!(pids(scanner.scan().unwrap()), [1, 2]);
+    std::fs::remove_dir_all(root.path().join("1")).unwrap();
+    assert_eq!(pids(scanner.scan().unwrap()), [2], "an exit shows without a listing");
+}
+
+/// A /proc source that records the live lists it is given.
+struct Recording(Arc<Mutex<Vec<Vec<u32>>>>);
+
+impl CpuTimeSource for Recording {
+    fn kind(&self) -> crate::cputime::CpuSourceKind {
+        crate::cputime::CpuSourceKind::Proc
+    }
+    fn cumulative_ns(&mut self, procs: &[ScannedCpu], out: &mut Vec<u64>) -> Result<(), crate::cputime::CpuTimeError> {
+        ProcCpuTime::new(100).cumulative_ns(procs, out)
+    }
+    fn retain_live(&mut self, live: &[u32]) {
+        self.0.lock().unwrap().push(live.to_vec());
+    }
+}
+
+#[test]
+fn the_cpu_source_forgets_processes_only_when_some_may_have_exited() {
+    let root = fake_proc(&[(1, "init", 0, 1), (2, "b", 0, 1)]);
+    std::os::unix::fs::symlink(std::process::id().to_string(), root.path().join("self")).unwrap();
+    let loadavg = |last_pid: u32| std::fs::write(root.path().join("loadavg"), format!("0 0 0 1/9 {last_pid}\n"));
+    loadavg(2).unwrap();
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let source: SharedCpuSource = Arc::new(Mutex::new(Box::new(Recording(Arc::clone(&calls)))));
+    let mut scanner = ProcessScanner::new(
+        root.path().to_path_buf(),
+        HostClock::new(100, 0, 4096),
+        2,
+        source,
+        0,
+        ChildrenMode::Attribute,
+    );
+    scanner.scan().unwrap();
+    scanner.scan().unwrap();
+    assert_eq!(*calls.lock().unwrap(), [vec![1, 2]], "nothing could have exited in between");
+    std::fs::remove_dir_all(root.path().join("2")).unwrap();
+    scanner.scan().unwrap();
+    scanner.scan().unwrap();
+    assert_eq!(calls.lock().unwrap().last(), Some(&vec![1]));
+    assert_eq!(calls.lock().unwrap().len(), 2);
+    loadavg(3).unwrap();
+    scanner.scan().unwrap();
+    assert_eq!(calls.lock().unwrap().len(), 3, "a pid was handed out: maybe born and gone");
+}
+
+#[test]
+fn at_most_the_budget_of_stat_files_stays_open() {
+    let root = fake_proc(&[(1, "a", 0, 1), (2, "b", 0, 1), (3, "c", 0, 1)]);
+    let source: SharedCpuSource = Arc::new(Mutex::new(Box::new(ProcCpuTime::new(100))));
+    let mut scanner = ProcessScanner::new(
+        root.path().to_path_buf(),
+        HostClock::new(100, 0, 4096),
+        2,
+        source,
+        2,
+        ChildrenMode::Attribute,
+    );
+    for _ in 0..3 {
+        assert_eq!(scanner.scan().unwrap().processes.len(), 3);
+        assert_eq!(scanner.tracked.iter().filter(|t| t.stat.is_some()).count(), 2);
+    }
+    std::fs::remove_dir_all(root.path().join("1")).unwrap();
+    add_process(root.path(), 4);
+    assert_eq!(pids(scanner.scan().unwrap()), [2, 3, 4]);
+    assert_eq!(scanner.tracked.iter().filter(|t| t.stat.is_some()).count(), 2, "the freed slot is reused");
+}
+
+#[test]
+fn a_changed_command_name_is_picked_up() {
+    let root = fake_proc(&[(5, "before", 0, 1)]);
+    let mut scanner = scanner(root.path());
+    assert_eq!(&*scanner.scan().unwrap().processes[0].name, "before");
+    let exec = "5 (after) S 1 5 5 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 100 1000 1 0\n";
+    std::fs::write(root.path().join("5/stat"), exec).unwrap();
+    assert_eq!(&*scanner.scan().unwrap().processes[0].name, "after");
+}
+
+#[test]
+fn an_exited_child_leaves_the_list_of_the_real_proc() {
+    let mut scanner = scanner(std::path::Path::new("/proc"));
+    let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+    assert!(pids(scanner.scan().unwrap()).contains(&child.id()));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!pids(scanner.scan().unwrap()).contains(&child.id()));
+}
+
+#[test]
+fn broken_stat_files_are_counted_not_fatal() {
+    let root = fake_proc(&[(1, "ok", 0, 1)]);
+    std::fs::create_dir(root.path().join("2")).unwrap();
+    std::fs::write(root.path().join("2/stat"), "garbage").unwrap();
+    std::fs::create_dir(root.path().join("3")).unwrap();
+    std::fs::write(root.path().join("3/stat"), "").unwrap();
+    std::fs::create_dir(root.path().join("4")).unwrap();
+    let mut scanner = scanner(root.path());
+    assert_eq!(scanner.scan().unwrap().processes.len(), 1);
+    assert_eq!(scanner.last_issues, ScanIssues { vanished: 2, unparsable: 1 });
+}
+
+#[test]
+fn the_real_proc_lists_this_test_process_with_its_resident_memory() {
+    let mut scanner = scanner(std::path::Path::new("/proc"));
+    let processes = scanner.scan().unwrap();
+    let me = processes.processes.iter().find(|r| r.pid == std::process::id()).expect("own pid listed");
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let rss_pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let page = 4096;
+    let diff = me.rss_bytes.abs_diff(rss_pages * page);
+    assert!(diff < 8 * 1024 * 1024, "rss {} vs statm {}", me.rss_bytes, rss_pages * page);
+}

@@ -1,0 +1,72 @@
+//! The agent as the packaged unit runs it: an unprivileged user holding only the
+//! capabilities the unit grants, and what it keeps of them once serving.
+
+use std::time::Duration;
+
+use e2e::{Agent, running_as_root, unit};
+
+use super::{assert_busy_and_idle_match_the_kernel, ebpf_required};
+
+// Bits of the kernel's capability masks, from include/uapi/linux/capability.h.
+const CAP_PERFMON: u64 = 1 << 38;
+const CAP_BPF: u64 = 1 << 39;
+
+/// The capability masks and no_new_privs of every thread of `pid`, from the kernel.
+fn thread_capabilities(pid: u32) -> Vec<(String, [u64; 4], bool)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("task folder");
+    tasks
+        .map(|task| {
+            let task = task.expect("task entry").path();
+            let status = std::fs::read_to_string(task.join("status")).expect("task status");
+            let field = |name: &str| {
+                let line =
+                    status.lines().find_map(|l| l.strip_prefix(name)).unwrap_or_else(|| panic!("{name} in status"));
+                line.trim().to_owned()
+            };
+            let mask = |name: &str| u64::from_str_radix(&field(name), 16).expect("capability mask");
+            let masks = [mask("CapPrm:"), mask("CapEff:"), mask("CapInh:"), mask("CapAmb:")];
+            (field("Name:"), masks, field("NoNewPrivs:") == "1")
+        })
+        .collect()
+}
+
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    let mut parts = release.trim().split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (major, minor)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ebpf_runs_as_an_unprivileged_user_with_only_the_units_capabilities() {
+    if !running_as_root() {
+        assert!(!ebpf_required(), "eBPF required, but only root can start a user with capabilities");
+        return eprintln!("skipping: needs root to start the agent as another user");
+    }
+    let granted = unit::values("AmbientCapabilities");
+    assert_eq!(granted, unit::values("CapabilityBoundingSet"), "the unit bounds what it grants");
+    let granted: Vec<&str> = granted.iter().map(String::as_str).collect();
+    let (agent, _dir) = Agent::start_unprivileged_with(&granted, &["--processes-ttl-ms", "0"]).expect("agent starts");
+    let source = agent.wait_for_log("cpu source: ", Duration::from_secs(5)).expect("source logged");
+    if !source.contains("cpu source: ebpf") {
+        assert!(!ebpf_required(), "eBPF required but, with {granted:?}: {source}");
+        return eprintln!("skipping: {source}");
+    }
+    let kept =
+        agent.wait_for_log("capabilities after start-up: ", Duration::from_secs(5)).expect("capabilities logged");
+
+    // What the kernel says every thread holds now: CAP_PERFMON for the resync perf
+    // events, and CAP_BPF only where bpf(2) still checks it on every call.
+    let expected = if kernel_at_least(6, 5) { CAP_PERFMON } else { CAP_PERFMON | CAP_BPF };
+    for (name, [permitted, effective, inheritable, ambient], no_new_privs) in thread_capabilities(agent.pid()) {
+        assert_eq!((permitted, effective), (expected, expected), "thread {name}: {kept}");
+        assert_eq!((inheritable, ambient), (0, 0), "thread {name} passes nothing on: {kept}");
+        assert!(no_new_privs, "thread {name} has no_new_privs");
+    }
+
+    // With what it kept, connecting attaches the resync perf events and each scan
+    // makes an iterator link and reads the maps: the figures must match the kernel.
+    assert_busy_and_idle_match_the_kernel(&agent).await;
+    let failures: Vec<String> =
+        agent.log().into_iter().filter(|l| l.contains("WARN") || l.contains("failed")).collect();
+    assert!(failures.is_empty(), "{failures:?}");
+}
