@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Parser};
 
-use socktop_agent::config::{Collection, Config, Limits, Ttls};
+use socktop_agent::config::{Collection, Config, Limits, PrometheusLimits, Ttls};
 use socktop_agent::cputime::attribution::ChildrenMode;
 
 /// On-demand host-metrics agent for the socktop TUI.
@@ -83,6 +83,16 @@ pub struct Cli {
     #[arg(long, env = "SOCKTOP_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
 
+    /// Command names with Prometheus series of their own (/metrics); processes
+    /// with other names are summed into comm="other".
+    #[arg(long, env = "SOCKTOP_PROMETHEUS_COMM_NAMES", default_value_t = PrometheusLimits::default().max_comm_names)]
+    pub prometheus_comm_names: usize,
+
+    /// Processes using the most CPU exported to Prometheus with a pid label
+    /// (0: none).
+    #[arg(long, env = "SOCKTOP_PROMETHEUS_TOP_PROCESSES", default_value_t = PrometheusLimits::default().top_processes)]
+    pub prometheus_top_processes: usize,
+
     /// Async worker threads [default: one per CPU, at most 4].
     #[arg(long, env = "SOCKTOP_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
@@ -122,6 +132,10 @@ impl Cli {
                 cpu_children: self.cpu_children,
             },
             limits: Limits { max_connections: self.max_connections.max(1), ..Limits::default() },
+            prometheus: PrometheusLimits {
+                max_comm_names: self.prometheus_comm_names,
+                top_processes: self.prometheus_top_processes,
+            },
             token: self.token.clone().filter(|t| !t.is_empty()),
         }
     }

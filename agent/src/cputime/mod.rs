@@ -65,6 +65,17 @@ pub enum CpuTimeError {
 pub trait CpuTimeSource: Send {
     fn kind(&self) -> CpuSourceKind;
 
+    /// Why this is the /proc source, when the eBPF one could not be used.
+    fn fallback_reason(&self) -> Option<&str> {
+        None
+    }
+
+    /// Cumulative counts of what the source could not count, by cause (for the
+    /// eBPF program: switches lost to a full map, ...). Empty when it has none.
+    fn error_counts(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
+
     /// Writes into `out`, in the order of `procs`, the cumulative on-CPU nanoseconds of
     /// each process. `out` is cleared first.
     fn cumulative_ns(&mut self, procs: &[ScannedCpu], out: &mut Vec<u64>) -> Result<(), CpuTimeError>;
@@ -115,7 +126,8 @@ pub fn select_source(force_proc: bool, proc_root: &Path, clock: HostClock) -> (B
         }
         Err(reason) => {
             tracing::info!("cpu source: proc ({reason})");
-            (Box::new(proc::ProcCpuTime::new(clock.ticks_per_second())), Some(reason))
+            let source = proc::ProcCpuTime::new(clock.ticks_per_second()).because(reason.clone());
+            (Box::new(source), Some(reason))
         }
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod answer;
 pub mod framing;
+pub mod prometheus;
 pub mod request;
 
 /// The generated protobuf types of `proto/processes.proto`.

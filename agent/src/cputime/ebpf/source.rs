@@ -62,6 +62,10 @@ pub struct EbpfCpuTime {
     pub(super) ebpf: Ebpf,
     pub(super) times: PerCpuHashMap<MapData, u32, ProcessTime>,
     /// How `times` gets its memory.
+    #[cfg_attr(
+        not(any(test, feature = "testing")),
+        expect(dead_code, reason = "kept for the test diagnostics, which report it")
+    )]
     pub(super) memory: MapMemory,
     pub(super) errors: PerCpuArray<MapData, u64>,
     /// Exit records of processes, written by the `sched_process_free` program while
@@ -70,6 +74,11 @@ pub struct EbpfCpuTime {
     exits_wanted: Array<MapData, u32>,
     /// Error counts already logged, so each new failure is reported once.
     pub(super) reported: ErrorCounts,
+    /// Which twin is attached.
+    #[cfg_attr(
+        not(any(test, feature = "testing")),
+        expect(dead_code, reason = "kept for the test diagnostics, which report it")
+    )]
     pub(super) attach: AttachKind,
     /// Whether the repair of untraced switches rides on the scheduler tick and idle
     /// entry (`repair_tick`, `repair_idle`) rather than the `resync` timer.
@@ -365,6 +374,16 @@ impl EbpfCpuTime {
 impl CpuTimeSource for EbpfCpuTime {
     fn kind(&self) -> CpuSourceKind {
         CpuSourceKind::Ebpf
+    }
+
+    fn error_counts(&self) -> Vec<(&'static str, u64)> {
+        match EbpfCpuTime::error_counts(self) {
+            Ok(c) => vec![("map_full", c.map_full), ("read_task", c.read_task), ("mismatch", c.mismatch)],
+            Err(error) => {
+                tracing::debug!("reading the eBPF error counters: {error}");
+                Vec::new()
+            }
+        }
     }
 
     fn cumulative_ns(&mut self, procs: &[ScannedCpu], out: &mut Vec<u64>) -> Result<(), CpuTimeError> {
