@@ -102,8 +102,17 @@ impl Agent {
         Self::spawn(command, args, envs)
     }
 
-    fn spawn(mut command: Command, args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<Agent> {
-        command.args(["--bind", "127.0.0.1", "--port", "0"]).args(args);
+    /// Starts the agent on loopback port `port` (the port clients were told).
+    pub fn start_on(port: u16, args: &[&str]) -> anyhow::Result<Agent> {
+        Self::spawn_on(Command::new(agent_binary()), port, args, &[])
+    }
+
+    fn spawn(command: Command, args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<Agent> {
+        Self::spawn_on(command, 0, args, envs)
+    }
+
+    fn spawn_on(mut command: Command, port: u16, args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<Agent> {
+        command.args(["--bind", "127.0.0.1", "--port", &port.to_string()]).args(args);
         command.env("RUST_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         for var in ["SOCKTOP_TOKEN", "SOCKTOP_ENABLE_SSL", "SOCKTOP_PORT", "SOCKTOP_AGENT_EBPF"] {
             command.env_remove(var);

@@ -14,6 +14,8 @@ use tokio_tungstenite::tungstenite::Message;
 // Parts of this one test binary kept in their own files.
 #[path = "e2e/capabilities.rs"]
 mod capabilities;
+#[path = "e2e/examples.rs"]
+mod examples;
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
