@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use e2e::Agent;
 
-use super::{Answer, ask, raw_client};
+use super::{Answer, ask};
 
 /// `GET path` over plain HTTP/1.1: the status line and the body.
 fn http_get(agent: &Agent, path: &str) -> (String, String) {
