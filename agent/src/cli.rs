@@ -8,7 +8,8 @@ use std::time::Duration;
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Parser};
 
-use socktop_agent::config::{Collection, Config, Limits, Ttls};
+use socktop_agent::config::{Collection, Config, Limits, PrometheusLimits, Ttls};
+use socktop_agent::cputime::attribution::ChildrenMode;
 
 /// On-demand host-metrics agent for the socktop TUI.
 ///
@@ -43,6 +44,13 @@ pub struct Cli {
     #[arg(long, env = "SOCKTOP_AGENT_EBPF", action = ArgAction::Set, value_parser = BoolishValueParser::new(), default_value = "true")]
     pub ebpf: bool,
 
+    /// Where the processes list shows the CPU time of processes that exited
+    /// between two requests: `attribute` adds what they ran since the previous
+    /// request to their nearest listed ancestor (the shell of a build shows the
+    /// build's compilers), `own` shows each process's own time only.
+    #[arg(long, env = "SOCKTOP_AGENT_CPU_CHILDREN", default_value = "attribute", value_parser = parse_children_mode)]
+    pub cpu_children: ChildrenMode,
+
     /// Collect GPU metrics.
     #[arg(long, env = "SOCKTOP_AGENT_GPU", action = ArgAction::Set, value_parser = BoolishValueParser::new(), default_value = "true")]
     pub gpu: bool,
@@ -74,6 +82,16 @@ pub struct Cli {
     /// Most clients served at once.
     #[arg(long, env = "SOCKTOP_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
+
+    /// Command names with Prometheus series of their own (/metrics); processes
+    /// with other names are summed into comm="other".
+    #[arg(long, env = "SOCKTOP_PROMETHEUS_COMM_NAMES", default_value_t = PrometheusLimits::default().max_comm_names)]
+    pub prometheus_comm_names: usize,
+
+    /// Processes using the most CPU exported to Prometheus with a pid label
+    /// (0: none).
+    #[arg(long, env = "SOCKTOP_PROMETHEUS_TOP_PROCESSES", default_value_t = PrometheusLimits::default().top_processes)]
+    pub prometheus_top_processes: usize,
 
     /// Async worker threads [default: one per CPU, at most 4].
     #[arg(long, env = "SOCKTOP_WORKER_THREADS")]
@@ -111,11 +129,20 @@ impl Cli {
                 sys_root: self.sys_root.clone(),
                 gpu: self.gpu,
                 temperature: self.temp,
+                cpu_children: self.cpu_children,
             },
             limits: Limits { max_connections: self.max_connections.max(1), ..Limits::default() },
+            prometheus: PrometheusLimits {
+                max_comm_names: self.prometheus_comm_names,
+                top_processes: self.prometheus_top_processes,
+            },
             token: self.token.clone().filter(|t| !t.is_empty()),
         }
     }
+}
+
+fn parse_children_mode(text: &str) -> Result<ChildrenMode, String> {
+    text.parse()
 }
 
 #[cfg(test)]

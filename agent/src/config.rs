@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::cputime::attribution::ChildrenMode;
+
 /// How long a collected answer of each kind is served again before a new
 /// collection. Zero means every request collects (concurrent requests still share
 /// one collection).
@@ -35,11 +37,19 @@ pub struct Collection {
     pub gpu: bool,
     /// Collect CPU and disk temperatures.
     pub temperature: bool,
+    /// Whether the processes list shows exited processes' time in their ancestors.
+    pub cpu_children: ChildrenMode,
 }
 
 impl Default for Collection {
     fn default() -> Self {
-        Self { proc_root: PathBuf::from("/proc"), sys_root: PathBuf::from("/sys"), gpu: true, temperature: true }
+        Self {
+            proc_root: PathBuf::from("/proc"),
+            sys_root: PathBuf::from("/sys"),
+            gpu: true,
+            temperature: true,
+            cpu_children: ChildrenMode::Attribute,
+        }
     }
 }
 
@@ -74,11 +84,29 @@ impl Default for Limits {
     }
 }
 
+/// Bounds on the Prometheus scrape's per-process series, so that a host with
+/// thousands of processes cannot blow up a Prometheus server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrometheusLimits {
+    /// Command names with series of their own; the rest are summed into
+    /// `comm="other"`.
+    pub max_comm_names: usize,
+    /// Processes with a `pid` label (the top by CPU); 0 turns them off.
+    pub top_processes: usize,
+}
+
+impl Default for PrometheusLimits {
+    fn default() -> Self {
+        Self { max_comm_names: 200, top_processes: 5 }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Config {
     pub ttls: Ttls,
     pub collection: Collection,
     pub limits: Limits,
+    pub prometheus: PrometheusLimits,
     /// When set, `/ws` requires `?token=` with this value.
     pub token: Option<String>,
 }

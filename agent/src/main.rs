@@ -85,6 +85,8 @@ async fn serve(
         if config.token.is_some() { "on" } else { "off" },
         service.cpu_source_kind().as_str(),
     );
+    let children = config.collection.cpu_children;
+    tracing::info!("cpu children: {} ({})", children.as_str(), children.meaning());
     socktop_agent::server::run(listener, tls, config, service, shutdown_signal()).await;
     Ok(())
 }

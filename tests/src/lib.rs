@@ -10,9 +10,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+pub mod fleet;
+
 /// A running agent, killed when dropped.
 pub struct Agent {
     child: Child,
+    /// The address it listens on, and its port.
+    pub host: String,
     pub port: u16,
     log: Arc<Mutex<Vec<String>>>,
 }
@@ -104,15 +108,37 @@ impl Agent {
 
     /// Starts the agent on loopback port `port` (the port clients were told).
     pub fn start_on(port: u16, args: &[&str]) -> anyhow::Result<Agent> {
-        Self::spawn_on(Command::new(agent_binary()), port, args, &[])
+        Self::spawn_at(Command::new(agent_binary()), "127.0.0.1", port, args, &[])
+    }
+
+    /// Starts the agent through `launcher` (a command that ends by running the
+    /// program named after it, such as `ip netns exec NAME`), listening on
+    /// `bind:port`.
+    pub fn start_via(
+        launcher: &[&str],
+        bind: std::net::IpAddr,
+        port: u16,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> anyhow::Result<Agent> {
+        let (program, launcher_args) = launcher.split_first().context("an empty launcher")?;
+        let mut command = Command::new(program);
+        command.args(launcher_args).arg(agent_binary());
+        Self::spawn_at(command, &bind.to_string(), port, args, envs)
     }
 
     fn spawn(command: Command, args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<Agent> {
-        Self::spawn_on(command, 0, args, envs)
+        Self::spawn_at(command, "127.0.0.1", 0, args, envs)
     }
 
-    fn spawn_on(mut command: Command, port: u16, args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<Agent> {
-        command.args(["--bind", "127.0.0.1", "--port", &port.to_string()]).args(args);
+    fn spawn_at(
+        mut command: Command,
+        bind: &str,
+        port: u16,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> anyhow::Result<Agent> {
+        command.args(["--bind", bind, "--port", &port.to_string()]).args(args);
         command.env("RUST_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         for var in ["SOCKTOP_TOKEN", "SOCKTOP_ENABLE_SSL", "SOCKTOP_PORT", "SOCKTOP_AGENT_EBPF"] {
             command.env_remove(var);
@@ -132,7 +158,7 @@ impl Agent {
             }
         });
         match port_rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(port) => Ok(Agent { child, port, log }),
+            Ok(port) => Ok(Agent { child, host: bind.to_owned(), port, log }),
             Err(_) => {
                 let _ = child.kill();
                 bail!("agent did not start: {:?}", log.lock().expect("log lock"))
@@ -141,7 +167,12 @@ impl Agent {
     }
 
     pub fn ws_url(&self) -> String {
-        format!("ws://127.0.0.1:{}/ws", self.port)
+        format!("ws://{}/ws", self.address())
+    }
+
+    /// `host:port`, as a Prometheus target names it.
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
     }
 
     pub fn pid(&self) -> u32 {
@@ -218,6 +249,11 @@ impl Workload {
     /// A shell loop that keeps one CPU busy.
     pub fn busy_loop() -> Workload {
         Workload(Command::new("sh").args(["-c", "while :; do :; done"]).spawn().expect("spawning a busy loop"))
+    }
+
+    /// Any command, killed when dropped.
+    pub fn run(command: &mut Command) -> Workload {
+        Workload(command.spawn().expect("spawning a workload"))
     }
 
     /// A process that sleeps.

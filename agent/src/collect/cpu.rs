@@ -2,13 +2,20 @@
 //! (proc(5)): each `cpuN` line holds cumulative ticks per state, and the busy share
 //! over an interval is the non-idle part of the ticks that passed.
 
-/// Cumulative ticks of one `cpu` line, reduced to what the share needs.
+/// The first eight counters of a `cpu` line, in their order (proc(5)); the
+/// guest ones after them are already counted in user and nice.
+pub const CPU_MODES: [&str; 8] = ["user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal"];
+
+/// Cumulative ticks of one `cpu` line.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CpuTicks {
     /// All ticks except guest ones, which the kernel already counts in user/nice.
     pub total: u64,
     /// idle + iowait.
     pub idle: u64,
+    /// Each mode's ticks, in the order of [`CPU_MODES`] (Prometheus exports them
+    /// as counters).
+    pub modes: [u64; 8],
 }
 
 /// One reading of `/proc/stat`'s CPU lines.
@@ -50,7 +57,7 @@ fn parse_ticks<'a>(fields: impl Iterator<Item = &'a str>) -> CpuTicks {
     for (value, field) in values.iter_mut().zip(fields) {
         *value = field.parse().unwrap_or(0);
     }
-    CpuTicks { total: values.iter().sum(), idle: values[3] + values[4] }
+    CpuTicks { total: values.iter().sum(), idle: values[3] + values[4], modes: values }
 }
 
 /// Busy share in percent between two readings of the same counters.
@@ -116,13 +123,15 @@ mod tests {
         assert_eq!(stat.cores.len(), 2);
         assert_eq!(stat.cores[1].0, 1);
         // cpu  4705 150 1120 16250 520 0 23 0 0 0
-        assert_eq!(stat.all, CpuTicks { total: 4705 + 150 + 1120 + 16250 + 520 + 23, idle: 16250 + 520 });
+        assert_eq!(stat.all.total, 4705 + 150 + 1120 + 16250 + 520 + 23);
+        assert_eq!(stat.all.idle, 16250 + 520);
+        assert_eq!(stat.all.modes, [4705, 150, 1120, 16250, 520, 0, 23, 0]);
     }
 
     #[test]
     fn busy_share_is_the_non_idle_part_of_elapsed_ticks() {
-        let before = CpuTicks { total: 1000, idle: 800 };
-        let after = CpuTicks { total: 1200, idle: 850 };
+        let before = CpuTicks { total: 1000, idle: 800, ..CpuTicks::default() };
+        let after = CpuTicks { total: 1200, idle: 850, ..CpuTicks::default() };
         assert!((busy_percent(before, after) - 75.0).abs() < 1e-4);
         assert_eq!(busy_percent(after, after), 0.0);
         // Counters that go backwards (CPU hot-unplug) give 0, not a panic.

@@ -36,6 +36,15 @@ pub struct Disk {
     /// °C, when the disk has a sensor and temperatures are on.
     pub temperature: Option<f32>,
     pub is_partition: bool,
+    /// Bytes free including the blocks reserved for root, where it is mounted and
+    /// its type: Prometheus exports them with node_exporter's labels; the socktop
+    /// answer has no field for them.
+    #[serde(skip)]
+    pub free: u64,
+    #[serde(skip)]
+    pub mount_point: String,
+    #[serde(skip)]
+    pub fs_type: String,
 }
 
 /// One line of mountinfo, reduced to what the disk list needs.
@@ -114,6 +123,8 @@ pub struct Space {
     pub total: u64,
     /// Free to unprivileged users (`f_bavail`), as `df` shows it.
     pub available: u64,
+    /// Free, including the blocks reserved for root (`f_bfree`).
+    pub free: u64,
 }
 
 pub fn statvfs(mount_point: &str) -> std::io::Result<Space> {
@@ -132,7 +143,7 @@ pub fn statvfs_c(path: &CStr) -> std::io::Result<Space> {
     // SAFETY: statvfs returned 0, so it initialised the struct.
     let stat = unsafe { stat.assume_init() };
     let fragment = stat.f_frsize;
-    Ok(Space { total: stat.f_blocks * fragment, available: stat.f_bavail * fragment })
+    Ok(Space { total: stat.f_blocks * fragment, available: stat.f_bavail * fragment, free: stat.f_bfree * fragment })
 }
 
 /// Filesystems whose statfs may wait on a server or a user-space daemon.
@@ -195,6 +206,9 @@ impl DisksCollector {
                     name: known.mount.source.clone(),
                     total: space.total,
                     available: space.available,
+                    free: space.free,
+                    mount_point: known.mount.mount_point.clone(),
+                    fs_type: known.mount.fs_type.clone(),
                 })
             })
             .collect();

@@ -9,13 +9,21 @@ pub struct MemoryInfo {
     pub mem_used: u64,
     pub swap_total: u64,
     pub swap_used: u64,
+    /// The raw fields behind the two figures above, which Prometheus exports
+    /// under node_exporter's names (`node_memory_MemAvailable_bytes`, ...).
+    pub mem_available: u64,
+    pub mem_free: u64,
+    pub buffers: u64,
+    pub cached: u64,
+    pub swap_free: u64,
 }
 
 /// Parses `/proc/meminfo`, whose values are in KiB despite the "kB" unit.
 pub fn parse_meminfo(text: &str) -> MemoryInfo {
     let (mut total, mut available, mut free, mut swap_total, mut swap_free) = (0, None, 0, 0, 0);
-    // Five keys are wanted; they come in the first twenty lines of fifty-odd.
-    let mut wanted = 5;
+    let (mut buffers, mut cached) = (0, 0);
+    // Seven keys are wanted; they come in the first twenty lines of fifty-odd.
+    let mut wanted = 7;
     for line in text.lines() {
         let Some((key, value)) = line.split_once(':') else { continue };
         let kib = || value.split_ascii_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
@@ -23,6 +31,8 @@ pub fn parse_meminfo(text: &str) -> MemoryInfo {
             "MemTotal" => total = kib(),
             "MemAvailable" => available = Some(kib()),
             "MemFree" => free = kib(),
+            "Buffers" => buffers = kib(),
+            "Cached" => cached = kib(),
             "SwapTotal" => swap_total = kib(),
             "SwapFree" => swap_free = kib(),
             _ => continue,
@@ -39,6 +49,11 @@ pub fn parse_meminfo(text: &str) -> MemoryInfo {
         mem_used: total.saturating_sub(available) * 1024,
         swap_total: swap_total * 1024,
         swap_used: swap_total.saturating_sub(swap_free) * 1024,
+        mem_available: available * 1024,
+        mem_free: free * 1024,
+        buffers: buffers * 1024,
+        cached: cached * 1024,
+        swap_free: swap_free * 1024,
     }
 }
 
@@ -53,6 +68,9 @@ mod tests {
         assert_eq!(info.mem_used, (24_576_000 - 23_000_000) * 1024);
         assert_eq!(info.swap_total, 2_097_148 * 1024);
         assert_eq!(info.swap_used, (2_097_148 - 2_000_000) * 1024);
+        assert_eq!(info.mem_available, 23_000_000 * 1024);
+        assert_eq!(info.swap_free, 2_000_000 * 1024);
+        assert_eq!((info.mem_free, info.buffers, info.cached), (22_000_000 * 1024, 120_000 * 1024, 900_000 * 1024));
     }
 
     #[test]

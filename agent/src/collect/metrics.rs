@@ -24,6 +24,9 @@ pub struct MetricsSnapshot {
     pub cpu_total: f32,
     /// Busy share of each logical CPU, 0..100, in CPU order.
     pub cpu_per_core: Vec<f32>,
+    /// The cumulative ticks per CPU and mode the shares come from (Prometheus
+    /// exports counters, not shares).
+    pub cpu_ticks: cpu::CpuStat,
     /// Memory and swap, in bytes.
     pub memory: MemoryInfo,
     pub hostname: String,
@@ -68,11 +71,12 @@ impl MetricsCollector {
 
     pub fn sample(&mut self) -> MetricsSnapshot {
         let stat = read_kept(&mut self.stat).map(cpu::parse_proc_stat).unwrap_or_default();
-        let shares = self.cpu.update(stat);
+        let shares = self.cpu.update(stat.clone());
         MetricsSnapshot {
             sampled_at: SystemTime::now(),
             cpu_total: shares.total,
             cpu_per_core: shares.per_core,
+            cpu_ticks: stat,
             memory: read_kept(&mut self.meminfo).map(memory::parse_meminfo).unwrap_or_default(),
             hostname: hostname(),
             cpu_temp_c: self.temperature.as_mut().and_then(CpuTemperature::read),

@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod network;
 pub mod pid_cache;
 pub mod process_detail;
+pub mod process_groups;
 pub mod processes;
 pub mod temperature;
 

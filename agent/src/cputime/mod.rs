@@ -6,6 +6,7 @@
 //! exited ones included). Turning two readings into a percentage is done once, in
 //! [`rate::RateRule`] (on [`cpu_percent`]), so both modes show the same scale.
 
+pub mod attribution;
 pub mod btf;
 pub mod ebpf;
 pub mod proc;
@@ -64,6 +65,17 @@ pub enum CpuTimeError {
 pub trait CpuTimeSource: Send {
     fn kind(&self) -> CpuSourceKind;
 
+    /// Why this is the /proc source, when the eBPF one could not be used.
+    fn fallback_reason(&self) -> Option<&str> {
+        None
+    }
+
+    /// Cumulative counts of what the source could not count, by cause (for the
+    /// eBPF program: switches lost to a full map, ...). Empty when it has none.
+    fn error_counts(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
+
     /// Writes into `out`, in the order of `procs`, the cumulative on-CPU nanoseconds of
     /// each process. `out` is cleared first.
     fn cumulative_ns(&mut self, procs: &[ScannedCpu], out: &mut Vec<u64>) -> Result<(), CpuTimeError>;
@@ -73,6 +85,14 @@ pub trait CpuTimeSource: Send {
     /// `out` (cleared first). None when it cannot: the caller scans /proc instead.
     fn read_processes(&mut self, _out: &mut Vec<ProcessRecord>) -> Option<Result<(), CpuTimeError>> {
         None
+    }
+
+    /// Moves into `out` (cleared first) the processes that exited since the last
+    /// call, with their final totals, for a source that records exits; false for
+    /// one that does not (their time is then seen only through their parents'
+    /// reaped-children times).
+    fn take_exits(&mut self, _out: &mut Vec<attribution::Exit>) -> bool {
+        false
     }
 
     /// Drops whatever the source keeps for processes that are gone. `live` is every pid
@@ -106,7 +126,8 @@ pub fn select_source(force_proc: bool, proc_root: &Path, clock: HostClock) -> (B
         }
         Err(reason) => {
             tracing::info!("cpu source: proc ({reason})");
-            (Box::new(proc::ProcCpuTime::new(clock.ticks_per_second())), Some(reason))
+            let source = proc::ProcCpuTime::new(clock.ticks_per_second()).because(reason.clone());
+            (Box::new(source), Some(reason))
         }
     }
 }

@@ -6,17 +6,28 @@ use super::{CpuSourceKind, CpuTimeError, CpuTimeSource, ScannedCpu};
 
 pub struct ProcCpuTime {
     ns_per_tick: u64,
+    /// Why the eBPF source is not used.
+    reason: Option<String>,
 }
 
 impl ProcCpuTime {
     pub fn new(ticks_per_second: u64) -> Self {
-        Self { ns_per_tick: 1_000_000_000 / ticks_per_second.max(1) }
+        Self { ns_per_tick: 1_000_000_000 / ticks_per_second.max(1), reason: None }
+    }
+
+    /// Records why this source was chosen over the eBPF one.
+    pub fn because(self, reason: String) -> Self {
+        Self { reason: Some(reason), ..self }
     }
 }
 
 impl CpuTimeSource for ProcCpuTime {
     fn kind(&self) -> CpuSourceKind {
         CpuSourceKind::Proc
+    }
+
+    fn fallback_reason(&self) -> Option<&str> {
+        self.reason.as_deref()
     }
 
     fn cumulative_ns(&mut self, procs: &[ScannedCpu], out: &mut Vec<u64>) -> Result<(), CpuTimeError> {

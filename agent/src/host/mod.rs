@@ -5,6 +5,7 @@
 
 pub mod clock;
 pub mod procfs;
+pub mod schedstat;
 pub mod stat;
 
 use std::path::Path;

@@ -7,6 +7,7 @@
 pub mod agent_info;
 pub mod answer;
 pub mod framing;
+pub mod prometheus;
 pub mod request;
 
 /// The generated protobuf types of `proto/processes.proto`.

@@ -1,5 +1,6 @@
-//! HTTP/1.1 routing: `GET /healthz` (the agent's description, JSON), and `GET /ws`
-//! with the token check and the WebSocket upgrade.
+//! HTTP/1.1 routing: `GET /healthz` (the agent's description, JSON), `GET /ws` with
+//! the token check and the WebSocket upgrade, and `GET /metrics` (Prometheus) with
+//! the same token check.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -7,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
+use hyper::header::HeaderValue;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_tungstenite::tungstenite::protocol::WebSocketConfig;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -68,10 +70,55 @@ async fn route(
                 upgrade(&mut request, shared, stop, slot)
             }
         }
-        (_, "/ws" | "/healthz") => plain(StatusCode::METHOD_NOT_ALLOWED, ""),
+        (&Method::GET, "/metrics") => metrics(&request, &shared).await,
+        (_, "/ws" | "/healthz" | "/metrics") => plain(StatusCode::METHOD_NOT_ALLOWED, ""),
         _ => plain(StatusCode::NOT_FOUND, ""),
     };
     Ok(response)
+}
+
+/// The Prometheus scrape. The token may come as `?token=` or, as Prometheus's
+/// `authorization` setting sends it, as `Authorization: Bearer TOKEN`.
+async fn metrics(request: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+    let headers = request.headers();
+    let bearer = headers
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    let authorized = match bearer {
+        Some(token) => shared.auth.allows_token(token.trim()),
+        None => shared.auth.allows(request.uri().query()),
+    };
+    if !authorized {
+        return plain(StatusCode::UNAUTHORIZED, "invalid or missing token\n");
+    }
+    let gzip = headers
+        .get_all(hyper::header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .any(accepts_gzip);
+    let Some(body) = shared.service.prometheus(gzip).await else {
+        return plain(StatusCode::INTERNAL_SERVER_ERROR, "the scrape failed; see the agent's log\n");
+    };
+    let mut response = Response::new(Full::new(body));
+    let response_headers = response.headers_mut();
+    let content_type = HeaderValue::from_static(crate::protocol::prometheus::CONTENT_TYPE);
+    response_headers.insert(hyper::header::CONTENT_TYPE, content_type);
+    if gzip {
+        response_headers.insert(hyper::header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    response
+}
+
+/// Whether an `Accept-Encoding` value lists gzip without refusing it (`;q=0`).
+fn accepts_gzip(value: &str) -> bool {
+    value.split(',').any(|coding| {
+        let mut parts = coding.split(';').map(str::trim);
+        let name = parts.next().unwrap_or_default();
+        let refused =
+            parts.any(|p| p.replace(' ', "").strip_prefix("q=").and_then(|q| q.parse::<f32>().ok()) == Some(0.0));
+        name.eq_ignore_ascii_case("gzip") && !refused
+    })
 }
 
 fn upgrade(
@@ -131,8 +178,12 @@ impl TokenCheck {
     }
 
     pub fn allows(&self, query: Option<&str>) -> bool {
+        self.allows_token(&query.and_then(token_from_query).unwrap_or_default())
+    }
+
+    /// Whether `given` is the configured token (or none is configured).
+    pub fn allows_token(&self, given: &str) -> bool {
         let Some(expected) = &self.token else { return true };
-        let given = query.and_then(token_from_query).unwrap_or_default();
         let ok: bool = given.as_bytes().ct_eq(expected.as_bytes()).into();
         if !ok && !self.warned.swap(true, Ordering::Relaxed) {
             tracing::warn!(
@@ -201,6 +252,16 @@ mod tests {
         assert!(!check.allows(Some("token=s3cret%20value2")));
         assert!(!check.allows(Some("tok=s3cret%20value")));
         assert!(!check.allows(None));
+    }
+
+    #[test]
+    fn gzip_is_used_when_listed_and_not_refused() {
+        assert!(accepts_gzip("gzip"));
+        assert!(accepts_gzip("deflate, GZIP;q=0.5"));
+        assert!(accepts_gzip("identity, gzip"));
+        assert!(!accepts_gzip("gzip;q=0"));
+        assert!(!accepts_gzip("identity"));
+        assert!(!accepts_gzip("x-gzip-ish"));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::host::clock::{HostClock, unix_now};
 use crate::host::stat::parse_stat;
 use crate::protocol::answer::{ErrorAnswer, JournalResponse, ProcessDetail, ProcessMetricsResponse};
 use crate::protocol::framing::Framer;
-use crate::protocol::request::Form;
+use crate::protocol::request::{Form, Request};
 use crate::sync::lock;
 
 /// Most pids whose answers and CPU readings are kept.
@@ -42,9 +42,6 @@ pub struct ProcessDetails {
 
 /// A process's detail, or why there is none.
 type DetailAnswer = Result<ProcessMetricsResponse, ErrorAnswer>;
-
-const PROCESS_METRICS: &str = "get_process_metrics";
-const JOURNAL_ENTRIES: &str = "get_journal_entries";
 
 struct Inner {
     proc_root: std::path::PathBuf,
@@ -80,12 +77,13 @@ impl ProcessDetails {
     }
 
     pub async fn process_metrics(&self, pid: u32, form: Form) -> Message {
+        let request = Request::ProcessMetrics { pid }.command();
         let cached = lock(&self.answers).get(pid).cloned();
         let answer = match cached {
             Some(answer) => answer,
             None => {
                 let inner = Arc::clone(&self.inner);
-                let error = |error: String| Err(ErrorAnswer::for_pid(error, PROCESS_METRICS, pid));
+                let error = |error: String| Err(ErrorAnswer::for_pid(error, request, pid));
                 let answer = match tokio::task::spawn_blocking(move || inner.detail(pid)).await {
                     Ok(Ok(process)) => Ok(ProcessMetricsResponse { process, cached_at: unix_now().as_secs() }),
                     Ok(Err(DetailError::NotFound(_))) => error(format!("no process {pid}")),
@@ -98,8 +96,8 @@ impl ProcessDetails {
             }
         };
         answer.frame(form, |answer| match answer {
-            Ok(response) => lock(&self.framer).json(response, form, PROCESS_METRICS),
-            Err(error) => lock(&self.framer).json(error, form, PROCESS_METRICS),
+            Ok(response) => lock(&self.framer).json(response, form, request),
+            Err(error) => lock(&self.framer).json(error, form, request),
         })
     }
 
@@ -113,7 +111,8 @@ impl ProcessDetails {
                 journal
             }
         };
-        journal.frame(form, |journal| lock(&self.framer).json(journal, form, JOURNAL_ENTRIES))
+        let request = Request::JournalEntries { pid }.command();
+        journal.frame(form, |journal| lock(&self.framer).json(journal, form, request))
     }
 }
 

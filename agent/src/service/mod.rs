@@ -5,10 +5,12 @@
 
 mod cache;
 mod details;
+mod prometheus;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use hyper::body::Bytes;
 use hyper_tungstenite::tungstenite::Message;
 
 use crate::collect::disks::{DisksCollector, DisksSnapshot};
@@ -24,6 +26,7 @@ use crate::protocol::request::{Form, Incoming, Request};
 use crate::sync::lock;
 use cache::Cached;
 use details::ProcessDetails;
+use prometheus::{PrometheusEncoder, ScrapeLease, Snapshots};
 
 pub use cache::{Collected, Rendered};
 
@@ -34,6 +37,8 @@ pub struct Service {
     details: ProcessDetails,
     /// The encoders' buffers and gzip compressor, kept between answers.
     framer: Arc<Mutex<Framer>>,
+    prometheus: Arc<PrometheusEncoder>,
+    scrape_lease: Mutex<ScrapeLease<ClientGuard>>,
     cpu_source: SharedCpuSource,
     cpu_source_kind: CpuSourceKind,
     /// Connected WebSocket clients; when it drops to zero the CPU-time source is
@@ -68,6 +73,7 @@ impl Service {
             host.cpus,
             Arc::clone(&cpu_source),
             config.limits.kept_stat_files,
+            collection.cpu_children,
         );
         let framer = Arc::new(Mutex::new(Framer::default()));
         let details = ProcessDetails::new(
@@ -78,12 +84,16 @@ impl Service {
             config.ttls.processes,
             Arc::clone(&framer),
         );
+        let prometheus =
+            PrometheusEncoder::new(config.prometheus, host, collection.proc_root.clone(), Arc::clone(&cpu_source));
         Self {
             metrics: Cached::new(MetricsCollector::new(collection), config.ttls.metrics),
             disks: Cached::new(DisksCollector::new(collection), config.ttls.disks),
             processes: Cached::new(scanner, config.ttls.processes),
             details,
             framer,
+            prometheus: Arc::new(prometheus),
+            scrape_lease: Mutex::new(ScrapeLease::default()),
             cpu_source,
             cpu_source_kind,
             clients: AtomicUsize::new(0),
@@ -137,6 +147,23 @@ impl Service {
     /// The current disks snapshot, shared with the disks answers.
     pub async fn disks(&self) -> Collected<DisksSnapshot> {
         self.disks.get().await
+    }
+
+    /// One Prometheus scrape of the current snapshots (shared with the socktop
+    /// answers through the caches): the text exposition, gzipped when `gzip`. A
+    /// scrape counts as a connected client until about two scrape intervals later
+    /// (see [`ScrapeLease`]). None when rendering failed (logged).
+    pub async fn prometheus(self: &Arc<Self>, gzip: bool) -> Option<Bytes> {
+        let client = self.client_connected();
+        lock(&self.scrape_lease).renew(client);
+        let started = std::time::Instant::now();
+        let (metrics, disks, processes) = tokio::join!(self.metrics(), self.disks(), self.processes());
+        let snapshots = Snapshots { metrics, disks, processes };
+        let collection = started.elapsed();
+        let encoder = Arc::clone(&self.prometheus);
+        // The per-name counters read schedstat files of the processes that ran.
+        let rendered = tokio::task::spawn_blocking(move || encoder.render(snapshots, collection, gzip)).await;
+        rendered.inspect_err(|e| tracing::error!(error = %e, "rendering a Prometheus scrape panicked")).ok()
     }
 
     pub async fn answer(&self, incoming: Incoming) -> Message {

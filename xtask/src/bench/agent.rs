@@ -204,15 +204,12 @@ impl Agent {
 
     /// Cumulative user + system CPU time of the whole process, exited threads included.
     pub fn cpu_time(&self) -> anyhow::Result<Duration> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
-        let ticks = parse_cpu_ticks(&stat).context("parsing the agent's /proc/PID/stat")?;
-        Ok(Duration::from_nanos(ticks.saturating_mul(1_000_000_000 / ticks_per_second())))
+        cpu_time_of(self.pid())
     }
 
     /// Resident set size (VmRSS) in bytes.
     pub fn rss_bytes(&self) -> anyhow::Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
-        parse_vm_rss(&status).context("no VmRSS in the agent's /proc/PID/status")
+        rss_of(self.pid())
     }
 
     /// What our agent says about its per-process CPU source ("proc" or "ebpf").
@@ -257,8 +254,21 @@ pub fn die_with_parent(command: &mut Command) {
     }
 }
 
+/// Cumulative user + system CPU time of process `pid`, exited threads included.
+pub fn cpu_time_of(pid: u32) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let ticks = parse_cpu_ticks(&stat).with_context(|| format!("parsing /proc/{pid}/stat"))?;
+    Ok(Duration::from_nanos(ticks.saturating_mul(1_000_000_000 / ticks_per_second())))
+}
+
+/// Resident set size (VmRSS) of process `pid`, in bytes.
+pub fn rss_of(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    parse_vm_rss(&status).with_context(|| format!("no VmRSS in /proc/{pid}/status"))
+}
+
 /// A loopback port nobody listens on now.
-fn free_port() -> anyhow::Result<u16> {
+pub fn free_port() -> anyhow::Result<u16> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("finding a free port")?;
     Ok(listener.local_addr()?.port())
 }

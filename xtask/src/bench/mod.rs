@@ -3,8 +3,10 @@
 //! original when missing, starts both on loopback ports (caches off, then on),
 //! measures idle CPU, resident memory, CPU time per request with more and more
 //! processes on the host, round-trip latency under 1 to 500 polling clients and
-//! answer sizes, and prints one Markdown table. Every phase is bounded in time;
-//! agents and helper processes are stopped on the way out, Ctrl-C included.
+//! answer sizes, and prints one Markdown table; then the Prometheus scrape cost
+//! against node_exporter and process-exporter in a second one ([`scrape`]). Every
+//! phase is bounded in time; agents and helper processes are stopped on the way
+//! out, Ctrl-C included.
 
 mod agent;
 mod client;
@@ -13,6 +15,7 @@ mod ebpf;
 mod machine;
 mod phases;
 mod report;
+mod scrape;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -62,6 +65,8 @@ enum Phase {
     Latency,
     /// The eBPF program's cost per context switch.
     Ebpf,
+    /// Prometheus scrape cost against node_exporter + process-exporter.
+    Scrape,
 }
 
 /// How long and how often each phase runs.
@@ -80,7 +85,7 @@ struct Plan {
 impl Plan {
     fn new(args: &BenchArgs) -> Plan {
         let phases = if args.only.is_empty() {
-            vec![Phase::Idle, Phase::Rss, Phase::Cpu, Phase::Latency, Phase::Ebpf]
+            vec![Phase::Idle, Phase::Rss, Phase::Cpu, Phase::Latency, Phase::Ebpf, Phase::Scrape]
         } else {
             args.only.clone()
         };
@@ -146,7 +151,18 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if binaries.pinning.is_some() {
         println!("- the bench's clients run on CPU 0, the agents on the other CPUs");
     }
-    println!("\n{}", table.render());
+    if !table.rows.is_empty() {
+        println!("\n{}", table.render());
+    }
+    if plan.runs(Phase::Scrape) {
+        let scrapes = runtime.block_on(async {
+            tokio::select! {
+                table = prometheus(&plan, &binaries) => table,
+                _ = tokio::signal::ctrl_c() => bail!("interrupted; the agents and exporters were stopped"),
+            }
+        })?;
+        println!("\n### Prometheus: our /metrics vs node_exporter + process-exporter\n\n{}", scrapes.render());
+    }
     Ok(())
 }
 
@@ -328,6 +344,73 @@ async fn latency(plan: &Plan, binaries: &Binaries, caches: Caches, table: &mut T
         }
     }
     Ok(())
+}
+
+/// Extra idle processes for the scrape comparison (the issue's measured anchors).
+const SCRAPE_CROWD: usize = 1_000;
+
+/// CPU per Prometheus scrape of our agent against node_exporter plus
+/// process-exporter on the same host and crowd, the bytes of one scrape, and our
+/// idle RSS before and after the scrapes. The "original" column of this table
+/// holds the two exporters together.
+async fn prometheus(plan: &Plan, binaries: &Binaries) -> anyhow::Result<Table> {
+    let mut table = Table { other: "node_exporter + process-exporter", ..Table::default() };
+    progress(format_args!("starting {} idle processes", thousands(SCRAPE_CROWD)));
+    let _crowd = Crowd::spawn(SCRAPE_CROWD)?;
+    let ours = Agent::start(binaries, Which::Ours, Caches::Off).await?;
+    let node = scrape::Exporter::node(&binaries.logs).await?;
+    let process = scrape::Exporter::process(&binaries.logs).await?;
+    tokio::time::sleep(SETTLE * 2).await;
+    let rss_before = ours.rss_bytes()? as f64 / MIB;
+    let processes = machine::process_count();
+    let (mut ours_cpu, mut node_cpu, mut process_cpu, mut theirs_cpu, mut ours_processes) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut ours_bytes, mut theirs_bytes) = (Vec::new(), Vec::new());
+    for repeat in 0..plan.repeats {
+        progress(format_args!("CPU per scrape, {processes} processes, {}/{}", repeat + 1, plan.repeats));
+        let budget = plan.cpu_budget;
+        let mine = scrape::cpu_per_scrape(ours.pid(), ours.port, budget, plan.cpu_min_requests).await?;
+        let n = scrape::cpu_per_scrape(node.pid(), node.port, budget, plan.cpu_min_requests).await?;
+        // process-exporter takes about half a second a scrape here: a few suffice.
+        let p = scrape::cpu_per_scrape(process.pid(), process.port, budget, 3).await?;
+        let list = phases::cpu_per_request(&ours, Kind::Processes, budget, plan.cpu_min_requests).await?;
+        ours_cpu.push(mine.cpu_us / 1000.0);
+        node_cpu.push(n.cpu_us / 1000.0);
+        process_cpu.push(p.cpu_us / 1000.0);
+        theirs_cpu.push((n.cpu_us + p.cpu_us) / 1000.0);
+        ours_processes.push(list.cpu_us / 1000.0);
+        ours_bytes.push(mine.wire_bytes as f64);
+        theirs_bytes.push((n.wire_bytes + p.wire_bytes) as f64);
+    }
+    tokio::time::sleep(SETTLE * 2).await;
+    let rss_after = ours.rss_bytes()? as f64 / MIB;
+    let host = format!("{} processes (host + {} idle)", thousands(processes), thousands(SCRAPE_CROWD));
+    let rows = [
+        (format!("CPU per scrape, uncached, {host}"), "ms", &ours_cpu, &theirs_cpu),
+        (format!("… node_exporter alone (default collectors), {host}"), "ms", &ours_cpu, &node_cpu),
+        (format!("… process-exporter alone (a group per comm), {host}"), "ms", &ours_cpu, &process_cpu),
+        (format!("… ours: CPU per uncached `get_processes`, {host}"), "ms", &ours_cpu, &ours_processes),
+        (format!("one scrape on the wire (gzip accepted), {host}"), "bytes", &ours_bytes, &theirs_bytes),
+    ];
+    for (label, unit, mine, theirs) in rows {
+        table.push(Row::single(Section::Cpu, label, unit, mine, theirs));
+    }
+    table.push(Row::single(
+        Section::Memory,
+        "RSS idle, before / after the scrapes",
+        "MiB",
+        &[rss_before],
+        &[rss_after],
+    ));
+    let theirs_rss = (node.rss_bytes()? + process.rss_bytes()?) as f64 / MIB;
+    table.notes.push(format!(
+        "Ours: idle RSS {rss_before:.2} MiB before the scrapes, {rss_after:.2} MiB after (growth {:.2} MiB; that row's \
+         second column is ours after, not an exporter). The two exporters' RSS after: {theirs_rss:.1} MiB together. \
+         Our CPU source: {}.",
+        rss_after - rss_before,
+        ours.cpu_source().as_deref().unwrap_or("unknown")
+    ));
+    Ok(table)
 }
 
 /// Many clients need many sockets: raise the soft file-descriptor limit to the

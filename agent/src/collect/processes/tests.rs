@@ -19,7 +19,7 @@ fn fake_proc(processes: &[(u32, &str, u64, u64)]) -> tempfile::TempDir {
 
 fn scanner(root: &std::path::Path) -> ProcessScanner {
     let source: SharedCpuSource = Arc::new(Mutex::new(Box::new(ProcCpuTime::new(100))));
-    ProcessScanner::new(root.to_path_buf(), HostClock::new(100, 0, 4096), 2, source, 4096)
+    ProcessScanner::new(root.to_path_buf(), HostClock::new(100, 0, 4096), 2, source, 4096, ChildrenMode::Attribute)
 }
 
 #[test]
@@ -80,7 +80,14 @@ fn proc_is_listed_again_only_once_a_new_pid_was_handed_out() {
     loadavg(1).unwrap();
     let source: SharedCpuSource = Arc::new(Mutex::new(Box::new(ProcCpuTime::new(100))));
     // No stat file kept open, so a removed process fails its read as in /proc.
-    let mut scanner = ProcessScanner::new(root.path().to_path_buf(), HostClock::new(100, 0, 4096), 2, source, 0);
+    let mut scanner = ProcessScanner::new(
+        root.path().to_path_buf(),
+        HostClock::new(100, 0, 4096),
+        2,
+        source,
+        0,
+        ChildrenMode::Attribute,
+    );
     assert_eq!(pids(scanner.scan().unwrap()), [1]);
     add_process(root.path(), 2);
     assert_eq!(pids(scanner.scan().unwrap()), [1], "no pid handed out: the listing is reused");
@@ -113,7 +120,14 @@ fn the_cpu_source_forgets_processes_only_when_some_may_have_exited() {
     loadavg(2).unwrap();
     let calls = Arc::new(Mutex::new(Vec::new()));
     let source: SharedCpuSource = Arc::new(Mutex::new(Box::new(Recording(Arc::clone(&calls)))));
-    let mut scanner = ProcessScanner::new(root.path().to_path_buf(), HostClock::new(100, 0, 4096), 2, source, 0);
+    let mut scanner = ProcessScanner::new(
+        root.path().to_path_buf(),
+        HostClock::new(100, 0, 4096),
+        2,
+        source,
+        0,
+        ChildrenMode::Attribute,
+    );
     scanner.scan().unwrap();
     scanner.scan().unwrap();
     assert_eq!(*calls.lock().unwrap(), [vec![1, 2]], "nothing could have exited in between");
@@ -131,7 +145,14 @@ fn the_cpu_source_forgets_processes_only_when_some_may_have_exited() {
 fn at_most_the_budget_of_stat_files_stays_open() {
     let root = fake_proc(&[(1, "a", 0, 1), (2, "b", 0, 1), (3, "c", 0, 1)]);
     let source: SharedCpuSource = Arc::new(Mutex::new(Box::new(ProcCpuTime::new(100))));
-    let mut scanner = ProcessScanner::new(root.path().to_path_buf(), HostClock::new(100, 0, 4096), 2, source, 2);
+    let mut scanner = ProcessScanner::new(
+        root.path().to_path_buf(),
+        HostClock::new(100, 0, 4096),
+        2,
+        source,
+        2,
+        ChildrenMode::Attribute,
+    );
     for _ in 0..3 {
         assert_eq!(scanner.scan().unwrap().processes.len(), 3);
         assert_eq!(scanner.tracked.iter().filter(|t| t.stat.is_some()).count(), 2);

@@ -1,0 +1,264 @@
+//! `GET /metrics` end to end: the text passes Debian's `promtool check metrics`,
+//! values match the kernel's own counters, the token and gzip are honoured, and a
+//! real Prometheus server scraping three agents, each on a host of its own (a
+//! network namespace with its own address), finds a busy loop and a fork loop on
+//! the host that runs them, at the CPU time the kernel says they used.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use e2e::fleet::{Fleet, Prometheus, http_get, named_program};
+use e2e::{Agent, Workload, client, host};
+use socktop_connector::connect_to_socktop_agent;
+
+/// The scrape text and the parsed samples (`name{labels}` -> value).
+fn scrape(agent: &Agent, path: &str, headers: &[(&str, &str)]) -> (String, BTreeMap<String, f64>) {
+    let response = http_get(&agent.address(), path, headers).expect("scrape");
+    assert_eq!(response.status, 200, "{}", String::from_utf8_lossy(&response.body));
+    let text = String::from_utf8(response.body).expect("UTF-8");
+    let samples = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.rsplit_once(' '))
+        .map(|(series, value)| (series.to_owned(), value.parse().expect("a number")))
+        .collect();
+    (text, samples)
+}
+
+/// `promtool check metrics` of a scrape: its exit status (0 clean, 3 lint
+/// findings, 1 unparsable) and the findings.
+fn promtool_check(text: &str) -> (Option<i32>, String) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package `prometheus`)");
+    child.stdin.take().expect("promtool's stdin").write_all(text.as_bytes()).expect("writing to promtool");
+    let output = child.wait_with_output().expect("promtool's verdict");
+    let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.code(), said)
+}
+
+/// The memory series keep node_exporter's names, which promtool's lint flags for
+/// their camelCase (it flags node_exporter 1.5's own output the same way).
+const NODE_EXPORTER_CAMEL_CASE: [&str; 7] = [
+    "node_memory_MemTotal_bytes",
+    "node_memory_MemFree_bytes",
+    "node_memory_MemAvailable_bytes",
+    "node_memory_Buffers_bytes",
+    "node_memory_Cached_bytes",
+    "node_memory_SwapTotal_bytes",
+    "node_memory_SwapFree_bytes",
+];
+
+/// The `cpuN` line of /proc/stat: (user ticks, idle ticks).
+fn proc_stat_cpu0() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+    let line = stat.lines().find(|l| l.starts_with("cpu0 ")).expect("a cpu0 line");
+    let fields: Vec<u64> = line.split_whitespace().skip(1).map(|f| f.parse().expect("ticks")).collect();
+    (fields[0], fields[3])
+}
+
+#[test]
+fn the_scrape_passes_promtool_and_matches_the_kernel() {
+    let agent = Agent::start(&[], &[]).unwrap();
+    let before = proc_stat_cpu0();
+    let (text, samples) = scrape(&agent, "/metrics", &[]);
+    let after = proc_stat_cpu0();
+
+    let (status, said) = promtool_check(&text);
+    assert!(matches!(status, Some(0 | 3)), "promtool could not parse the scrape ({status:?}): {said}\n{text}");
+    for finding in said.lines() {
+        let camel = finding.strip_suffix(" metric names should be written in 'snake_case' not 'camelCase'");
+        assert!(
+            camel.is_some_and(|name| NODE_EXPORTER_CAMEL_CASE.contains(&name)),
+            "promtool check metrics: {finding}\n{text}"
+        );
+    }
+
+    assert_eq!(samples["node_memory_MemTotal_bytes"], host::mem_total() as f64);
+    let user = samples[r#"node_cpu_seconds_total{cpu="0",mode="user"}"#];
+    assert!((before.0 as f64 / 100.0..=after.0 as f64 / 100.0).contains(&user), "{user} vs {before:?}..{after:?}");
+    let idle = samples[r#"node_cpu_seconds_total{cpu="0",mode="idle"}"#];
+    assert!((before.1 as f64 / 100.0..=after.1 as f64 / 100.0).contains(&idle), "{idle} vs {before:?}..{after:?}");
+    let cpus = samples.keys().filter(|k| k.starts_with("node_cpu_seconds_total{") && k.contains("mode=\"idle\""));
+    assert_eq!(cpus.count(), host::cpus());
+    assert!(samples.contains_key(r#"node_network_receive_bytes_total{device="lo"}"#), "{text}");
+    assert!(samples.keys().any(|k| k.starts_with("node_filesystem_size_bytes{") && k.contains("mountpoint=\"/\"")));
+    // This test process is alive under its own name, with at least its own memory.
+    let me = std::fs::read_to_string("/proc/self/comm").unwrap();
+    let processes = samples[&format!("socktop_comm_processes{{comm=\"{}\"}}", me.trim())];
+    assert!(processes >= 1.0, "{processes}");
+    let source = samples.keys().find(|k| k.starts_with("socktop_agent_cpu_source{")).expect("cpu source series");
+    assert!(source.contains("source=\"ebpf\"") || source.contains("source=\"proc\""), "{source}");
+}
+
+#[test]
+fn the_token_is_required_as_a_query_or_a_bearer_header() {
+    let agent = Agent::start(&[], &[("SOCKTOP_TOKEN", "s3 cret")]).unwrap();
+    let status = |path: &str, headers: &[(&str, &str)]| http_get(&agent.address(), path, headers).unwrap().status;
+    assert_eq!(status("/metrics", &[]), 401);
+    assert_eq!(status("/metrics?token=wrong", &[]), 401);
+    assert_eq!(status("/metrics", &[("Authorization", "Bearer wrong")]), 401);
+    assert_eq!(status("/metrics?token=s3%20cret", &[]), 200);
+    assert_eq!(status("/metrics", &[("Authorization", "Bearer s3 cret")]), 200);
+    // A Bearer header is what is checked when one is sent.
+    assert_eq!(status("/metrics?token=s3%20cret", &[("Authorization", "Bearer wrong")]), 401);
+}
+
+#[test]
+fn the_scrape_is_gzipped_for_scrapers_that_accept_it() {
+    let agent = Agent::start(&[], &[]).unwrap();
+    let response = http_get(&agent.address(), "/metrics", &[("Accept-Encoding", "gzip")]).unwrap();
+    assert_eq!(response.headers.get("content-encoding").map(String::as_str), Some("gzip"));
+    assert!(response.headers["content-type"].starts_with("text/plain; version=0.0.4"));
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&response.body[..]).read_to_string(&mut text).expect("gzip");
+    assert!(text.contains("\nnode_memory_MemTotal_bytes "), "{text}");
+    let plain = http_get(&agent.address(), "/metrics", &[]).unwrap();
+    assert!(!plain.headers.contains_key("content-encoding"));
+    assert!(response.body.len() * 2 < plain.body.len(), "{} vs {}", response.body.len(), plain.body.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scrapes_leave_the_websocket_protocol_as_it_was() {
+    let agent = Agent::start(&[], &[]).unwrap();
+    let mut client = connect_to_socktop_agent(agent.ws_url()).await.expect("connects");
+    client::processes(&mut client).await.expect("processes before a scrape");
+    let address = agent.address();
+    for _ in 0..3 {
+        let address = address.clone();
+        let scraped = tokio::task::spawn_blocking(move || http_get(&address, "/metrics", &[])).await.unwrap();
+        assert_eq!(scraped.unwrap().status, 200);
+        let metrics = client::metrics(&mut client).await.expect("metrics decode");
+        assert_eq!(metrics.mem_total, host::mem_total());
+        let processes = client::processes(&mut client).await.expect("processes decode");
+        assert!(processes.top_processes.iter().any(|p| p.pid == std::process::id()));
+    }
+    let status = tokio::task::spawn_blocking(move || http_get(&address, "/nope", &[]).unwrap().status).await;
+    assert_eq!(status.unwrap(), 404);
+}
+
+/// utime + stime of the children a process has waited for, in clock ticks.
+fn reaped_children_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let fields: Vec<&str> = stat[stat.rfind(')').expect("comm") + 2..].split_whitespace().collect();
+    fields[13].parse::<u64>().expect("cutime") + fields[14].parse::<u64>().expect("cstime")
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_secs_f64()
+}
+
+/// The kernel's CPU seconds of one process, read every 100 ms with the time.
+struct Truth(Vec<(f64, f64)>);
+
+impl Truth {
+    /// Linear interpolation at `t` (Unix seconds).
+    fn at(&self, t: f64) -> f64 {
+        let after = self.0.iter().position(|&(at, _)| at >= t).unwrap_or(self.0.len() - 1).max(1);
+        let ((t0, v0), (t1, v1)) = (self.0[after - 1], self.0[after]);
+        v0 + (v1 - v0) * ((t - t0) / (t1 - t0)).clamp(0.0, 1.0)
+    }
+}
+
+#[test]
+fn a_real_prometheus_finds_each_hosts_own_processes() {
+    let (fleet, fallback) = Fleet::new(3);
+    if let Some(reason) = &fallback {
+        eprintln!("network namespaces unavailable ({reason}); the three agents listen on loopback ports");
+    }
+    let names = tempfile::tempdir().unwrap();
+    let busy_program = named_program(names.path(), "stpbusy", "/bin/sh").unwrap();
+    let child_program = named_program(names.path(), "stpchild", "/bin/sh").unwrap();
+
+    // Hosts 0 and 2 get a pid namespace of their own too, so their agents (on the
+    // /proc source, which reads the namespace's own /proc) see only their own
+    // processes; host 1 runs in the test's pid namespace and sees the workloads.
+    let mut agents = Vec::new();
+    for (index, host) in fleet.hosts.iter().enumerate() {
+        let mut launcher = host.launcher();
+        // Each scrape scans afresh, so a sample's time is its scan's time (with the
+        // default TTL a scrape may render a scan up to 1 s old).
+        let mut args = vec!["--processes-ttl-ms", "0"];
+        if index != 1 {
+            launcher.extend(["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"].map(String::from));
+            args.extend(["--ebpf", "off"]);
+        }
+        let launcher: Vec<&str> = launcher.iter().map(String::as_str).collect();
+        let port = if host.namespace.is_some() { 9100 } else { 0 };
+        agents.push(Agent::start_via(&launcher, host.address, port, &args, &[]).expect("agent starts"));
+    }
+    let instances: Vec<String> = agents.iter().map(Agent::address).collect();
+    let prometheus = Prometheus::start(&instances, Duration::from_secs(1), &[]).expect("prometheus starts");
+
+    // Niced up so that it gets most of a CPU on a host busy with other work.
+    let busy =
+        Workload::run(Command::new("nice").args(["-n", "-10"]).arg(&busy_program).args(["-c", "while :; do :; done"]));
+    // The fork loop: 20 short-lived children, each busy for some 20 ms on an
+    // idle host.
+    let fork_loop = format!(
+        "for i in $(seq 20); do {} -c 'i=0; while [ $i -lt 10000 ]; do i=$((i+1)); done'; done; exec sleep 600",
+        child_program.display()
+    );
+    let forker = Workload::run(Command::new("sh").args(["-c", &fork_loop]));
+
+    let mut truth = Truth(Vec::new());
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(12) {
+        truth.0.push((unix_now(), host::cpu_ticks(busy.pid()) as f64 / 100.0));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let forker_done = || std::fs::read_to_string(format!("/proc/{}/comm", forker.pid())).unwrap().trim() == "sleep";
+    while !forker_done() && started.elapsed() < Duration::from_secs(40) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let children_seconds = reaped_children_ticks(forker.pid()) as f64 / 100.0;
+    // Two more scrapes after the last child.
+    std::thread::sleep(Duration::from_millis(2500));
+
+    let targets = prometheus.targets().unwrap();
+    assert!(targets.iter().all(|(_, health, _)| health == "up"), "{targets:?}\n{}", prometheus.log());
+
+    // The busy loop: only host 1 has it, at the CPU time the kernel counted.
+    // Evaluated at the last kernel reading, so the window lies within them.
+    let end = truth.0.last().unwrap().0;
+    let range = prometheus.query_at("socktop_comm_cpu_seconds_total{comm=\"stpbusy\"}[10s]", Some(end)).unwrap();
+    assert_eq!(range.len(), 1, "one instance has the busy loop: {range:?}");
+    assert_eq!(range[0].labels["instance"], instances[1]);
+    let points = &range[0].points;
+    let ((t0, v0), (t1, v1)) = (points[0], points[points.len() - 1]);
+    let measured = (v1 - v0) / (t1 - t0);
+    let kernel = (truth.at(t1) - truth.at(t0)) / (t1 - t0);
+    let source = prometheus.query(&format!("socktop_agent_cpu_source{{instance=\"{}\"}}", instances[1])).unwrap();
+    let source = source.first().map(|s| s.labels["source"].clone()).unwrap_or_default();
+    eprintln!(
+        "busy loop: {measured:.3} CPU through Prometheus ({source} source), {kernel:.3} CPU by the kernel's count"
+    );
+    assert!(kernel > 0.05, "the busy loop hardly ran ({kernel:.2} CPU): the host is overloaded");
+    assert!((measured - kernel).abs() < 0.05, "Prometheus {measured:.3} CPU vs kernel {kernel:.3} CPU");
+    let rate = prometheus.query_at("rate(socktop_comm_cpu_seconds_total{comm=\"stpbusy\"}[5s])", Some(end)).unwrap();
+    assert_eq!(rate.len(), 1);
+    assert!((rate[0].value - kernel).abs() < 0.2, "rate() {} vs kernel {kernel:.3}", rate[0].value);
+    for other in [0, 2] {
+        let own = format!("socktop_comm_processes{{instance=\"{}\"}}", instances[other]);
+        let own = prometheus.query(&own).unwrap();
+        assert!(!own.is_empty() && own.len() < 10, "host {other} sees only its own processes: {own:?}");
+    }
+    let busy_cpu = "sum by (instance) (rate(node_cpu_seconds_total{mode=\"user\"}[5s]))";
+    let busy_cpu = prometheus.query_at(busy_cpu, Some(end)).unwrap();
+    assert_eq!(busy_cpu.len(), 3, "{busy_cpu:?}");
+    assert!(busy_cpu.iter().all(|s| s.value >= kernel / 2.0), "the busy loop shows in every host's CPU: {busy_cpu:?}");
+
+    // The fork loop's children, summed under their name on host 1.
+    assert!(forker_done(), "the fork loop did not finish in 40 s");
+    let children = prometheus.query("socktop_comm_cpu_seconds_total{comm=\"stpchild\"}").unwrap();
+    let seen = children.iter().find(|s| s.labels["instance"] == instances[1]).map_or(0.0, |s| s.value);
+    assert!(children.iter().all(|s| s.labels["instance"] == instances[1]), "{children:?}");
+    eprintln!("fork loop: children used {children_seconds:.2} s of CPU (kernel); the agent counted {seen:.2} s");
+    assert!(seen <= children_seconds + 0.1, "counted more than the kernel: {seen} vs {children_seconds}");
+}
