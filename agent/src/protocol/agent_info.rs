@@ -31,11 +31,16 @@ pub struct AgentInfo {
     started: Instant,
 }
 
-/// How `cpu_usage` is computed, in words, as the running source does it.
+/// How `cpu_usage` is computed, in words, as the running source and
+/// `--cpu-children` do it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Accounting {
     pub scale: &'static str,
     pub cpu_time: &'static str,
+    /// `attribute` or `own` (`--cpu-children`).
+    pub children: &'static str,
+    /// Where the time of processes that exited between two scans shows.
+    pub children_rule: &'static str,
 }
 
 /// Which answers collect what. Metrics, disks and processes always run.
@@ -84,6 +89,8 @@ impl AgentInfo {
                 scale: "share of the whole machine in percent, 0..100: CPU time between two samples \
                         over wall-clock time times the number of CPUs",
                 cpu_time,
+                children: config.collection.cpu_children.as_str(),
+                children_rule: config.collection.cpu_children.meaning(),
             },
             collectors: Collectors {
                 metrics: true,

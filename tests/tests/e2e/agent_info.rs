@@ -21,8 +21,11 @@ fn http_get(agent: &Agent, path: &str) -> (String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_info_in_both_forms_and_healthz_describe_the_running_agent() {
     let token = "s3cret-value";
-    let agent = Agent::start(&["--ebpf", "off", "--gpu", "off", "--processes-ttl-ms", "1500", "--token", token], &[])
-        .expect("agent starts");
+    let agent = Agent::start(
+        &["--ebpf", "off", "--gpu", "off", "--processes-ttl-ms", "1500", "--cpu-children", "own", "--token", token],
+        &[],
+    )
+    .expect("agent starts");
     let url = format!("{}?token={token}", agent.ws_url());
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("connects with the token");
 
@@ -39,6 +42,7 @@ async fn agent_info_in_both_forms_and_healthz_describe_the_running_agent() {
         assert_eq!(info["cpu_source"], "proc", "{info}");
         assert_eq!(info["cpu_source_reason"], "disabled by --ebpf off or SOCKTOP_AGENT_EBPF=0");
         assert!(info["cpu_accounting"]["cpu_time"].as_str().is_some_and(|rule| rule.contains("/proc/PID/stat")));
+        assert_eq!(info["cpu_accounting"]["children"], "own", "{info}");
         assert_eq!((info["token"].as_bool(), info["tls"].as_bool()), (Some(true), Some(false)), "{info}");
         assert_eq!(info["collectors"]["gpu"], false);
         assert_eq!(info["collectors"]["temperature"], true);
