@@ -12,8 +12,12 @@ use socktop_connector::{connect_to_socktop_agent, connect_to_socktop_agent_with_
 use tokio_tungstenite::tungstenite::Message;
 
 // Parts of this one test binary kept in their own files.
+#[path = "e2e/agent_info.rs"]
+mod agent_info;
 #[path = "e2e/capabilities.rs"]
 mod capabilities;
+#[path = "e2e/examples.rs"]
+mod examples;
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 

@@ -251,11 +251,11 @@ impl EbpfCpuTime {
                 }
             }
             RepairLinks::Timer(links) => {
-                if let Some(program) = self.ebpf.program_mut(PROGRAM_RESYNC) {
-                    if let Ok(program) = <&mut PerfEvent>::try_from(program) {
-                        for link in links {
-                            report(program.detach(link));
-                        }
+                if let Some(program) = self.ebpf.program_mut(PROGRAM_RESYNC)
+                    && let Ok(program) = <&mut PerfEvent>::try_from(program)
+                {
+                    for link in links {
+                        report(program.detach(link));
                     }
                 }
             }
