@@ -419,12 +419,8 @@ impl ProcessScanner {
         self.attribution.account(self.clock_ns, &self.rule_input, exits, &mut self.shown_ns);
         let cpus = self.rate.cpus();
         let mut processes = self.recycled_samples();
-        let samples = self
-            .merged
-            .iter_mut()
-            .zip(&self.cpu_ns)
-            .zip(&self.shown_ns)
-            .map(|((tracked, &cpu_ns), &shown_ns)| {
+        let samples =
+            self.merged.iter_mut().zip(&self.cpu_ns).zip(&self.shown_ns).map(|((tracked, &cpu_ns), &shown_ns)| {
                 tracked.cpu_ns = Some(cpu_ns);
                 let interval_cpu_ns = interval.map(|_| shown_ns);
                 ProcessSample {
