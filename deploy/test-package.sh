@@ -103,7 +103,7 @@ echo "== files"
 for path in /usr/bin/socktop_agent "$unit" /usr/share/man/man1/socktop_agent.1.gz \
     /usr/share/bash-completion/completions/socktop_agent /usr/share/zsh/vendor-completions/_socktop_agent \
     /usr/share/fish/vendor_completions.d/socktop_agent.fish /usr/share/doc/$package/README.md \
-    /usr/share/doc/$package/DEPLOY.md /usr/share/doc/$package/processes.proto; do
+    /usr/share/doc/$package/DEPLOY.md /usr/share/doc/$package/PROTOCOL.md /usr/share/doc/$package/processes.proto; do
     dpkg -L "$package" | grep -qx "$path" || fail "$path is not in the package"
     [ -s "$path" ] || excluded "$path" || fail "$path is missing or empty"
 done

@@ -24,6 +24,17 @@ pub const PREALLOCATED_GLOBAL: &str = "PREALLOCATED";
 pub const CPU_SLOT_MAP: &str = "CPU_SLOT";
 /// Per-CPU array of `u64` counters indexed by the `ERR_*` constants.
 pub const ERRORS_MAP: &str = "ERRORS";
+/// Ring buffer of [`ExitRecord`]s: one per process that exits while someone reads.
+pub const EXITS_MAP: &str = "EXITS";
+/// Size of [`EXITS_MAP`] in bytes (a power of two, a multiple of the page size):
+/// 512 KiB, 10,922 records of 40 bytes plus the ring's 8-byte header, which at the
+/// real client's 2 s between processes requests is 5,000 exits per second.
+pub const EXITS_BYTES: u32 = 512 * 1024;
+/// Array of one `u32`: non-zero while someone reads the processes list (the agent
+/// sets it when the first client connects and clears it when the last leaves), so
+/// that exits are recorded only then and the ring never fills with records nobody
+/// will read.
+pub const EXITS_WANTED_MAP: &str = "EXITS_WANTED";
 
 /// Capacity of [`PROCESS_TIME_MAP`]: processes (not threads) the program can track
 /// at once. Entries of gone processes are deleted by [`PROGRAM_FREE_BTF`] (or its
@@ -76,6 +87,9 @@ pub const TASK_START_TIME_OFFSET_GLOBAL: &str = "TASK_START_TIME_OFFSET";
 pub const TASK_COMM_OFFSET_GLOBAL: &str = "TASK_COMM_OFFSET";
 /// Global: byte offset of `mm` in `struct task_struct`, from BTF.
 pub const TASK_MM_OFFSET_GLOBAL: &str = "TASK_MM_OFFSET";
+/// Global: byte offset of `real_parent` (the process that forked the task, or the
+/// one that adopted it) in `struct task_struct`, from BTF.
+pub const TASK_REAL_PARENT_OFFSET_GLOBAL: &str = "TASK_REAL_PARENT_OFFSET";
 /// Global: byte offsets in `struct mm_struct` of the file, anon and shmem page
 /// counters that make up the resident set (`[u32; 3]`), from BTF.
 pub const MM_RSS_OFFSETS_GLOBAL: &str = "MM_RSS_OFFSETS";
@@ -84,6 +98,20 @@ pub const PROGRAM_RESYNC: &str = "resync";
 /// CPU-clock period of `PROGRAM_RESYNC` on each CPU: bounds how long a switch the
 /// tracepoint did not report can go unnoticed.
 pub const RESYNC_PERIOD_NS: u64 = 2_000_000;
+/// The `raw_tp` program that does `PROGRAM_RESYNC`'s repair whenever a high-
+/// resolution timer expires, the scheduler tick among them.
+pub const PROGRAM_REPAIR_TICK: &str = "repair_tick";
+/// The tracepoint it attaches to (`timer:hrtimer_expire_entry`). Not an `fentry`
+/// on `sched_tick`: attaching trampolines is refused where ftrace is locked down
+/// (it was on the development VM), tracepoints are not.
+pub const TICK_TRACEPOINT: &str = "hrtimer_expire_entry";
+/// The `raw_tp` program that does the repair when a CPU enters or leaves idle.
+pub const PROGRAM_REPAIR_IDLE: &str = "repair_idle";
+/// The tracepoint it attaches to (`power:cpu_idle`).
+pub const IDLE_TRACEPOINT: &str = "cpu_idle";
+/// How long after attaching the tick program every busy CPU has ticked: two ticks
+/// at the slowest rate the kernel offers (CONFIG_HZ=100).
+pub const TICK_SETTLE_NS: u64 = 20_000_000;
 
 /// A new process could not be inserted: the map is full, or (allocated on demand)
 /// the kernel had no memory at hand. Its time is lost until an insert succeeds.
@@ -93,8 +121,12 @@ pub const ERR_READ_TASK: u32 = 1;
 /// The running task was not the one recorded at the CPU's last switch-in: the
 /// kernel switched tasks without the tracepoint (see docs/EBPF.md).
 pub const ERR_MISMATCH: u32 = 2;
+/// A process exited while someone read, and its [`ExitRecord`] did not fit in the
+/// ring ([`EXITS_MAP`]): its last unreported time is missing from the processes
+/// list.
+pub const ERR_EXIT_LOST: u32 = 3;
 /// Number of error counters.
-pub const ERR_COUNT: u32 = 3;
+pub const ERR_COUNT: u32 = 4;
 
 /// One CPU's part of a process's on-CPU time, packed in one u64 so that a reader
 /// copying it never sees half an update and the program changes it with one add.
@@ -163,8 +195,9 @@ pub struct CpuSlot {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ProcessRecord {
     pub tgid: u32,
-    /// Zero; keeps the record free of padding.
-    pub reserved: u32,
+    /// The tgid of `real_parent`: the process that forked it, or adopted it when
+    /// that one exited first; 0 for pid 1 and kernel threads' parent.
+    pub ppid: u32,
     /// `task_struct.start_time`: with the tgid, names the process across pid reuse.
     pub start_time_ns: u64,
     /// Cumulative on-CPU ns (the sum of [`ProcessTime::at`] the write over CPUs); 0
@@ -172,6 +205,23 @@ pub struct ProcessRecord {
     pub cpu_ns: u64,
     /// Resident pages, summed as `get_mm_rss()` does; 0 for kernel threads.
     pub rss_pages: u64,
+    /// `task_struct.comm` of the group leader, NUL-padded.
+    pub comm: [u8; 16],
+}
+
+/// A process that exited, as the `sched_process_free` program writes it to
+/// [`EXITS_MAP`] when its group leader is freed: everything of it has run, so its
+/// total is final.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ExitRecord {
+    pub tgid: u32,
+    /// The tgid of `real_parent` when it was freed: the process that reaped it.
+    pub ppid: u32,
+    /// `task_struct.start_time`, as in [`ProcessRecord`].
+    pub start_time_ns: u64,
+    /// Its final on-CPU ns since the program was loaded (all its threads).
+    pub cpu_ns: u64,
     /// `task_struct.comm` of the group leader, NUL-padded.
     pub comm: [u8; 16],
 }
@@ -185,6 +235,8 @@ mod user {
     unsafe impl aya::Pod for super::CpuSlot {}
     // SAFETY: as above (the comm bytes are integers too).
     unsafe impl aya::Pod for super::ProcessRecord {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ExitRecord {}
 }
 
 #[cfg(test)]
@@ -241,5 +293,6 @@ mod tests {
         assert_eq!(core::mem::size_of::<ProcessTime>(), 8);
         assert_eq!(core::mem::size_of::<CpuSlot>(), 40);
         assert_eq!(core::mem::size_of::<ProcessRecord>(), 48);
+        assert_eq!(core::mem::size_of::<ExitRecord>(), 40);
     }
 }

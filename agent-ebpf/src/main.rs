@@ -14,17 +14,22 @@
 //! switch (two threads ping-ponging across two CPUs here: about 130 ns per switch
 //! with a shared entry, about 85 with per-CPU copies).
 //!
-//! Some kernels switch some tasks without the tracepoint; a CPU-clock perf event
-//! (`resync`) re-checks every CPU's running task and repairs the record.
+//! Some kernels switch some tasks without the tracepoint; the running task is
+//! re-checked and the record repaired on work the kernel does anyway: the
+//! scheduler tick of a busy CPU (`repair_tick`) and a CPU's entry into idle
+//! (`repair_idle`), or, where those cannot attach, a CPU-clock perf event
+//! (`resync`).
 //!
-//! Two companions serve the agent's processes list: `sched_process_free` deletes a
-//! process's entry when the process is gone, and a task iterator (`processes`)
-//! lists every process with its counter in one read.
+//! Two companions serve the agent's processes list: `sched_process_free` hands the
+//! final total of a process that exited to user space (while someone reads) and
+//! deletes its entry, and a task iterator (`processes`) lists every process with
+//! its counter in one read.
 #![no_std]
 #![no_main]
 
 use agent_common::cputime::{
-    CpuSlot, ERR_COUNT, ERR_MAP_FULL, ERR_MISMATCH, ERR_READ_TASK, MAX_CPUS, MAX_PROCESSES, ProcessRecord, ProcessTime,
+    CpuSlot, ERR_COUNT, ERR_EXIT_LOST, ERR_MAP_FULL, ERR_MISMATCH, ERR_READ_TASK, EXITS_BYTES, ExitRecord, MAX_CPUS,
+    MAX_PROCESSES, ProcessRecord, ProcessTime,
 };
 use aya_ebpf::{
     Global,
@@ -34,7 +39,7 @@ use aya_ebpf::{
         generated::{bpf_map_lookup_percpu_elem, bpf_seq_write},
     },
     macros::{btf_tracepoint, map, perf_event, raw_tracepoint},
-    maps::{PerCpuArray, PerCpuHashMap},
+    maps::{Array, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{BtfTracePointContext, PerfEventContext, RawTracePointContext},
 };
 
@@ -62,6 +67,9 @@ static TASK_COMM_OFFSET: Global<u32> = Global::new(0);
 /// Offset of `mm` in `struct task_struct`, from BTF.
 #[unsafe(no_mangle)]
 static TASK_MM_OFFSET: Global<u32> = Global::new(0);
+/// Offset of `real_parent` in `struct task_struct`, from BTF.
+#[unsafe(no_mangle)]
+static TASK_REAL_PARENT_OFFSET: Global<u32> = Global::new(0);
 /// Offsets in `struct mm_struct` of the file, anon and shmem page counters, from BTF.
 #[unsafe(no_mangle)]
 static MM_RSS_OFFSETS: Global<[u32; 3]> = Global::new([0; 3]);
@@ -99,6 +107,13 @@ fn process_time() -> &'static PerCpuHashMap<u32, ProcessTime> {
 static CPU_SLOT: PerCpuArray<CpuSlot> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ERR_COUNT, 0);
+/// The final totals of processes that exited, for user space to hand to their
+/// ancestors (see `on_free`).
+#[map]
+static EXITS: RingBuf = RingBuf::with_byte_size(EXITS_BYTES, 0);
+/// One u32, non-zero while user space reads `EXITS` (a client is connected).
+#[map]
+static EXITS_WANTED: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Index of `next` among the tracepoint's arguments:
 /// `TP_PROTO(bool preempt, struct task_struct *prev, struct task_struct *next,
@@ -141,18 +156,76 @@ const FREED_ARG: usize = 0;
 
 /// A task's memory is being freed, an RCU grace period after it was reaped. When
 /// it led its thread group the whole process is gone (a leader is reaped only once
-/// its other threads are), so its entry goes: user space need not walk the map
-/// for the dead. A thread that execs takes over the leader's pid, and the old
-/// leader is freed under the thread's old pid, so the process keeps its entry.
+/// its other threads are), so its total is final: while user space reads, it goes
+/// to the `EXITS` ring with the process's ids, start time and parent, so that the
+/// time it ran since the last processes scan is not lost with it; then its entry
+/// goes, so user space need not walk the map for the dead. A thread that execs
+/// takes over the leader's pid, and the old leader is freed under the thread's old
+/// pid, so the process keeps its entry.
+///
+/// This runs once per exit, off the `sched_switch` path. The free, rather than
+/// `sched_process_exit`, because the exit tracepoint fires before the task's last
+/// stretch of kernel work and its last switch, which the total must include.
 #[inline(always)]
 fn on_free<T: Task>(task: T) {
     let Some((tid, tgid)) = task_ids(task) else {
         return;
     };
-    if tid == tgid {
-        // Absent already when the process never ran since loading.
-        let _ = process_time().remove(tgid);
+    if tid != tgid {
+        return;
     }
+    if exits_wanted() {
+        record_exit(task, tgid);
+    }
+    // Absent already when the process never ran since loading.
+    let _ = process_time().remove(tgid);
+}
+
+/// Whether user space reads `EXITS` now.
+#[inline(always)]
+fn exits_wanted() -> bool {
+    EXITS_WANTED.get(0).is_some_and(|wanted| *wanted != 0)
+}
+
+/// Writes the exit record of process `tgid`, led by `task`; counts it in
+/// `ERR_EXIT_LOST` when the ring is full. A process that never ran since loading
+/// has nothing to hand on.
+#[inline(always)]
+fn record_exit<T: Task>(task: T, tgid: u32) {
+    let cpu_ns = process_cpu_ns(tgid);
+    if cpu_ns == 0 {
+        return;
+    }
+    let record = ExitRecord {
+        tgid,
+        ppid: parent_tgid(task),
+        start_time_ns: task.field::<u64>(TASK_START_TIME_OFFSET.load()).unwrap_or(0),
+        cpu_ns,
+        comm: comm(task).unwrap_or_default(),
+    };
+    if EXITS.output::<ExitRecord>(&record, 0).is_err() {
+        count_error(ERR_EXIT_LOST);
+    }
+}
+
+/// The tgid of `task`'s `real_parent`; 0 when it cannot be read.
+#[inline(always)]
+fn parent_tgid<T: Task>(task: T) -> u32 {
+    task.pointee(TASK_REAL_PARENT_OFFSET.load())
+        .and_then(|parent| parent.field::<u32>(TASK_TGID_OFFSET.load()))
+        .unwrap_or(0)
+}
+
+/// `task_struct.comm` of `task`.
+#[inline(always)]
+fn comm<T: Task>(task: T) -> Option<[u8; 16]> {
+    let offset = TASK_COMM_OFFSET.load();
+    let head = task.field::<[u8; 8]>(offset)?;
+    let tail = task.field::<[u8; 8]>(offset.wrapping_add(8))?;
+    let mut comm = [0u8; 16];
+    comm[..8].copy_from_slice(&head);
+    comm[8..].copy_from_slice(&tail);
+    Some(comm)
 }
 
 /// A `task_struct` the program reads fields of, at offsets user space took from BTF.
@@ -160,6 +233,10 @@ trait Task: Copy {
     /// The field at `offset`; None when the offset was not set (0 is never one of the
     /// fields read) or the read faulted.
     fn field<T: Copy>(self, offset: u32) -> Option<T>;
+
+    /// The object the pointer field at `offset` points to; None when the offset
+    /// was not set, the read faulted or the pointer is NULL.
+    fn pointee(self, offset: u32) -> Option<Self>;
 }
 
 /// A task as `tp_btf` passes it: a pointer the verifier knows the type of. Fields
@@ -179,6 +256,12 @@ impl Task for BtfTask {
         // load only at a real field of `task_struct` of this size.
         Some(unsafe { core::ptr::read_volatile(self.0.wrapping_add(offset as usize).cast::<T>()) })
     }
+
+    #[inline(always)]
+    fn pointee(self, offset: u32) -> Option<Self> {
+        // The loaded pointer is typed (the field's BTF type) to the verifier.
+        self.field::<u64>(offset).filter(|&pointer| pointer != 0).map(|pointer| BtfTask(pointer as *const u8))
+    }
 }
 
 /// A task as `raw_tp` (or `bpf_get_current_task`) gives it: a plain number to the
@@ -194,6 +277,11 @@ impl Task for RawTask {
         }
         // SAFETY: probe reads check their source and fail instead of faulting.
         unsafe { bpf_probe_read_kernel(self.0.wrapping_add(offset as usize).cast::<T>()) }.ok()
+    }
+
+    #[inline(always)]
+    fn pointee(self, offset: u32) -> Option<Self> {
+        self.field::<u64>(offset).filter(|&pointer| pointer != 0).map(|pointer| RawTask(pointer as *const u8))
     }
 }
 
@@ -245,19 +333,13 @@ fn describe_process(task: BtfTask) -> Option<ProcessRecord> {
     if tid != tgid {
         return None;
     }
-    let comm_offset = TASK_COMM_OFFSET.load();
-    let comm_head = task.field::<[u8; 8]>(comm_offset)?;
-    let comm_tail = task.field::<[u8; 8]>(comm_offset.wrapping_add(8))?;
-    let mut comm = [0u8; 16];
-    comm[..8].copy_from_slice(&comm_head);
-    comm[8..].copy_from_slice(&comm_tail);
     Some(ProcessRecord {
         tgid,
-        reserved: 0,
+        ppid: parent_tgid(task),
         start_time_ns: task.field::<u64>(TASK_START_TIME_OFFSET.load())?,
         cpu_ns: process_cpu_ns(tgid),
         rss_pages: rss_pages(task),
-        comm,
+        comm: comm(task)?,
     })
 }
 
@@ -266,12 +348,8 @@ fn describe_process(task: BtfTask) -> Option<ProcessRecord> {
 /// (the shared count, negative read as 0). 0 for a task without one.
 #[inline(always)]
 fn rss_pages(task: BtfTask) -> u64 {
-    let Some(mm) = task.field::<u64>(TASK_MM_OFFSET.load()) else { return 0 };
-    if mm == 0 {
-        return 0;
-    }
     // The loaded pointer is typed `struct mm_struct *` to the verifier.
-    let mm = BtfTask(mm as *const u8);
+    let Some(mm) = task.pointee(TASK_MM_OFFSET.load()) else { return 0 };
     let offsets = MM_RSS_OFFSETS.load();
     let counter = |offset: u32| mm.field::<i64>(offset).map_or(0, |pages| pages.max(0) as u64);
     counter(offsets[0]) + counter(offsets[1]) + counter(offsets[2])
@@ -307,23 +385,52 @@ fn process_cpu_ns(tgid: u32) -> u64 {
     total
 }
 
-/// Runs every `RESYNC_PERIOD_NS` of CPU clock on each CPU, in the context of the
-/// task actually running. When that is not the task the slot recorded, the kernel
-/// switched without the tracepoint, and the slot is repaired as a traced switch to
-/// the running task would have left it. This also picks up a task that was already
-/// running when the program was attached and never leaves its CPU.
+/// Runs whenever a high-resolution timer expires on a CPU, the scheduler tick
+/// among them (`tick_sched_timer`, every 1/HZ s on a busy CPU; an idle CPU stops
+/// its tick): interrupts the kernel takes anyway, so the repair wakes nothing. In
+/// the timer interrupt, interrupts off; for the few timers that expire in softirq
+/// context the kernel keeps this program from nesting in itself.
+#[raw_tracepoint(tracepoint = "hrtimer_expire_entry")]
+pub fn repair_tick(_ctx: RawTracePointContext) -> u32 {
+    repair_current();
+    0
+}
+
+/// Runs when a CPU enters and leaves idle (`power:cpu_idle`, from the idle task,
+/// interrupts off): a task that left this CPU untraced for idle is withdrawn there,
+/// as the tick, stopped on an idle CPU, would not see it.
+#[raw_tracepoint(tracepoint = "cpu_idle")]
+pub fn repair_idle(_ctx: RawTracePointContext) -> u32 {
+    repair_current();
+    0
+}
+
+/// Runs every `RESYNC_PERIOD_NS` of CPU clock on each CPU: the repair where the
+/// tick and idle programs cannot attach. A CPU-clock event fires on idle CPUs too,
+/// waking them, which the two above do not.
 #[perf_event]
 pub fn resync(_ctx: PerfEventContext) -> u32 {
+    repair_current();
+    0
+}
+
+/// In the context of the task actually running, with interrupts off: when that is
+/// not the task the slot recorded, the kernel switched without the tracepoint, and
+/// the slot is repaired as a traced switch to the running task would have left it.
+/// This also picks up a task that was already running when the program was
+/// attached and never leaves its CPU.
+#[inline(always)]
+fn repair_current() {
     let now = unsafe { bpf_ktime_get_ns() };
     let Some(slot) = CPU_SLOT.get_ptr_mut(0) else {
-        return 0;
+        return;
     };
-    // SAFETY: per-CPU value; the switch handler runs with interrupts off, so this
-    // timer handler cannot interrupt it, nor it this one.
+    // SAFETY: per-CPU value; the switch handler runs with interrupts off, and so do
+    // the tick, the idle tracepoint and the perf event, so none interrupts another.
     let slot = unsafe { &mut *slot };
     let current = bpf_get_current_pid_tgid();
     if current as u32 == slot.tid {
-        return 0;
+        return;
     }
     let task = RawTask(unsafe { bpf_get_current_task() } as *const u8);
     let since = unseen_since(slot);
@@ -333,7 +440,6 @@ pub fn resync(_ctx: PerfEventContext) -> u32 {
     let start = last_update(task, slot.clock_offset_ns).map_or(now, |at| at.max(since).min(now));
     account_unseen_switch(slot, task, (current >> 32) as u32, since, start);
     *slot = CpuSlot { clock_offset_ns: slot.clock_offset_ns, ..switch_in(read_task(task), start, now) };
-    0
 }
 
 #[inline(always)]

@@ -1,7 +1,8 @@
 //! What the CPU-time programs cost: enables the kernel's BPF run-time statistics
 //! (`kernel.bpf_stats_enabled`, through BPF_ENABLE_STATS), attaches the programs,
 //! drives context switches by ping-ponging a byte between two threads, then between
-//! two processes, and prints the programs' average run time and the switch rate.
+//! two processes, then process exits with a shell loop running `/bin/true`, and
+//! prints the programs' average run time and the switch rate.
 //!
 //! Usage: `cargo xtask ebpf-cost [--seconds N]` (root).
 
@@ -42,7 +43,17 @@ fn main() -> anyhow::Result<()> {
         set_affinity(&allowed)?;
     }
     measure(&source, "two processes", || ping_pong_processes(duration))?;
+    measure(&source, "process exits", || fork_loop(duration))?;
     Ok(())
+}
+
+/// A shell running `/bin/true` back to back for `duration`: a process exit each
+/// time, for the `sched_process_free` program's cost per exit (exit records on, as
+/// while a client reads). Returns the number of processes run.
+fn fork_loop(duration: Duration) -> anyhow::Result<u64> {
+    let script = format!("n=0; while [ $SECONDS -lt {} ]; do /bin/true; n=$((n+1)); done; echo $n", duration.as_secs());
+    let output = Command::new("bash").args(["-c", &script]).output().context("running the fork loop")?;
+    String::from_utf8_lossy(&output.stdout).trim().parse().context("reading the fork loop's count")
 }
 
 /// Runs `load` and prints the switch rate and the programs' cost while it ran.
@@ -54,7 +65,7 @@ fn measure(source: &ebpf::EbpfCpuTime, label: &str, load: impl FnOnce() -> anyho
     let elapsed = started.elapsed().as_secs_f64();
     let switches = context_switches()? - switches_before;
     let after = source.program_stats()?;
-    println!("load ({label}): {round_trips} ping-pong round trips in {elapsed:.2} s");
+    println!("load ({label}): {round_trips} round trips (or processes) in {elapsed:.2} s");
     println!("  context switches: {switches} ({:.0}/s, all CPUs)", switches as f64 / elapsed);
     for ((name, b), (_, a)) in before.iter().zip(after.iter()) {
         let runs = a.run_count - b.run_count;

@@ -9,6 +9,7 @@ use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Parser};
 
 use socktop_agent::config::{Collection, Config, Limits, PrometheusLimits, Ttls};
+use socktop_agent::cputime::attribution::ChildrenMode;
 
 /// On-demand host-metrics agent for the socktop TUI.
 ///
@@ -42,6 +43,13 @@ pub struct Cli {
     /// Count per-process CPU time with eBPF when possible (off: always /proc).
     #[arg(long, env = "SOCKTOP_AGENT_EBPF", action = ArgAction::Set, value_parser = BoolishValueParser::new(), default_value = "true")]
     pub ebpf: bool,
+
+    /// Where the processes list shows the CPU time of processes that exited
+    /// between two requests: `attribute` adds what they ran since the previous
+    /// request to their nearest listed ancestor (the shell of a build shows the
+    /// build's compilers), `own` shows each process's own time only.
+    #[arg(long, env = "SOCKTOP_AGENT_CPU_CHILDREN", default_value = "attribute", value_parser = parse_children_mode)]
+    pub cpu_children: ChildrenMode,
 
     /// Collect GPU metrics.
     #[arg(long, env = "SOCKTOP_AGENT_GPU", action = ArgAction::Set, value_parser = BoolishValueParser::new(), default_value = "true")]
@@ -121,6 +129,7 @@ impl Cli {
                 sys_root: self.sys_root.clone(),
                 gpu: self.gpu,
                 temperature: self.temp,
+                cpu_children: self.cpu_children,
             },
             limits: Limits { max_connections: self.max_connections.max(1), ..Limits::default() },
             prometheus: PrometheusLimits {
@@ -130,6 +139,10 @@ impl Cli {
             token: self.token.clone().filter(|t| !t.is_empty()),
         }
     }
+}
+
+fn parse_children_mode(text: &str) -> Result<ChildrenMode, String> {
+    text.parse()
 }
 
 #[cfg(test)]

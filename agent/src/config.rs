@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::cputime::attribution::ChildrenMode;
+
 /// How long a collected answer of each kind is served again before a new
 /// collection. Zero means every request collects (concurrent requests still share
 /// one collection).
@@ -35,11 +37,19 @@ pub struct Collection {
     pub gpu: bool,
     /// Collect CPU and disk temperatures.
     pub temperature: bool,
+    /// Whether the processes list shows exited processes' time in their ancestors.
+    pub cpu_children: ChildrenMode,
 }
 
 impl Default for Collection {
     fn default() -> Self {
-        Self { proc_root: PathBuf::from("/proc"), sys_root: PathBuf::from("/sys"), gpu: true, temperature: true }
+        Self {
+            proc_root: PathBuf::from("/proc"),
+            sys_root: PathBuf::from("/sys"),
+            gpu: true,
+            temperature: true,
+            cpu_children: ChildrenMode::Attribute,
+        }
     }
 }
 

@@ -15,6 +15,7 @@ use tracing_subscriber::EnvFilter;
 use cli::Cli;
 use socktop_agent::cputime::{self, CpuTimeSource};
 use socktop_agent::host::HostFacts;
+use socktop_agent::protocol::agent_info::AgentInfo;
 use socktop_agent::service::Service;
 
 fn main() -> anyhow::Result<()> {
@@ -30,7 +31,7 @@ fn main() -> anyhow::Result<()> {
     runtime.worker_threads(cli.worker_threads.unwrap_or(host.cpus.min(4)).max(1)).enable_all();
     // Loading the eBPF program blocks for a few milliseconds: do it before the
     // runtime starts. It logs the source chosen, and why when it is /proc.
-    let (cpu_source, _fallback_reason) = cputime::select_source(!cli.ebpf, &cli.proc_root, host.clock);
+    let (cpu_source, fallback_reason) = cputime::select_source(!cli.ebpf, &cli.proc_root, host.clock);
     release_freed_heap();
     let tls = tls_acceptor(&cli)?;
     let listener = std::net::TcpListener::bind((cli.bind, cli.port()))
@@ -38,7 +39,8 @@ fn main() -> anyhow::Result<()> {
     listener.set_nonblocking(true).context("making the listening socket non-blocking")?;
     // Everything that needed privileges beyond serving is done; no other thread runs yet.
     drop_unneeded_capabilities(cpu_source.kind());
-    runtime.build().context("starting the async runtime")?.block_on(serve(cli, host, cpu_source, tls, listener))
+    let info = AgentInfo::new(&cli.config(), cpu_source.kind(), fallback_reason, tls.is_some());
+    runtime.build().context("starting the async runtime")?.block_on(serve(cli, host, cpu_source, info, tls, listener))
 }
 
 /// Makes or loads the TLS certificate when TLS is on.
@@ -66,6 +68,7 @@ async fn serve(
     cli: Cli,
     host: HostFacts,
     cpu_source: Box<dyn CpuTimeSource>,
+    info: AgentInfo,
     tls: Option<tokio_rustls::TlsAcceptor>,
     listener: std::net::TcpListener,
 ) -> anyhow::Result<()> {
@@ -73,7 +76,7 @@ async fn serve(
     let room = raise_open_files_limit().saturating_sub(config.limits.max_connections as u64 + SPARE_FILES);
     config.limits.kept_stat_files = config.limits.kept_stat_files.min(usize::try_from(room).unwrap_or(usize::MAX));
     let listener = TcpListener::from_std(listener).context("registering the listening socket")?;
-    let service = Arc::new(Service::new(&config, host, cpu_source));
+    let service = Arc::new(Service::new(&config, host, cpu_source, info));
     tracing::info!(
         "listening on {}://{}/ws; TLS {}; token {}; cpu source: {}",
         if tls.is_some() { "wss" } else { "ws" },
@@ -82,6 +85,8 @@ async fn serve(
         if config.token.is_some() { "on" } else { "off" },
         service.cpu_source_kind().as_str(),
     );
+    let children = config.collection.cpu_children;
+    tracing::info!("cpu children: {} ({})", children.as_str(), children.meaning());
     socktop_agent::server::run(listener, tls, config, service, shutdown_signal()).await;
     Ok(())
 }

@@ -106,6 +106,11 @@ impl Agent {
         Self::spawn(command, args, envs)
     }
 
+    /// Starts the agent on loopback port `port` (the port clients were told).
+    pub fn start_on(port: u16, args: &[&str]) -> anyhow::Result<Agent> {
+        Self::spawn_at(Command::new(agent_binary()), "127.0.0.1", port, args, &[])
+    }
+
     /// Starts the agent through `launcher` (a command that ends by running the
     /// program named after it, such as `ip netns exec NAME`), listening on
     /// `bind:port`.

@@ -216,7 +216,16 @@ mod tests {
     use super::*;
 
     fn p(pid: u32, comm: &str, cpu_ns: u64) -> ProcessSample {
-        ProcessSample { pid, start_time_ns: 7_000_000_000, name: comm.into(), rss_bytes: 1000, cpu_ns, cpu_share: None }
+        ProcessSample {
+            pid,
+            ppid: 1,
+            start_time_ns: 7_000_000_000,
+            name: comm.into(),
+            rss_bytes: 1000,
+            cpu_ns,
+            interval_cpu_ns: None,
+            cpu_share: None,
+        }
     }
 
     fn groups(max_names: usize) -> CommGroups {

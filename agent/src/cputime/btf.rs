@@ -39,6 +39,8 @@ pub struct ProcessOffsets {
     pub comm: u32,
     /// `task_struct.mm` (pointer to struct mm_struct; NULL for kernel threads).
     pub mm: u32,
+    /// `task_struct.real_parent` (pointer to the parent's task_struct).
+    pub real_parent: u32,
     /// Offsets inside `struct mm_struct` of the three 8-byte signed counters whose sum is the
     /// resident set in pages, as get_mm_rss() sums them: MM_FILEPAGES, MM_ANONPAGES, MM_SHMEMPAGES.
     pub rss_counters: [u32; 3],
@@ -93,13 +95,21 @@ pub fn parse_process_offsets(data: &[u8]) -> Result<ProcessOffsets, BtfError> {
     let task = btf.find_struct("task_struct").ok_or(BtfError::NoTaskStruct)?;
     let start_time = btf.int_member_offset(task, "start_time", 8)?;
     let comm = btf.comm_offset(task)?;
-    let (mm, mm_struct) = btf.mm_member(task)?;
+    let (mm, mm_struct) =
+        btf.pointer_member(task, "mm", "mm_struct", "task_struct.mm", "a pointer to struct mm_struct")?;
+    let (real_parent, _) = btf.pointer_member(
+        task,
+        "real_parent",
+        "task_struct",
+        "task_struct.real_parent",
+        "a pointer to struct task_struct",
+    )?;
     let rss = btf.rss_stat(mm_struct)?;
     let mut rss_counters = [0; 3];
     for (slot, name) in rss_counters.iter_mut().zip(RSS_ENUMERATORS) {
         *slot = rss.offset(btf.counter_index(name, rss.len)?)?;
     }
-    Ok(ProcessOffsets { start_time, comm, mm, rss_counters })
+    Ok(ProcessOffsets { start_time, comm, mm, real_parent, rss_counters })
 }
 
 /// The `enum { MM_FILEPAGES, MM_ANONPAGES, MM_SWAPENTS, MM_SHMEMPAGES, NR_MM_COUNTERS }`
@@ -267,13 +277,21 @@ impl<'a> Btf<'a> {
         }
     }
 
-    /// Offset of `task_struct.mm` and the `struct mm_struct` it points to.
-    fn mm_member(&self, task: &TypeRec) -> Result<(u32, &TypeRec), BtfError> {
-        let bad = || BtfError::BadMember("task_struct.mm", "a pointer to struct mm_struct");
-        let (offset, type_id) = self.find_member(task, "mm")?.ok_or_else(bad)?;
+    /// Offset of member `name` of `rec`, checked to be a pointer to struct `target`,
+    /// and that struct; `what` and `expected` name them in the error.
+    fn pointer_member(
+        &self,
+        rec: &TypeRec,
+        name: &str,
+        target: &str,
+        what: &'static str,
+        expected: &'static str,
+    ) -> Result<(u32, &TypeRec), BtfError> {
+        let bad = || BtfError::BadMember(what, expected);
+        let (offset, type_id) = self.find_member(rec, name)?.ok_or_else(bad)?;
         let pointer = self.resolve(type_id).filter(|t| t.kind() == KIND_PTR).ok_or_else(bad)?;
-        let mm = self.resolve(pointer.size_or_type).filter(|t| self.is_struct_named(t, "mm_struct"));
-        Ok((offset, mm.ok_or_else(bad)?))
+        let pointee = self.resolve(pointer.size_or_type).filter(|t| self.is_struct_named(t, target));
+        Ok((offset, pointee.ok_or_else(bad)?))
     }
 
     /// Where `mm_struct.rss_stat` keeps its counters, in either of its layouts.
@@ -609,8 +627,10 @@ mod tests {
         let comm = b.member("comm", 13, 128);
         b.push(KIND_STRUCT, "", 32, 3, &[mm, start_time, comm].concat()); // 14: anonymous
         let flags = b.member("flags", 1, 0);
+        let real_parent = b.member("real_parent", 16, 64);
         let anon = b.member("", 14, 512);
-        b.push(KIND_STRUCT, "task_struct", 96, 2, &[flags, anon].concat()); // 15
+        b.push(KIND_STRUCT, "task_struct", 96, 3, &[flags, real_parent, anon].concat()); // 15
+        b.push(KIND_PTR, "", 15, 0, &[]); // 16
         b.build()
     }
 
@@ -645,10 +665,12 @@ mod tests {
         b.push(KIND_TYPEDEF, "u64", 3, 0, &[]); // 15
         let comm = b.member("comm", 14, 0);
         b.push(KIND_UNION, "", 16, 1, &comm); // 16: anonymous
+        let real_parent = b.member("real_parent", 18, 0);
         let start_time = b.member("start_time", 15, 64);
         let mm = b.member("mm", 13, 128);
         let anon = b.member("", 16, 192);
-        b.push(KIND_STRUCT, "task_struct", 40, 3, &[start_time, mm, anon].concat()); // 17
+        b.push(KIND_STRUCT, "task_struct", 40, 4, &[real_parent, start_time, mm, anon].concat()); // 17
+        b.push(KIND_PTR, "", 17, 0, &[]); // 18
         b.build()
     }
 
@@ -656,7 +678,8 @@ mod tests {
     fn process_offsets_in_the_percpu_counter_layout() {
         let offsets = parse_process_offsets(&percpu_layout_btf(&KERNEL_LAYOUT)).unwrap();
         // rss_stat at 64 + 64 = 128; counter i at 128 + 40 * i + 8, i = 0, 1, 3.
-        let expected = ProcessOffsets { start_time: 72, comm: 80, mm: 64, rss_counters: [136, 176, 256] };
+        let expected =
+            ProcessOffsets { start_time: 72, comm: 80, mm: 64, real_parent: 8, rss_counters: [136, 176, 256] };
         assert_eq!(offsets, expected);
     }
 
@@ -664,7 +687,7 @@ mod tests {
     fn process_offsets_in_the_mm_rss_stat_layout() {
         let offsets = parse_process_offsets(&mm_rss_stat_layout_btf()).unwrap();
         // rss_stat.count at 8 + 16 = 24; counter i at 24 + 8 * i, i = 0, 1, 3.
-        let expected = ProcessOffsets { start_time: 8, comm: 24, mm: 16, rss_counters: [24, 32, 48] };
+        let expected = ProcessOffsets { start_time: 8, comm: 24, mm: 16, real_parent: 0, rss_counters: [24, 32, 48] };
         assert_eq!(offsets, expected);
     }
 
@@ -709,6 +732,23 @@ mod tests {
         b.push(KIND_STRUCT, "task_struct", 32, 3, &[start_time, comm, mm].concat());
         let err = parse_process_offsets(&b.build()).unwrap_err();
         assert!(matches!(err, BtfError::BadMember("task_struct.mm", _)), "{err}");
+    }
+
+    #[test]
+    fn a_real_parent_that_is_not_a_pointer_to_task_struct_is_rejected() {
+        let mut b = Builder::new();
+        b.push(KIND_INT, "char", 1, 0, &[8]); // 1
+        b.push(KIND_INT, "long long unsigned int", 8, 0, &[64]); // 2
+        b.push(KIND_ARRAY, "", 0, 0, &[1, 1, 16]); // 3
+        b.push(KIND_STRUCT, "mm_struct", 8, 0, &[]); // 4
+        b.push(KIND_PTR, "", 4, 0, &[]); // 5: struct mm_struct *
+        let start_time = b.member("start_time", 2, 0);
+        let comm = b.member("comm", 3, 64);
+        let mm = b.member("mm", 5, 192);
+        let real_parent = b.member("real_parent", 5, 256);
+        b.push(KIND_STRUCT, "task_struct", 40, 4, &[start_time, comm, mm, real_parent].concat());
+        let err = parse_process_offsets(&b.build()).unwrap_err();
+        assert!(matches!(err, BtfError::BadMember("task_struct.real_parent", _)), "{err}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! exited ones included). Turning two readings into a percentage is done once, in
 //! [`rate::RateRule`] (on [`cpu_percent`]), so both modes show the same scale.
 
+pub mod attribution;
 pub mod btf;
 pub mod ebpf;
 pub mod proc;
@@ -84,6 +85,14 @@ pub trait CpuTimeSource: Send {
     /// `out` (cleared first). None when it cannot: the caller scans /proc instead.
     fn read_processes(&mut self, _out: &mut Vec<ProcessRecord>) -> Option<Result<(), CpuTimeError>> {
         None
+    }
+
+    /// Moves into `out` (cleared first) the processes that exited since the last
+    /// call, with their final totals, for a source that records exits; false for
+    /// one that does not (their time is then seen only through their parents'
+    /// reaped-children times).
+    fn take_exits(&mut self, _out: &mut Vec<attribution::Exit>) -> bool {
+        false
     }
 
     /// Drops whatever the source keeps for processes that are gone. `live` is every pid

@@ -13,6 +13,10 @@ pub struct Stat<'a> {
     pub ppid: u32,
     pub utime: u64,
     pub stime: u64,
+    /// utime and stime of the children it reaped (and theirs, folded in when each
+    /// was reaped).
+    pub cutime: u64,
+    pub cstime: u64,
     pub num_threads: u32,
     /// Ticks after boot at which the process started; with the pid, it names a
     /// process uniquely even when the pid is reused.
@@ -59,6 +63,8 @@ pub fn parse_stat(bytes: &[u8]) -> Result<Stat<'_>, StatError> {
     let ppid = cursor.take_at(4)?;
     let utime = cursor.take_at(14)?;
     let stime = cursor.take_at(15)?;
+    let cutime = cursor.take_at(16)?;
+    let cstime = cursor.take_at(17)?;
     let num_threads = cursor.take_at(20)?;
     let start_time = cursor.take_at(22)?;
     let vsize = cursor.take_at(23)?;
@@ -70,6 +76,8 @@ pub fn parse_stat(bytes: &[u8]) -> Result<Stat<'_>, StatError> {
         ppid: ppid as u32,
         utime,
         stime,
+        cutime,
+        cstime,
         num_threads: num_threads as u32,
         start_time,
         vsize,

@@ -219,10 +219,12 @@ mod tests {
     fn snapshot(count: u32) -> ProcessesSnapshot {
         let sample = |pid| ProcessSample {
             pid,
+            ppid: 1,
             start_time_ns: 1_000,
             name: format!("worker-{pid}").into(),
             rss_bytes: 4096,
             cpu_ns: 7,
+            interval_cpu_ns: (pid % 2 == 0).then_some(50_000_000),
             cpu_share: (pid % 2 == 0).then_some(2.5),
         };
         ProcessesSnapshot {

@@ -4,6 +4,7 @@
 //! Field names, types and units follow the protocol spec of the socktop 1.60 client,
 //! which is stricter than the published README (see README.md, "Protocol").
 
+pub mod agent_info;
 pub mod answer;
 pub mod framing;
 pub mod prometheus;

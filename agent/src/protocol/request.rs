@@ -35,8 +35,14 @@ pub enum Request {
     Metrics,
     Disks,
     Processes,
-    ProcessMetrics { pid: u32 },
-    JournalEntries { pid: u32 },
+    ProcessMetrics {
+        pid: u32,
+    },
+    JournalEntries {
+        pid: u32,
+    },
+    /// The agent's description of itself; not part of the socktop client's protocol.
+    AgentInfo,
 }
 
 /// Why a text frame is not a request.
@@ -63,6 +69,7 @@ impl Request {
             Request::Processes => "get_processes",
             Request::ProcessMetrics { .. } => "get_process_metrics",
             Request::JournalEntries { .. } => "get_journal_entries",
+            Request::AgentInfo => "get_agent_info",
         }
     }
 }
@@ -82,6 +89,7 @@ fn parse_command(text: &str) -> Result<Request, RequestError> {
         "get_metrics" => return Ok(Request::Metrics),
         "get_disks" => return Ok(Request::Disks),
         "get_processes" => return Ok(Request::Processes),
+        "get_agent_info" => return Ok(Request::AgentInfo),
         _ => {}
     }
     if let Some(pid) = text.strip_prefix("get_process_metrics:") {
@@ -114,6 +122,7 @@ fn parse_json(text: &str) -> Result<Request, RequestError> {
         "processes" => Ok(Request::Processes),
         "process_metrics" => Ok(Request::ProcessMetrics { pid: pid("process_metrics")? }),
         "journal_entries" => Ok(Request::JournalEntries { pid: pid("journal_entries")? }),
+        "agent_info" => Ok(Request::AgentInfo),
         _ => Err(RequestError::UnknownType(request.kind)),
     }
 }
@@ -145,6 +154,7 @@ mod tests {
         assert_eq!(parse("get_processes"), Ok(Request::Processes));
         assert_eq!(parse("get_process_metrics:4242"), Ok(Request::ProcessMetrics { pid: 4242 }));
         assert_eq!(parse("get_journal_entries:1"), Ok(Request::JournalEntries { pid: 1 }));
+        assert_eq!(parse("get_agent_info"), Ok(Request::AgentInfo));
     }
 
     #[test]
@@ -154,6 +164,7 @@ mod tests {
         assert_eq!(parse(r#"{"type":"processes"}"#), Ok(Request::Processes));
         assert_eq!(parse(r#"{"type":"process_metrics","pid":12}"#), Ok(Request::ProcessMetrics { pid: 12 }));
         assert_eq!(parse(r#"{"type":"journal_entries","pid":3}"#), Ok(Request::JournalEntries { pid: 3 }));
+        assert_eq!(parse(r#"{"type":"agent_info"}"#), Ok(Request::AgentInfo));
     }
 
     #[test]

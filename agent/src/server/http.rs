@@ -1,5 +1,6 @@
-//! HTTP/1.1 routing: `GET /healthz`, `GET /ws` with the token check and the
-//! WebSocket upgrade, and `GET /metrics` (Prometheus) with the same token check.
+//! HTTP/1.1 routing: `GET /healthz` (the agent's description, JSON), `GET /ws` with
+//! the token check and the WebSocket upgrade, and `GET /metrics` (Prometheus) with
+//! the same token check.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -59,7 +60,7 @@ async fn route(
     slot: Slot,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let response = match (request.method(), request.uri().path()) {
-        (&Method::GET, "/healthz") => plain(StatusCode::OK, ""),
+        (&Method::GET, "/healthz") => json(&shared.service.agent_info()),
         (&Method::GET, "/ws") => {
             if !shared.auth.allows(request.uri().query()) {
                 plain(StatusCode::UNAUTHORIZED, "invalid or missing token\n")
@@ -143,6 +144,18 @@ fn upgrade(
             response
         }
         Err(e) => plain(StatusCode::BAD_REQUEST, &format!("{e}\n")),
+    }
+}
+
+fn json(answer: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    match serde_json::to_vec(answer) {
+        Ok(body) => {
+            let mut response = Response::new(Full::new(Bytes::from(body)));
+            let json = hyper::header::HeaderValue::from_static("application/json");
+            response.headers_mut().insert(hyper::header::CONTENT_TYPE, json);
+            response
+        }
+        Err(error) => plain(StatusCode::INTERNAL_SERVER_ERROR, &format!("{error}\n")),
     }
 }
 

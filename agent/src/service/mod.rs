@@ -19,6 +19,7 @@ use crate::collect::processes::{ProcessScanner, ProcessesSnapshot};
 use crate::config::Config;
 use crate::cputime::{CpuSourceKind, CpuTimeSource, SharedCpuSource};
 use crate::host::HostFacts;
+use crate::protocol::agent_info::AgentInfo;
 use crate::protocol::answer::{ErrorAnswer, Metrics};
 use crate::protocol::framing::Framer;
 use crate::protocol::request::{Form, Incoming, Request};
@@ -43,6 +44,8 @@ pub struct Service {
     /// Connected WebSocket clients; when it drops to zero the CPU-time source is
     /// told to go idle.
     clients: AtomicUsize,
+    /// The agent's description as of start-up.
+    info: AgentInfo,
 }
 
 /// Held by a connection while it is open.
@@ -59,7 +62,8 @@ impl Drop for ClientGuard {
 }
 
 impl Service {
-    pub fn new(config: &Config, host: HostFacts, cpu_source: Box<dyn CpuTimeSource>) -> Self {
+    /// `info` describes the agent (`get_agent_info`, `/healthz`).
+    pub fn new(config: &Config, host: HostFacts, cpu_source: Box<dyn CpuTimeSource>, info: AgentInfo) -> Self {
         let collection = &config.collection;
         let cpu_source_kind = cpu_source.kind();
         let cpu_source: SharedCpuSource = Arc::new(Mutex::new(cpu_source));
@@ -69,6 +73,7 @@ impl Service {
             host.cpus,
             Arc::clone(&cpu_source),
             config.limits.kept_stat_files,
+            collection.cpu_children,
         );
         let framer = Arc::new(Mutex::new(Framer::default()));
         let details = ProcessDetails::new(
@@ -92,6 +97,7 @@ impl Service {
             cpu_source,
             cpu_source_kind,
             clients: AtomicUsize::new(0),
+            info,
         }
     }
 
@@ -111,6 +117,11 @@ impl Service {
         self.cpu_source_kind
     }
 
+    /// The agent's description, uptime as of now.
+    pub fn agent_info(&self) -> AgentInfo {
+        self.info.now()
+    }
+
     /// The answer frame to one text frame.
     pub async fn answer_text(&self, text: &str) -> Message {
         match crate::protocol::request::parse(text) {
@@ -124,7 +135,7 @@ impl Service {
 
     /// The current processes snapshot (collected, or cached within the TTL like the
     /// list's answers), for encoders other than the socktop frames.
-    pub async fn processes(&self) -> Collected<ProcessesSnapshot> {
+    pub async fn processes(&self) -> Collected<Arc<ProcessesSnapshot>> {
         self.processes.get().await
     }
 
@@ -177,6 +188,7 @@ impl Service {
             }
             Request::ProcessMetrics { pid } => self.details.process_metrics(pid, form).await,
             Request::JournalEntries { pid } => self.details.journal(pid, form).await,
+            Request::AgentInfo => lock(&self.framer).json(&self.agent_info(), form, request.command()),
         }
     }
 

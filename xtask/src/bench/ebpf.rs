@@ -78,6 +78,15 @@ fn add_loads(runs: &[Vec<LoadCost>], cpus: Cpus, table: &mut Table) {
             ours: vec![summary(|f| f.switches_per_second)],
             original: vec![None],
         });
+        if figures.iter().all(|f| f.exit_ns_per_run.is_some()) {
+            table.push(Row {
+                section: Section::Ebpf,
+                label: format!("eBPF `sched_process_free` program (exit record), run time per process exit ({load})"),
+                unit: "ns",
+                ours: vec![summary(|f| f.exit_ns_per_run.unwrap_or_default())],
+                original: vec![None],
+            });
+        }
     }
 }
 
@@ -87,6 +96,8 @@ struct LoadCost {
     label: String,
     switches_per_second: f64,
     ns_per_run: f64,
+    /// The `sched_process_free` program's run time per run, under a load of exits.
+    exit_ns_per_run: Option<f64>,
 }
 
 /// Runs the example once on `cpus` and reads its figures for each load.
@@ -140,13 +151,22 @@ fn parse_loads(output: &str) -> Vec<LoadCost> {
                 *slot = rate;
             }
         } else if line.starts_with("sched_switch") {
-            let ns = line.strip_suffix(" ns per run").and_then(|b| b.rsplit(' ').next()).and_then(|n| n.parse().ok());
-            if let (Some((label, Some(switches_per_second))), Some(ns_per_run)) = (current.take(), ns) {
-                loads.push(LoadCost { label, switches_per_second, ns_per_run });
+            if let (Some((label, Some(switches_per_second))), Some(ns_per_run)) = (current.take(), ns_per_run(line)) {
+                loads.push(LoadCost { label, switches_per_second, ns_per_run, exit_ns_per_run: None });
             }
+        } else if line.starts_with("process_free")
+            && !line.contains(": 0 runs")
+            && let Some(load) = loads.last_mut()
+        {
+            load.exit_ns_per_run = ns_per_run(line);
         }
     }
     loads
+}
+
+/// The figure of a `NAME: N runs, X ns per run` line.
+fn ns_per_run(line: &str) -> Option<f64> {
+    line.strip_suffix(" ns per run").and_then(|b| b.rsplit(' ').next()).and_then(|n| n.parse().ok())
 }
 
 #[cfg(test)]
@@ -162,12 +182,33 @@ mod tests {
                       \x20 resync: 10 runs, 76.0 ns per run\n\
                       load (two processes): 800 ping-pong round trips in 3.00 s\n\
                       \x20 context switches: 3000 (1000/s, all CPUs)\n\
-                      \x20 sched_switch_raw: 3000 runs, 88 ns per run\n";
+                      \x20 sched_switch_raw: 3000 runs, 88 ns per run\n\
+                      \x20 process_free_raw: 0 runs, 0.0 ns per run\n\
+                      load (process exits): 2000 round trips (or processes) in 3.00 s\n\
+                      \x20 context switches: 9000 (3000/s, all CPUs)\n\
+                      \x20 sched_switch_btf: 9000 runs, 120.5 ns per run\n\
+                      \x20 process_free_btf: 2000 runs, 310.5 ns per run\n";
         assert_eq!(
             parse_loads(output),
             vec![
-                LoadCost { label: "two threads of one process".into(), switches_per_second: 1333.0, ns_per_run: 97.5 },
-                LoadCost { label: "two processes".into(), switches_per_second: 1000.0, ns_per_run: 88.0 },
+                LoadCost {
+                    label: "two threads of one process".into(),
+                    switches_per_second: 1333.0,
+                    ns_per_run: 97.5,
+                    exit_ns_per_run: None
+                },
+                LoadCost {
+                    label: "two processes".into(),
+                    switches_per_second: 1000.0,
+                    ns_per_run: 88.0,
+                    exit_ns_per_run: None
+                },
+                LoadCost {
+                    label: "process exits".into(),
+                    switches_per_second: 3000.0,
+                    ns_per_run: 120.5,
+                    exit_ns_per_run: Some(310.5)
+                },
             ]
         );
         assert_eq!(parse_loads("load (x): 1\n  sched_switch_btf: no runs\n"), vec![]);

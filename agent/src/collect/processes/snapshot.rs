@@ -30,6 +30,8 @@ pub struct ProcessesSnapshot {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProcessSample {
     pub pid: u32,
+    /// The parent's pid (0 for none).
+    pub ppid: u32,
     /// When the process started, in ns since boot: with the pid, names the process
     /// across pid reuse. The eBPF iterator gives it to the ns (CLOCK_MONOTONIC);
     /// `/proc/PID/stat` in clock ticks, converted (so truncated to a tick).
@@ -42,8 +44,13 @@ pub struct ProcessSample {
     /// for /proc, since the program was attached for eBPF. Only differences mean
     /// anything across sources.
     pub cpu_ns: u64,
-    /// Share of the whole machine over the snapshot's interval, in percent
-    /// (0..=100, one busy CPU of two reads 50); None when the process was not seen
-    /// by the scan before (new, or its pid reused).
+    /// CPU ns this process accounts for over the snapshot's interval: what it ran
+    /// since the scan before (all of it when it started since), plus, under
+    /// `--cpu-children attribute`, the time not yet shown of its descendants that
+    /// exited meanwhile (see `cputime::attribution`); None on the first scan.
+    pub interval_cpu_ns: Option<u64>,
+    /// `interval_cpu_ns` as a share of the whole machine over the snapshot's
+    /// interval, in percent (0..=100, one busy CPU of two reads 50); None on the
+    /// first scan.
     pub cpu_share: Option<f32>,
 }

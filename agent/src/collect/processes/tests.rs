@@ -19,14 +19,14 @@ fn fake_proc(processes: &[(u32, &str, u64, u64)]) -> tempfile::TempDir {
 
 fn scanner(root: &std::path::Path) -> ProcessScanner {
     let source: SharedCpuSource = Arc::new(Mutex::new(Box::new(ProcCpuTime::new(100))));
-    ProcessScanner::new(root.to_path_buf(), HostClock::new(100, 0, 4096), 2, source, 4096)
+    ProcessScanner::new(root.to_path_buf(), HostClock::new(100, 0, 4096), 2, source, 4096, ChildrenMode::Attribute)
 }
 
 #[test]
 fn lists_every_numeric_entry_with_name_and_resident_bytes() {
     let root = fake_proc(&[(1, "init", 0, 100), (42, "my (odd) name", 5, 3)]);
     let mut scanner = scanner(root.path());
-    let mut rows = scanner.scan().unwrap().processes;
+    let mut rows = scanner.scan().unwrap().processes.clone();
     rows.sort_by_key(|r| r.pid);
     assert_eq!(rows.len(), 2);
     assert_eq!((rows[1].pid, &*rows[1].name, rows[1].rss_bytes), (42, "my (odd) name", 3 * 4096));
@@ -63,7 +63,7 @@ fn add_process(root: &std::path::Path, pid: u32) {
     std::fs::write(root.join(format!("{pid}/stat")), stat).unwrap();
 }
 
-fn pids(snapshot: ProcessesSnapshot) -> Vec<u32> {
+fn pids(snapshot: Arc<ProcessesSnapshot>) -> Vec<u32> {
     snapshot.processes.iter().map(|r| r.pid).collect()
 }
 
@@ -80,7 +80,14 @@ fn proc_is_listed_again_only_once_a_new_pid_was_handed_out() {
     loadavg(1).unwrap();
     let source: SharedCpuSource = Arc::new(Mutex::new(Box::new(ProcCpuTime::new(100))));
     // No stat file kept open, so a removed process fails its read as in /proc.
-    let mut scanner = ProcessScanner::new(root.path().to_path_buf(), HostClock::new(100, 0, 4096), 2, source, 0);
+    let mut scanner = ProcessScanner::new(
+        root.path().to_path_buf(),
+        HostClock::new(100, 0, 4096),
+        2,
+        source,
+        0,
+        ChildrenMode::Attribute,
+    );
     assert_eq!(pids(scanner.scan().unwrap()), [1]);
     add_process(root.path(), 2);
     assert_eq!(pids(scanner.scan().unwrap()), [1], "no pid handed out: the listing is reused");
@@ -113,7 +120,14 @@ fn the_cpu_source_forgets_processes_only_when_some_may_have_exited() {
     loadavg(2).unwrap();
     let calls = Arc::new(Mutex::new(Vec::new()));
     let source: SharedCpuSource = Arc::new(Mutex::new(Box::new(Recording(Arc::clone(&calls)))));
-    let mut scanner = ProcessScanner::new(root.path().to_path_buf(), HostClock::new(100, 0, 4096), 2, source, 0);
+    let mut scanner = ProcessScanner::new(
+        root.path().to_path_buf(),
+        HostClock::new(100, 0, 4096),
+        2,
+        source,
+        0,
+        ChildrenMode::Attribute,
+    );
     scanner.scan().unwrap();
     scanner.scan().unwrap();
     assert_eq!(*calls.lock().unwrap(), [vec![1, 2]], "nothing could have exited in between");
@@ -131,7 +145,14 @@ fn the_cpu_source_forgets_processes_only_when_some_may_have_exited() {
 fn at_most_the_budget_of_stat_files_stays_open() {
     let root = fake_proc(&[(1, "a", 0, 1), (2, "b", 0, 1), (3, "c", 0, 1)]);
     let source: SharedCpuSource = Arc::new(Mutex::new(Box::new(ProcCpuTime::new(100))));
-    let mut scanner = ProcessScanner::new(root.path().to_path_buf(), HostClock::new(100, 0, 4096), 2, source, 2);
+    let mut scanner = ProcessScanner::new(
+        root.path().to_path_buf(),
+        HostClock::new(100, 0, 4096),
+        2,
+        source,
+        2,
+        ChildrenMode::Attribute,
+    );
     for _ in 0..3 {
         assert_eq!(scanner.scan().unwrap().processes.len(), 3);
         assert_eq!(scanner.tracked.iter().filter(|t| t.stat.is_some()).count(), 2);
@@ -185,4 +206,19 @@ fn the_real_proc_lists_this_test_process_with_its_resident_memory() {
     let page = 4096;
     let diff = me.rss_bytes.abs_diff(rss_pages * page);
     assert!(diff < 8 * 1024 * 1024, "rss {} vs statm {}", me.rss_bytes, rss_pages * page);
+}
+
+#[test]
+fn a_snapshot_nobody_holds_lends_its_memory_to_a_later_scan() {
+    let root = fake_proc(&[(1, "a", 0, 1), (2, "b", 0, 1)]);
+    let mut scanner = scanner(root.path());
+    let first = scanner.scan().unwrap();
+    let memory = first.processes.as_ptr();
+    drop(first);
+    let second = scanner.scan().unwrap();
+    assert_eq!(second.processes.as_ptr(), memory, "the released snapshot's vector is refilled");
+    assert_eq!(pids(Arc::clone(&second)), [1, 2]);
+    let third = scanner.scan().unwrap();
+    assert_ne!(third.processes.as_ptr(), second.processes.as_ptr(), "a snapshot still held is left alone");
+    assert_eq!(pids(third), [1, 2]);
 }

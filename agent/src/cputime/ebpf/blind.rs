@@ -77,11 +77,11 @@ impl BlindPids {
         comm[..name.len()].copy_from_slice(name);
         Some(ProcessRecord {
             tgid: pid,
+            ppid: stat.ppid,
             start_time_ns: clock.ticks_to_ns(stat.start_time),
             cpu_ns: cpu_ns(pid),
             rss_pages: stat.rss_pages,
             comm,
-            ..ProcessRecord::default()
         })
     }
 }

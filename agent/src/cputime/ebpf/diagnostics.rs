@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use agent_common::cputime::PROGRAM_RESYNC;
+use agent_common::cputime::{PROGRAM_REPAIR_IDLE, PROGRAM_REPAIR_TICK, PROGRAM_RESYNC};
 use aya::maps::MapError;
 use aya::programs::ProgramError;
 
@@ -60,13 +60,20 @@ impl EbpfCpuTime {
         Ok(self.entry(tgid)?.is_some())
     }
 
-    /// Run time and count of the switch program and of `resync`, for measuring
-    /// their cost.
-    pub fn program_stats(&self) -> Result<[(&'static str, ProgramStats); 2], ProgramError> {
+    /// Run time and count of the switch program, the exit program, and the repair
+    /// programs in use (`resync`, or the tick and idle ones), for measuring their
+    /// cost.
+    pub fn program_stats(&self) -> Result<Vec<(&'static str, ProgramStats)>, ProgramError> {
         let stats = |name: &'static str| -> Result<(&'static str, ProgramStats), ProgramError> {
             let info = self.ebpf.program(name).ok_or(ProgramError::NotLoaded)?.info()?;
             Ok((name, ProgramStats { run_time: info.run_time(), run_count: info.run_count() }))
         };
-        Ok([stats(self.attach.program_name())?, stats(PROGRAM_RESYNC)?])
+        let repair: &[&'static str] =
+            if self.repair_on_ticks { &[PROGRAM_REPAIR_TICK, PROGRAM_REPAIR_IDLE] } else { &[PROGRAM_RESYNC] };
+        [self.attach.program_name(), self.attach.free_program_name()]
+            .iter()
+            .chain(repair)
+            .map(|name| stats(name))
+            .collect()
     }
 }

@@ -6,10 +6,10 @@ use std::{io, os::unix::fs::MetadataExt, path::Path};
 use agent_common::cputime::{
     FREE_TRACEPOINT, ITER_TARGET, LOADED_AT_GLOBAL, MAX_CPUS, MAX_PROCESSES, MM_RSS_OFFSETS_GLOBAL,
     POSSIBLE_CPUS_GLOBAL, PREALLOCATED_GLOBAL, PROCESS_TIME_MAP, PROCESS_TIME_PREALLOC_MAP, PROGRAM_BTF,
-    PROGRAM_FREE_BTF, PROGRAM_FREE_RAW, PROGRAM_PROCESSES, PROGRAM_RAW, PROGRAM_RESYNC, ProcessTime,
-    TASK_COMM_OFFSET_GLOBAL, TASK_EXEC_START_OFFSET_GLOBAL, TASK_MM_OFFSET_GLOBAL, TASK_PID_OFFSET_GLOBAL,
-    TASK_PREV_SUM_EXEC_OFFSET_GLOBAL, TASK_START_TIME_OFFSET_GLOBAL, TASK_SUM_EXEC_OFFSET_GLOBAL,
-    TASK_TGID_OFFSET_GLOBAL, TRACEPOINT,
+    PROGRAM_FREE_BTF, PROGRAM_FREE_RAW, PROGRAM_PROCESSES, PROGRAM_RAW, PROGRAM_REPAIR_IDLE, PROGRAM_REPAIR_TICK,
+    PROGRAM_RESYNC, ProcessTime, RESYNC_PERIOD_NS, TASK_COMM_OFFSET_GLOBAL, TASK_EXEC_START_OFFSET_GLOBAL,
+    TASK_MM_OFFSET_GLOBAL, TASK_PID_OFFSET_GLOBAL, TASK_PREV_SUM_EXEC_OFFSET_GLOBAL, TASK_REAL_PARENT_OFFSET_GLOBAL,
+    TASK_START_TIME_OFFSET_GLOBAL, TASK_SUM_EXEC_OFFSET_GLOBAL, TASK_TGID_OFFSET_GLOBAL, TRACEPOINT,
 };
 use aya::{
     Btf, Ebpf, EbpfError, EbpfLoader,
@@ -48,7 +48,7 @@ impl AttachKind {
     }
 
     /// The `sched_process_free` program of this kind.
-    fn free_program_name(self) -> &'static str {
+    pub(super) fn free_program_name(self) -> &'static str {
         match self {
             AttachKind::BtfTracePoint => PROGRAM_FREE_BTF,
             AttachKind::RawTracePoint => PROGRAM_FREE_RAW,
@@ -182,14 +182,16 @@ pub(super) fn load_with(
     if memory == MapMemory::OnDemand {
         prefill(&mut ebpf, proc_dir.as_ref())?;
     }
-    let (kernel_cleanup, iterator) = on_scratch_thread(|| {
+    let (kernel_cleanup, iterator, repair_on_ticks) = on_scratch_thread(|| {
         let kernel_btf = Btf::from_sys_fs().map_err(|error| EbpfLoadError::KernelBtf(error.to_string()));
         let kernel_cleanup = attach(&mut ebpf, kind, &kernel_btf)?;
         let iterator = process_offsets.is_some() && load_iterator(&mut ebpf, &kernel_btf);
-        Ok::<_, EbpfLoadError>((kernel_cleanup, iterator))
+        let repair_on_ticks = load_tick_repair(&mut ebpf);
+        Ok::<_, EbpfLoadError>((kernel_cleanup, iterator, repair_on_ticks))
     })?;
     let mut source = EbpfCpuTime::new(ebpf, kind, iterator, memory)?;
     source.kernel_cleanup = kernel_cleanup;
+    source.repair_on_ticks = repair_on_ticks;
     if iterator {
         match BlindPids::find(&mut source, proc_dir, clock) {
             Ok(blind) => source.blind = blind,
@@ -289,6 +291,7 @@ fn load_object(
             .override_global(TASK_START_TIME_OFFSET_GLOBAL, &process.start_time, true)
             .override_global(TASK_COMM_OFFSET_GLOBAL, &process.comm, true)
             .override_global(TASK_MM_OFFSET_GLOBAL, &process.mm, true)
+            .override_global(TASK_REAL_PARENT_OFFSET_GLOBAL, &process.real_parent, true)
             .override_global(MM_RSS_OFFSETS_GLOBAL, &process.rss_counters, true);
     }
     let mut load = |memory: MapMemory| -> Result<Ebpf, EbpfLoadError> {
@@ -368,6 +371,27 @@ fn load_iterator(ebpf: &mut Ebpf, kernel_btf: &Result<Btf, EbpfLoadError>) -> bo
     })();
     if let Err(error) = &loaded {
         tracing::info!("processes are listed from /proc: the task iterator did not load: {error}");
+    }
+    loaded.is_ok()
+}
+
+/// Loads the programs that repair untraced switches on timer expiries (the
+/// scheduler tick's among them) and on idle entry, which wake no CPU; false
+/// (logged) when the kernel refuses them, and the `resync` timer does the repair
+/// instead.
+fn load_tick_repair(ebpf: &mut Ebpf) -> bool {
+    let loaded = [PROGRAM_REPAIR_TICK, PROGRAM_REPAIR_IDLE].into_iter().try_for_each(|name| {
+        let program = ebpf.program_mut(name).ok_or(EbpfLoadError::Missing(name))?;
+        let program: &mut RawTracePoint = program.try_into().map_err(|source| EbpfLoadError::Program {
+            action: "selecting",
+            program: name,
+            source,
+        })?;
+        program.load().map_err(|e| load_error(name, e))
+    });
+    if let Err(error) = &loaded {
+        let period_ms = RESYNC_PERIOD_NS / 1_000_000;
+        tracing::info!("untraced switches are repaired by a {period_ms} ms timer on every CPU while watched: {error}");
     }
     loaded.is_ok()
 }

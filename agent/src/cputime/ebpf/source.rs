@@ -1,6 +1,7 @@
 //! The runtime source: reads per-process CPU time from the program's map (or every
-//! process at once from its task iterator), keeps `resync` attached only while
-//! clients are connected, and deletes the entries of processes that are gone.
+//! process at once from its task iterator), keeps `resync` attached and exits
+//! recorded only while clients are connected, hands over the exit records, and
+//! deletes the entries of processes that are gone.
 
 use std::{
     io::Read as _,
@@ -8,21 +9,24 @@ use std::{
 };
 
 use agent_common::cputime::{
-    ERR_COUNT, ERR_MAP_FULL, ERR_MISMATCH, ERR_READ_TASK, ERRORS_MAP, MAX_PROCESSES, PROCESS_TIME_MAP,
-    PROGRAM_PROCESSES, PROGRAM_RESYNC, ProcessTime, RESYNC_PERIOD_NS,
+    ERR_COUNT, ERR_EXIT_LOST, ERR_MAP_FULL, ERR_MISMATCH, ERR_READ_TASK, ERRORS_MAP, EXITS_MAP, EXITS_WANTED_MAP,
+    ExitRecord, IDLE_TRACEPOINT, MAX_PROCESSES, PROCESS_TIME_MAP, PROGRAM_PROCESSES, PROGRAM_REPAIR_IDLE,
+    PROGRAM_REPAIR_TICK, PROGRAM_RESYNC, ProcessTime, RESYNC_PERIOD_NS, TICK_SETTLE_NS, TICK_TRACEPOINT,
 };
 use aya::{
     Ebpf,
-    maps::{MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{Array, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf},
     programs::{
-        Iter, PerfEvent, ProgramError,
+        Iter, PerfEvent, ProgramError, RawTracePoint,
         perf_event::{PerfEventConfig, PerfEventLinkId, PerfEventScope, SamplePolicy, SoftwareEvent},
+        raw_trace_point::RawTracePointLinkId,
     },
     util::online_cpus,
 };
 
 use super::blind::BlindPids;
 use super::load::{AttachKind, EbpfLoadError, MapMemory};
+use crate::cputime::attribution::Exit;
 use crate::cputime::{CpuSourceKind, CpuTimeError, CpuTimeSource, ProcessRecord, ScannedCpu};
 use crate::host::clock::monotonic_ns;
 
@@ -35,6 +39,21 @@ pub struct ErrorCounts {
     pub read_task: u64,
     /// Switch-outs of a task other than the one recorded at switch-in.
     pub mismatch: u64,
+    /// Exit records that did not fit in the ring.
+    pub exit_lost: u64,
+}
+
+/// What repairs untraced switches while someone reads (see the program's
+/// `repair_current`).
+enum RepairLinks {
+    None,
+    /// `repair_tick` on the scheduler tick and `repair_idle` on idle entry.
+    Tick {
+        tick: RawTracePointLinkId,
+        idle: Option<RawTracePointLinkId>,
+    },
+    /// `resync` on a CPU-clock timer, one link per CPU.
+    Timer(Vec<PerfEventLinkId>),
 }
 
 /// The eBPF CPU-time source. Dropping it detaches the program and frees its maps.
@@ -43,15 +62,29 @@ pub struct EbpfCpuTime {
     pub(super) ebpf: Ebpf,
     pub(super) times: PerCpuHashMap<MapData, u32, ProcessTime>,
     /// How `times` gets its memory.
+    #[cfg_attr(
+        not(any(test, feature = "testing")),
+        expect(dead_code, reason = "kept for the test diagnostics, which report it")
+    )]
     pub(super) memory: MapMemory,
     pub(super) errors: PerCpuArray<MapData, u64>,
+    /// Exit records of processes, written by the `sched_process_free` program while
+    /// `exits_wanted` says someone reads.
+    exits: RingBuf<MapData>,
+    exits_wanted: Array<MapData, u32>,
     /// Error counts already logged, so each new failure is reported once.
     pub(super) reported: ErrorCounts,
+    /// Which twin is attached.
+    #[cfg_attr(
+        not(any(test, feature = "testing")),
+        expect(dead_code, reason = "kept for the test diagnostics, which report it")
+    )]
     pub(super) attach: AttachKind,
-    /// The `resync` attachments, one per CPU; empty while the agent is idle. Its
-    /// timer interrupts every CPU every `RESYNC_PERIOD_NS`, which an agent nobody
-    /// watches should not do.
-    pub(super) resync_links: Vec<PerfEventLinkId>,
+    /// Whether the repair of untraced switches rides on the scheduler tick and idle
+    /// entry (`repair_tick`, `repair_idle`) rather than the `resync` timer.
+    pub(super) repair_on_ticks: bool,
+    /// The repair's attachments; none while the agent is idle.
+    repair_links: RepairLinks,
     /// When `resync` was attached; None while it is not.
     pub(super) resync_since: Option<Instant>,
     /// Whether the process iterator loaded.
@@ -80,16 +113,24 @@ impl EbpfCpuTime {
         let (times_map, _) = memory.maps();
         let times = take(&mut ebpf, times_map)?;
         let errors = take(&mut ebpf, ERRORS_MAP)?;
+        let exits = take(&mut ebpf, EXITS_MAP)?;
+        let exits_wanted = take(&mut ebpf, EXITS_WANTED_MAP)?;
         let times = PerCpuHashMap::try_from(times).map_err(|source| EbpfLoadError::Map { map: times_map, source })?;
         let errors = PerCpuArray::try_from(errors).map_err(|source| EbpfLoadError::Map { map: ERRORS_MAP, source })?;
+        let exits = RingBuf::try_from(exits).map_err(|source| EbpfLoadError::Map { map: EXITS_MAP, source })?;
+        let exits_wanted =
+            Array::try_from(exits_wanted).map_err(|source| EbpfLoadError::Map { map: EXITS_WANTED_MAP, source })?;
         Ok(Self {
             ebpf,
             times,
             memory,
             errors,
+            exits,
+            exits_wanted,
             reported: ErrorCounts::default(),
             attach,
-            resync_links: Vec::new(),
+            repair_on_ticks: false,
+            repair_links: RepairLinks::None,
             resync_since: None,
             iterator,
             kernel_cleanup: false,
@@ -104,7 +145,8 @@ impl EbpfCpuTime {
     /// periods cover it, so the next reading already sees every CPU.
     pub fn resume_resync(&mut self) -> Result<(), ProgramError> {
         let since = self.attach_resync()?;
-        let settled = since + Duration::from_nanos(2 * RESYNC_PERIOD_NS);
+        let settle_ns = if self.repair_on_ticks { TICK_SETTLE_NS } else { 2 * RESYNC_PERIOD_NS };
+        let settled = since + Duration::from_nanos(settle_ns);
         if let Some(wait) = settled.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
@@ -117,33 +159,105 @@ impl EbpfCpuTime {
         if let Some(since) = self.resync_since {
             return Ok(since);
         }
+        let attached = if self.repair_on_ticks { self.attach_tick_repair() } else { self.attach_timer_repair() };
+        if let Err(error) = attached {
+            self.detach_repair();
+            return Err(error);
+        }
+        let since = Instant::now();
+        self.resync_since = Some(since);
+        self.want_exits(true);
+        Ok(since)
+    }
+
+    /// Tells the `sched_process_free` program whether to record exits: only while
+    /// someone reads them, so the ring holds no records from before a session.
+    fn want_exits(&mut self, wanted: bool) {
+        if let Err(error) = self.exits_wanted.set(0, u32::from(wanted), 0) {
+            tracing::warn!("switching the eBPF exit records {}: {error}", if wanted { "on" } else { "off" });
+        }
+    }
+
+    /// Hands `each` the exit records written since the last call, oldest first,
+    /// and frees their room in the ring.
+    pub fn take_exit_records(&mut self, mut each: impl FnMut(ExitRecord)) {
+        while let Some(item) = self.exits.next() {
+            if item.len() >= std::mem::size_of::<ExitRecord>() {
+                // SAFETY: the program writes whole `ExitRecord`s, plain integers
+                // (aya::Pod) valid for any bit pattern; read unaligned.
+                each(unsafe { item.as_ptr().cast::<ExitRecord>().read_unaligned() });
+            }
+        }
+    }
+
+    /// The repair on the scheduler tick and idle entry: kernel work done anyway.
+    fn attach_tick_repair(&mut self) -> Result<(), ProgramError> {
+        let tick: &mut RawTracePoint =
+            self.ebpf.program_mut(PROGRAM_REPAIR_TICK).ok_or(ProgramError::NotLoaded)?.try_into()?;
+        self.repair_links = RepairLinks::Tick { tick: tick.attach(TICK_TRACEPOINT)?, idle: None };
+        let idle: &mut RawTracePoint =
+            self.ebpf.program_mut(PROGRAM_REPAIR_IDLE).ok_or(ProgramError::NotLoaded)?.try_into()?;
+        let idle_link = idle.attach(IDLE_TRACEPOINT)?;
+        if let RepairLinks::Tick { idle, .. } = &mut self.repair_links {
+            *idle = Some(idle_link);
+        }
+        Ok(())
+    }
+
+    /// The repair on a CPU-clock timer on every online CPU, which wakes idle CPUs.
+    fn attach_timer_repair(&mut self) -> Result<(), ProgramError> {
         let cpus = online_cpus().map_err(|(_, error)| ProgramError::IOError(error))?;
         let program: &mut PerfEvent =
             self.ebpf.program_mut(PROGRAM_RESYNC).ok_or(ProgramError::NotLoaded)?.try_into()?;
+        let mut links = Vec::new();
         for cpu in cpus {
             let config = PerfEventConfig::Software(SoftwareEvent::CpuClock);
             let scope = PerfEventScope::AllProcessesOneCpu { cpu };
             match program.attach(config, scope, SamplePolicy::Period(RESYNC_PERIOD_NS), false) {
-                Ok(link) => self.resync_links.push(link),
+                Ok(link) => links.push(link),
                 Err(error) => {
-                    self.pause_resync();
+                    self.repair_links = RepairLinks::Timer(links);
                     return Err(error);
                 }
             }
         }
-        let since = Instant::now();
-        self.resync_since = Some(since);
-        Ok(since)
+        self.repair_links = RepairLinks::Timer(links);
+        Ok(())
     }
 
-    /// Detaches `resync`; the next reading attaches it again.
+    /// Detaches the repair and stops the exit records; the next reading attaches
+    /// them again.
     pub fn pause_resync(&mut self) {
-        let Some(program) = self.ebpf.program_mut(PROGRAM_RESYNC) else { return };
-        let Ok(program) = <&mut PerfEvent>::try_from(program) else { return };
-        self.resync_since = None;
-        for link in self.resync_links.drain(..) {
-            if let Err(error) = program.detach(link) {
-                tracing::debug!("detaching resync: {error}");
+        if self.resync_since.take().is_some() {
+            self.want_exits(false);
+        }
+        self.detach_repair();
+    }
+
+    fn detach_repair(&mut self) {
+        let report = |result: Result<(), ProgramError>| {
+            if let Err(error) = result {
+                tracing::debug!("detaching the repair of untraced switches: {error}");
+            }
+        };
+        match std::mem::replace(&mut self.repair_links, RepairLinks::None) {
+            RepairLinks::None => {}
+            RepairLinks::Tick { tick, idle } => {
+                if let Some(program) = self.ebpf.program_mut(PROGRAM_REPAIR_TICK) {
+                    report(<&mut RawTracePoint>::try_from(program).and_then(|program| program.detach(tick)));
+                }
+                if let (Some(idle), Some(program)) = (idle, self.ebpf.program_mut(PROGRAM_REPAIR_IDLE)) {
+                    report(<&mut RawTracePoint>::try_from(program).and_then(|program| program.detach(idle)));
+                }
+            }
+            RepairLinks::Timer(links) => {
+                if let Some(program) = self.ebpf.program_mut(PROGRAM_RESYNC)
+                    && let Ok(program) = <&mut PerfEvent>::try_from(program)
+                {
+                    for link in links {
+                        report(program.detach(link));
+                    }
+                }
             }
         }
     }
@@ -207,8 +321,13 @@ impl EbpfCpuTime {
     /// The program's error counters, summed over CPUs.
     pub fn error_counts(&self) -> Result<ErrorCounts, MapError> {
         let sum = |index: u32| -> Result<u64, MapError> { Ok(self.errors.get(&index, 0)?.iter().sum()) };
-        debug_assert_eq!(ERR_COUNT, 3);
-        Ok(ErrorCounts { map_full: sum(ERR_MAP_FULL)?, read_task: sum(ERR_READ_TASK)?, mismatch: sum(ERR_MISMATCH)? })
+        debug_assert_eq!(ERR_COUNT, 4);
+        Ok(ErrorCounts {
+            map_full: sum(ERR_MAP_FULL)?,
+            read_task: sum(ERR_READ_TASK)?,
+            mismatch: sum(ERR_MISMATCH)?,
+            exit_lost: sum(ERR_EXIT_LOST)?,
+        })
     }
 
     /// Logs failures the program counted since the last report.
@@ -228,6 +347,13 @@ impl EbpfCpuTime {
         let unread = new(counts.read_task, self.reported.read_task);
         if unread > 0 {
             tracing::warn!("eBPF program could not read {unread} task ids; their time is not counted");
+        }
+        let lost = new(counts.exit_lost, self.reported.exit_lost);
+        if lost > 0 {
+            tracing::warn!(
+                "eBPF exit records: {lost} exited processes did not fit in the ring between two scans; \
+                 the time they ran since the previous scan is missing from their parents"
+            );
         }
         let mismatch = new(counts.mismatch, self.reported.mismatch);
         if mismatch > 0 {
@@ -275,6 +401,19 @@ impl CpuTimeSource for EbpfCpuTime {
         }
         self.report_errors();
         Ok(())
+    }
+
+    fn take_exits(&mut self, out: &mut Vec<Exit>) -> bool {
+        out.clear();
+        self.take_exit_records(|record| {
+            out.push(Exit {
+                pid: record.tgid,
+                start_time: record.start_time_ns,
+                ppid: record.ppid,
+                total_ns: record.cpu_ns,
+            })
+        });
+        true
     }
 
     fn read_processes(&mut self, out: &mut Vec<ProcessRecord>) -> Option<Result<(), CpuTimeError>> {
