@@ -476,15 +476,61 @@ async fn sensor_paths_touched(envs: &[(&str, &str)]) -> Vec<String> {
     trace.lines().filter(|l| SENSOR_PATHS.iter().any(|p| l.contains(p))).map(str::to_owned).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gpu_and_temperature_toggles_stop_all_sensor_access() {
-    if std::process::Command::new("strace").arg("-V").output().is_err() {
+/// Whether strace runs here; CI installs it, elsewhere the tests that need it skip.
+fn strace_available() -> bool {
+    let available = std::process::Command::new("strace").arg("-V").output().is_ok();
+    if !available {
         assert!(!ebpf_required(), "CI installs strace");
         eprintln!("skipping: no strace");
+    }
+    available
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gpu_and_temperature_toggles_stop_all_sensor_access() {
+    if !strace_available() {
         return;
     }
     let on = sensor_paths_touched(&[]).await;
     assert!(!on.is_empty(), "with collection on the agent looks for sensors (the test can see it)");
     let off = sensor_paths_touched(&[("SOCKTOP_AGENT_GPU", "0"), ("SOCKTOP_AGENT_TEMP", "0")]).await;
     assert!(off.is_empty(), "toggled off, yet: {off:?}");
+}
+
+/// With GPU and temperature collection on (the defaults) and a sysfs without GPUs or
+/// sensors, the agent searches once and then not per request: between two searches
+/// (a minute apart) a request touches no sensor file and does not load NVML.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absent_sensors_are_not_searched_on_every_request() {
+    if !strace_available() {
+        return;
+    }
+    let sys = tempfile::tempdir().expect("tempdir");
+    for class in ["class/hwmon", "class/thermal", "class/drm", "class/block", "block"] {
+        std::fs::create_dir_all(sys.path().join(class)).expect("fake sysfs");
+    }
+    let trace_dir = tempfile::tempdir().expect("tempdir");
+    let trace = trace_dir.path().join("trace");
+    let sys_root = sys.path().to_str().expect("UTF-8 temp path");
+    let agent = Agent::start_traced(&trace, &["--sys-root", sys_root], &[]).expect("agent starts under strace");
+    let mut ws = raw_client(&agent).await;
+    ask(&mut ws, "get_metrics").await;
+    ask(&mut ws, "get_disks").await;
+    // A request that opens a file of its own, to mark the trace: what follows it
+    // comes from the requests after the first ones.
+    let marker = "/proc/4194000/stat";
+    ask(&mut ws, "get_process_metrics:4194000").await;
+    for _ in 0..20 {
+        ask(&mut ws, "get_metrics").await;
+        ask(&mut ws, "get_disks").await;
+    }
+    drop(agent);
+    let trace = std::fs::read_to_string(&trace).expect("strace output");
+    let searched =
+        ["class/hwmon", "class/thermal", "class/drm", "class/nvme", "block/"].map(|p| format!("{sys_root}/{p}"));
+    let is_search = |line: &&str| line.contains("libnvidia-ml") || searched.iter().any(|p| line.contains(p.as_str()));
+    let (before, after) = trace.split_once(marker).expect("the marker request is in the trace");
+    assert!(before.lines().any(|l| is_search(&l)), "the first requests search (the test can see it)");
+    let repeated: Vec<&str> = after.lines().filter(is_search).collect();
+    assert!(repeated.is_empty(), "searched again within the bound: {repeated:?}");
 }

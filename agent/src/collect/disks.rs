@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use super::temperature::disk_temperature;
+use super::temperature::DiskTemperatures;
 use super::{Collect, CollectError};
 use crate::config::Collection;
 use crate::host::procfs::KeptFile;
@@ -168,7 +168,8 @@ pub struct DisksCollector {
     /// again only then, not on every request.
     mountinfo: KeptFile,
     sys_root: PathBuf,
-    temperature: bool,
+    /// `None` when temperatures are off.
+    temperatures: Option<DiskTemperatures>,
     /// The real filesystems as of the last mountinfo read.
     mounts: Vec<KnownMount>,
 }
@@ -185,13 +186,14 @@ impl DisksCollector {
         Self {
             mountinfo: KeptFile::new(collection.proc_root.join("self/mountinfo")),
             sys_root: collection.sys_root.clone(),
-            temperature: collection.temperature,
+            temperatures: collection.temperature.then(|| DiskTemperatures::new(&collection.sys_root)),
             mounts: Vec::new(),
         }
     }
 
     pub fn sample(&mut self) -> DisksSnapshot {
         self.refresh_mounts();
+        let mut temperatures = self.temperatures.as_mut().map(DiskTemperatures::reads);
         let disks = self
             .mounts
             .iter()
@@ -202,7 +204,7 @@ impl DisksCollector {
                     .filter(|space| space.total > 0)?;
                 Some(Disk {
                     is_partition: known.is_partition,
-                    temperature: self.temperature_of(&known.mount.source),
+                    temperature: temperatures.as_mut().and_then(|t| t.read(&known.mount.source)),
                     name: known.mount.source.clone(),
                     total: space.total,
                     available: space.available,
@@ -236,14 +238,6 @@ impl DisksCollector {
             })
             .collect();
     }
-
-    fn temperature_of(&self, source: &str) -> Option<f32> {
-        let device = source.strip_prefix("/dev/")?;
-        if !self.temperature {
-            return None;
-        }
-        disk_temperature(&self.sys_root, device)
-    }
 }
 
 impl Collect for DisksCollector {
@@ -257,7 +251,9 @@ impl Collect for DisksCollector {
     /// disk temperature sensors, may wait.
     fn never_waits(&mut self) -> bool {
         self.refresh_mounts();
-        !self.temperature && self.mounts.iter().all(|known| !statfs_may_wait(&known.mount.fs_type))
+        let sources = self.mounts.iter().map(|known| known.mount.source.as_str());
+        self.temperatures.as_mut().is_none_or(|t| t.never_waits(sources))
+            && self.mounts.iter().all(|known| !statfs_may_wait(&known.mount.fs_type))
     }
 }
 

@@ -43,7 +43,7 @@ pub struct MetricsCollector {
     meminfo: KeptFile,
     net_dev: KeptFile,
     cpu: cpu::CpuUsage,
-    /// `None` when temperatures are off or the host has no CPU sensor.
+    /// `None` when temperatures are off.
     temperature: Option<CpuTemperature>,
     /// `None` when GPU collection is off.
     gpus: Option<GpuCollector>,
@@ -57,7 +57,7 @@ impl MetricsCollector {
         let kept = |file: &str| KeptFile::new(proc_root.join(file));
         let mut stat = kept("stat");
         let baseline = read_kept(&mut stat).map(cpu::parse_proc_stat).unwrap_or_default();
-        let temperature = collection.temperature.then(|| CpuTemperature::discover(&collection.sys_root)).flatten();
+        let temperature = collection.temperature.then(|| CpuTemperature::new(&collection.sys_root));
         let gpus = collection.gpu.then(|| GpuCollector::new(&collection.sys_root, cfg!(feature = "nvidia")));
         Self {
             stat,
@@ -115,9 +115,10 @@ impl Collect for MetricsCollector {
         Ok(self.sample())
     }
 
-    /// Without temperatures (hwmon drivers may wait on a bus) and GPUs (NVML may
-    /// wait on the driver), a sample is four procfs reads.
+    /// Without a temperature sensor (hwmon drivers may wait on a bus) and GPUs (NVML
+    /// may wait on the driver) to read, a sample is four procfs reads.
     fn never_waits(&mut self) -> bool {
-        self.temperature.is_none() && self.gpus.is_none()
+        self.temperature.as_mut().is_none_or(CpuTemperature::never_waits)
+            && self.gpus.as_mut().is_none_or(GpuCollector::never_waits)
     }
 }

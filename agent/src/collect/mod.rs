@@ -10,6 +10,7 @@ pub mod memory;
 pub mod metrics;
 pub mod network;
 pub mod pid_cache;
+pub(crate) mod probe;
 pub mod process_detail;
 pub mod process_groups;
 pub mod processes;

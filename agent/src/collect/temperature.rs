@@ -11,7 +11,7 @@ mod disk;
 pub(crate) mod hwmon;
 
 pub use cpu::CpuTemperature;
-pub use disk::disk_temperature;
+pub use disk::{DiskTemperatureReads, DiskTemperatures};
 
 /// Parses a sysfs temperature ("45123\n") into degrees Celsius (45.123).
 ///

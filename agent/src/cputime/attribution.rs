@@ -158,8 +158,6 @@ pub struct Attribution {
     departed: Vec<Departed>,
     links: Vec<Link>,
     debts: Vec<Debt>,
-    /// Exited time of the last scan that found no listed ancestor.
-    pub unplaced_ns: u64,
 }
 
 impl Attribution {
@@ -173,12 +171,7 @@ impl Attribution {
             departed: Vec::new(),
             links: Vec::new(),
             debts: Vec::new(),
-            unplaced_ns: 0,
         }
-    }
-
-    pub fn mode(&self) -> ChildrenMode {
-        self.mode
     }
 
     /// Writes into `out`, for each of `listed` (sorted by pid), the ns to show for
@@ -191,7 +184,6 @@ impl Attribution {
     pub fn account(&mut self, clock: u64, listed: &[Listed], exits: Option<&[Exit]>, out: &mut Vec<u64>) {
         debug_assert!(listed.is_sorted_by_key(|p| p.pid));
         out.clear();
-        self.unplaced_ns = 0;
         let previous_clock = self.previous_clock.replace(clock);
         let mut known = std::mem::take(&mut self.known).into_iter().peekable();
         self.next_known.clear();
@@ -248,6 +240,7 @@ impl Attribution {
 
     /// Adds each exit's time not yet shown to its nearest listed ancestor.
     fn place_exits(&mut self, listed: &[Listed], exits: &[Exit], out: &mut [u64]) {
+        let mut unplaced_ns = 0;
         for exit in exits {
             self.links.push(Link { pid: exit.pid, ppid: exit.ppid, age: 0 });
         }
@@ -267,8 +260,12 @@ impl Attribution {
             let unshown = exit.total_ns.saturating_sub(shown);
             match self.ancestor_row(listed, exit.ppid) {
                 Some(row) => out[row] += unshown,
-                None => self.unplaced_ns += unshown,
+                None => unplaced_ns += unshown,
             }
+        }
+        if unplaced_ns > 0 {
+            // Only when pid 1 itself is not listed.
+            tracing::debug!("{unplaced_ns} ns of exited processes found no listed ancestor");
         }
     }
 

@@ -233,9 +233,27 @@ fn write_gpus(w: &mut Writer, gpus: &[GpuReading]) {
     }
 }
 
+/// A family of one value per item, with its type.
+type TypedFamily<T> = (&'static str, &'static str, Kind, fn(&T) -> f64);
+
+/// Writes each family with one sample per item, labelled by `labels`.
+fn write_per_item<T, const N: usize>(
+    w: &mut Writer,
+    families: &[TypedFamily<T>],
+    items: &[T],
+    labels: impl Fn(&T) -> [(&'static str, String); N],
+) {
+    let labelled: Vec<_> = items.iter().map(|item| (labels(item), item)).collect();
+    for &(name, help, kind, pick) in families {
+        w.family(name, help, kind);
+        for (labels, item) in &labelled {
+            w.sample(name, &labels.each_ref().map(|(label, text)| (*label, text.as_str())), pick(item));
+        }
+    }
+}
+
 fn write_comms(w: &mut Writer, comms: &[CommTotals]) {
-    type Pick = fn(&CommTotals) -> f64;
-    let families: [(&str, &str, Kind, Pick); 5] = [
+    let families: [TypedFamily<CommTotals>; 5] = [
         (
             "socktop_comm_cpu_seconds_total",
             "CPU time of the processes with this command name, exited ones included, in seconds.",
@@ -262,17 +280,11 @@ fn write_comms(w: &mut Writer, comms: &[CommTotals]) {
             |c| c.rss_bytes as f64,
         ),
     ];
-    for (name, help, kind, pick) in families {
-        w.family(name, help, kind);
-        for comm in comms {
-            w.sample(name, &[("comm", &comm.comm)], pick(comm));
-        }
-    }
+    write_per_item(w, &families, comms, |comm| [("comm", comm.comm.clone())]);
 }
 
 fn write_top(w: &mut Writer, top: &[TopProcess]) {
-    type Pick = fn(&TopProcess) -> f64;
-    let families: [(&str, &str, Kind, Pick); 3] = [
+    let families: [TypedFamily<TopProcess>; 3] = [
         (
             "socktop_top_process_cpu_ratio",
             "Share of the whole machine one of the processes using the most CPU used over the last interval, 0 to 1.",
@@ -292,13 +304,7 @@ fn write_top(w: &mut Writer, top: &[TopProcess]) {
             |p| p.rss_bytes as f64,
         ),
     ];
-    for (name, help, kind, pick) in families {
-        w.family(name, help, kind);
-        for process in top {
-            let pid = process.pid.to_string();
-            w.sample(name, &[("pid", &pid), ("comm", &process.comm)], pick(process));
-        }
-    }
+    write_per_item(w, &families, top, |p| [("pid", p.pid.to_string()), ("comm", p.comm.clone())]);
 }
 
 fn write_agent(w: &mut Writer, agent: &AgentHealth) {

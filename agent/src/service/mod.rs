@@ -135,7 +135,7 @@ impl Service {
 
     /// The current processes snapshot (collected, or cached within the TTL like the
     /// list's answers), for encoders other than the socktop frames.
-    pub async fn processes(&self) -> Collected<ProcessesSnapshot> {
+    pub async fn processes(&self) -> Collected<Arc<ProcessesSnapshot>> {
         self.processes.get().await
     }
 

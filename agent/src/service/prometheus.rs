@@ -28,7 +28,7 @@ use crate::sync::lock;
 pub struct Snapshots {
     pub metrics: Collected<MetricsSnapshot>,
     pub disks: Collected<DisksSnapshot>,
-    pub processes: Collected<ProcessesSnapshot>,
+    pub processes: Collected<Arc<ProcessesSnapshot>>,
 }
 
 impl Snapshots {
@@ -57,7 +57,7 @@ pub struct PrometheusEncoder {
 struct State {
     groups: CommGroups,
     /// The processes snapshot last added to `groups`: each is added once.
-    counted: Option<Collected<ProcessesSnapshot>>,
+    counted: Option<Collected<Arc<ProcessesSnapshot>>>,
     last: Option<Arc<Rendering>>,
     schedstat_buffer: Vec<u8>,
     gzip: Gzip,

@@ -59,6 +59,52 @@ impl Caches {
     }
 }
 
+/// Which of the GPU and temperature collectors run. Most figures are taken with
+/// both off; the defaults (both on) show what a host without GPUs or sensors pays
+/// for collectors that find nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sensors {
+    /// `SOCKTOP_AGENT_GPU=0` and `SOCKTOP_AGENT_TEMP=0`.
+    Off,
+    /// `SOCKTOP_AGENT_GPU=0` only: temperatures on.
+    GpuOff,
+    /// Neither variable set: both collectors on, as the agents start by default.
+    Defaults,
+}
+
+impl Sensors {
+    pub fn name(self) -> &'static str {
+        match self {
+            Sensors::Off => "GPU and temperature off",
+            Sensors::GpuOff => "GPU off, temperature on",
+            Sensors::Defaults => "defaults: GPU and temperature on",
+        }
+    }
+
+    fn log_suffix(self) -> &'static str {
+        match self {
+            Sensors::Off => "",
+            Sensors::GpuOff => "-gpu-off",
+            Sensors::Defaults => "-defaults",
+        }
+    }
+
+    fn apply(self, command: &mut Command) {
+        let (gpu, temperature) = match self {
+            Sensors::Off => (false, false),
+            Sensors::GpuOff => (false, true),
+            Sensors::Defaults => (true, true),
+        };
+        for (var, on) in [("SOCKTOP_AGENT_GPU", gpu), ("SOCKTOP_AGENT_TEMP", temperature)] {
+            if on {
+                command.env_remove(var);
+            } else {
+                command.env(var, "0");
+            }
+        }
+    }
+}
+
 /// Where the two binaries are and how ours is started.
 #[derive(Debug, Clone)]
 pub struct Binaries {
@@ -145,9 +191,10 @@ pub struct Agent {
 
 impl Agent {
     /// Starts one agent and waits until it accepts connections.
-    pub async fn start(binaries: &Binaries, which: Which, caches: Caches) -> anyhow::Result<Agent> {
+    pub async fn start(binaries: &Binaries, which: Which, caches: Caches, sensors: Sensors) -> anyhow::Result<Agent> {
         let port = free_port()?;
-        let log = binaries.logs.join(format!("{}-{}.log", which.name(), caches.name().replace(' ', "-")));
+        let setting = format!("{}{}", caches.name().replace(' ', "-"), sensors.log_suffix());
+        let log = binaries.logs.join(format!("{}-{setting}.log", which.name()));
         let mut command = match which {
             Which::Ours => {
                 let mut c = Command::new(&binaries.ours);
@@ -167,9 +214,10 @@ impl Agent {
             command.env_remove(var);
         }
         let log_file = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        sensors.apply(&mut command);
         command
             .envs(caches.ttls_ms())
-            .envs([("SOCKTOP_AGENT_GPU", "0"), ("SOCKTOP_AGENT_TEMP", "0"), ("RUST_LOG", "info")])
+            .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file);

@@ -154,10 +154,11 @@ fn parse_loads(output: &str) -> Vec<LoadCost> {
             if let (Some((label, Some(switches_per_second))), Some(ns_per_run)) = (current.take(), ns_per_run(line)) {
                 loads.push(LoadCost { label, switches_per_second, ns_per_run, exit_ns_per_run: None });
             }
-        } else if line.starts_with("process_free") && !line.contains(": 0 runs") {
-            if let Some(load) = loads.last_mut() {
-                load.exit_ns_per_run = ns_per_run(line);
-            }
+        } else if line.starts_with("process_free")
+            && !line.contains(": 0 runs")
+            && let Some(load) = loads.last_mut()
+        {
+            load.exit_ns_per_run = ns_per_run(line);
         }
     }
     loads

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use agent::{Agent, Binaries, Caches, Which};
+use agent::{Agent, Binaries, Caches, Sensors, Which};
 use client::Kind;
 use crowd::Crowd;
 use machine::Machine;
@@ -61,6 +61,9 @@ enum Phase {
     Rss,
     /// CPU time per request and answer sizes.
     Cpu,
+    /// CPU time per metrics and disks request with the GPU and temperature
+    /// collectors off, with only the GPU off, and with both on (the defaults).
+    Sensors,
     /// Round-trip latency under concurrent clients.
     Latency,
     /// The eBPF program's cost per context switch.
@@ -85,7 +88,7 @@ struct Plan {
 impl Plan {
     fn new(args: &BenchArgs) -> Plan {
         let phases = if args.only.is_empty() {
-            vec![Phase::Idle, Phase::Rss, Phase::Cpu, Phase::Latency, Phase::Ebpf, Phase::Scrape]
+            vec![Phase::Idle, Phase::Rss, Phase::Cpu, Phase::Sensors, Phase::Latency, Phase::Ebpf, Phase::Scrape]
         } else {
             args.only.clone()
         };
@@ -145,7 +148,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     println!("- load average (1, 5, 15 min): {load_before} before, {} after", machine::load());
     println!(
         "- {} run(s) per figure: median (min–max); CPU % is of one CPU; both agents with GPU and temperature \
-         collection off; caches on = metrics 250 ms, processes and disks 1000 ms",
+         collection off unless a row says otherwise; caches on = metrics 250 ms, processes and disks 1000 ms",
         plan.repeats
     );
     if binaries.pinning.is_some() {
@@ -178,6 +181,11 @@ async fn measure(plan: &Plan, binaries: &Binaries) -> anyhow::Result<Table> {
     }
     if plan.runs(Phase::Cpu) {
         cpu(plan, binaries, &mut table).await?;
+    }
+    if plan.runs(Phase::Sensors) {
+        for sensors in [Sensors::Off, Sensors::GpuOff, Sensors::Defaults] {
+            cpu_with_sensors(plan, binaries, sensors, &mut table).await?;
+        }
     }
     if plan.runs(Phase::Latency) {
         for caches in [Caches::On, Caches::Off] {
@@ -216,8 +224,12 @@ struct Agents {
 
 impl Agents {
     async fn start(binaries: &Binaries, caches: Caches) -> anyhow::Result<Agents> {
-        let ours = Agent::start(binaries, Which::Ours, caches).await?;
-        let original = Agent::start(binaries, Which::Original, caches).await?;
+        Self::start_with(binaries, caches, Sensors::Off).await
+    }
+
+    async fn start_with(binaries: &Binaries, caches: Caches, sensors: Sensors) -> anyhow::Result<Agents> {
+        let ours = Agent::start(binaries, Which::Ours, caches, sensors).await?;
+        let original = Agent::start(binaries, Which::Original, caches, sensors).await?;
         tokio::time::sleep(SETTLE).await;
         Ok(Agents { ours, original })
     }
@@ -311,6 +323,30 @@ async fn cpu(plan: &Plan, binaries: &Binaries, table: &mut Table) -> anyhow::Res
     Ok(())
 }
 
+/// CPU time per uncached metrics and disks request (the answers the GPU and
+/// temperature collectors add to) with one setting of those collectors, with the
+/// host's own processes.
+async fn cpu_with_sensors(plan: &Plan, binaries: &Binaries, sensors: Sensors, table: &mut Table) -> anyhow::Result<()> {
+    let agents = Agents::start_with(binaries, Caches::Off, sensors).await?;
+    let kinds = [Kind::Metrics, Kind::Disks];
+    let mut cost: [Pair; 2] = Default::default();
+    for repeat in 0..plan.repeats {
+        progress(format_args!("CPU per request, {}, {}/{}", sensors.name(), repeat + 1, plan.repeats));
+        for agent in agents.in_turn(repeat) {
+            for (i, kind) in kinds.into_iter().enumerate() {
+                let measured = phases::cpu_per_request(agent, kind, plan.cpu_budget, plan.cpu_min_requests).await?;
+                cost[i].push(agent.which, measured.cpu_us);
+            }
+        }
+    }
+    let processes = thousands(machine::process_count());
+    for (i, kind) in kinds.into_iter().enumerate() {
+        let label = format!("CPU per `{}`, uncached, {processes} processes, {}", kind.request(), sensors.name());
+        table.push(cost[i].row(Section::Cpu, label, "µs"));
+    }
+    Ok(())
+}
+
 async fn latency(plan: &Plan, binaries: &Binaries, caches: Caches, table: &mut Table) -> anyhow::Result<()> {
     let agents = Agents::start(binaries, caches).await?;
     for clients in plan.clients {
@@ -357,7 +393,7 @@ async fn prometheus(plan: &Plan, binaries: &Binaries) -> anyhow::Result<Table> {
     let mut table = Table { other: "node_exporter + process-exporter", ..Table::default() };
     progress(format_args!("starting {} idle processes", thousands(SCRAPE_CROWD)));
     let _crowd = Crowd::spawn(SCRAPE_CROWD)?;
-    let ours = Agent::start(binaries, Which::Ours, Caches::Off).await?;
+    let ours = Agent::start(binaries, Which::Ours, Caches::Off, Sensors::Off).await?;
     let node = scrape::Exporter::node(&binaries.logs).await?;
     let process = scrape::Exporter::process(&binaries.logs).await?;
     tokio::time::sleep(SETTLE * 2).await;

@@ -44,6 +44,9 @@ impl Default for Timing {
             // second on a GPU without persistence mode. A late answer is picked up by
             // the next collection, so this only bounds the stall.
             wait: Duration::from_millis(1000),
+            // Less often than a sysfs listing: an attempt is a dlopen search, and
+            // where the library is installed without a device, the driver's
+            // initialisation (up to about a second).
             reprobe_after: Duration::from_secs(300),
             stale_after: Duration::from_secs(10),
         }
@@ -100,9 +103,14 @@ impl BackendWorker {
         })
     }
 
+    /// True when [`poll`](Self::poll) at `now` asks the backend nothing: it said it
+    /// is unavailable and the next attempt is not due.
+    pub(crate) fn is_idle_at(&self, now: Instant) -> bool {
+        !self.in_flight && self.skip_until.is_some_and(|until| now < until)
+    }
+
     /// The backend's GPUs now, or the last known ones when it is late.
-    pub(crate) fn poll(&mut self) -> Result<Vec<GpuReading>, WorkerGone> {
-        let now = Instant::now();
+    pub(crate) fn poll(&mut self, now: Instant) -> Result<Vec<GpuReading>, WorkerGone> {
         if self.skip_until.is_some_and(|until| now < until) {
             return Ok(Vec::new());
         }
@@ -211,9 +219,12 @@ pub(super) mod tests {
         let counters = Arc::new(Counters::default());
         let mut worker =
             BackendWorker::spawn(Box::new(backend), timing(1000, Duration::from_secs(300)), counters).unwrap();
-        assert!(worker.poll().unwrap().is_empty());
-        assert!(worker.poll().unwrap().is_empty());
+        assert!(!worker.is_idle_at(Instant::now()), "not asked yet");
+        assert!(worker.poll(Instant::now()).unwrap().is_empty());
+        assert!(worker.is_idle_at(Instant::now()));
+        assert!(worker.poll(Instant::now()).unwrap().is_empty());
         assert_eq!(reads.load(Ordering::SeqCst), 1);
+        assert!(!worker.is_idle_at(Instant::now() + Duration::from_secs(300)), "asked again after the reprobe");
     }
 
     #[test]
@@ -221,9 +232,19 @@ pub(super) mod tests {
         let (backend, reads) = fake(vec![Err(Unavailable("no device".into())), Ok(vec![gpu("late")])], None);
         let counters = Arc::new(Counters::default());
         let mut worker = BackendWorker::spawn(Box::new(backend), timing(1000, Duration::ZERO), counters).unwrap();
-        assert!(worker.poll().unwrap().is_empty());
-        assert_eq!(worker.poll().unwrap(), vec![gpu("late")]);
+        assert!(worker.poll(Instant::now()).unwrap().is_empty());
+        assert_eq!(worker.poll(Instant::now()).unwrap(), vec![gpu("late")]);
         assert_eq!(reads.load(Ordering::SeqCst), 2);
+    }
+
+    /// Polls until `expected` comes: an answer later than the wait (a loaded
+    /// machine, a driver back from a hang) is picked up by a later poll.
+    fn poll_until(worker: &mut BackendWorker, expected: &[GpuReading]) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while worker.poll(Instant::now()).unwrap() != expected {
+            assert!(Instant::now() < deadline, "the answer never arrived");
+            thread::sleep(Duration::from_millis(5));
+        }
     }
 
     #[test]
@@ -233,26 +254,23 @@ pub(super) mod tests {
         let counters = Arc::new(Counters::default());
         let mut worker = BackendWorker::spawn(Box::new(backend), timing(50, Duration::ZERO), counters.clone()).unwrap();
         release.send(()).unwrap();
-        assert_eq!(worker.poll().unwrap(), vec![gpu("a")]);
+        poll_until(&mut worker, &[gpu("a")]);
+        let timeouts = counters.nvml_timeouts.load(Ordering::Relaxed);
 
         // The second query hangs: one bounded wait, then the last readings.
         let started = Instant::now();
-        assert_eq!(worker.poll().unwrap(), vec![gpu("a")]);
+        assert_eq!(worker.poll(Instant::now()).unwrap(), vec![gpu("a")]);
         assert!(started.elapsed() < Duration::from_secs(2));
         // While it still hangs, collections do not wait at all and ask nothing new.
         let started = Instant::now();
-        assert_eq!(worker.poll().unwrap(), vec![gpu("a")]);
+        assert_eq!(worker.poll(Instant::now()).unwrap(), vec![gpu("a")]);
         assert!(started.elapsed() < Duration::from_millis(40));
         assert_eq!(reads.load(Ordering::SeqCst), 2);
-        assert_eq!(counters.nvml_timeouts.load(Ordering::Relaxed), 1);
+        assert_eq!(counters.nvml_timeouts.load(Ordering::Relaxed), timeouts + 1);
 
         // The driver comes back: the late answer is used.
         release.send(()).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while worker.poll().unwrap() != vec![gpu("b")] {
-            assert!(Instant::now() < deadline, "late answer never arrived");
-            thread::sleep(Duration::from_millis(5));
-        }
+        poll_until(&mut worker, &[gpu("b")]);
     }
 
     #[test]
@@ -263,9 +281,9 @@ pub(super) mod tests {
         let timing = Timing { stale_after: Duration::ZERO, ..timing(20, Duration::ZERO) };
         let mut worker = BackendWorker::spawn(Box::new(backend), timing, counters).unwrap();
         release.send(()).unwrap();
-        assert_eq!(worker.poll().unwrap(), vec![gpu("a")]);
+        poll_until(&mut worker, &[gpu("a")]);
         thread::sleep(Duration::from_millis(2));
-        assert!(worker.poll().unwrap().is_empty(), "a stuck backend's old readings expire");
+        assert!(worker.poll(Instant::now()).unwrap().is_empty(), "a stuck backend's old readings expire");
         drop(release);
     }
 
@@ -277,7 +295,10 @@ pub(super) mod tests {
                 panic!("backend bug")
             }
         }
-        let mut worker = BackendWorker::spawn(Box::new(Panics), timing(1000, Duration::ZERO), Arc::default()).unwrap();
-        assert!(worker.poll().is_err());
+        // The wait ends as soon as the thread is gone; a panic that prints its
+        // backtrace on a loaded machine can outlast a short one.
+        let mut worker =
+            BackendWorker::spawn(Box::new(Panics), timing(30_000, Duration::ZERO), Arc::default()).unwrap();
+        assert!(worker.poll(Instant::now()).is_err());
     }
 }

@@ -26,7 +26,7 @@ fn scanner(root: &std::path::Path) -> ProcessScanner {
 fn lists_every_numeric_entry_with_name_and_resident_bytes() {
     let root = fake_proc(&[(1, "init", 0, 100), (42, "my (odd) name", 5, 3)]);
     let mut scanner = scanner(root.path());
-    let mut rows = scanner.scan().unwrap().processes;
+    let mut rows = scanner.scan().unwrap().processes.clone();
     rows.sort_by_key(|r| r.pid);
     assert_eq!(rows.len(), 2);
     assert_eq!((rows[1].pid, &*rows[1].name, rows[1].rss_bytes), (42, "my (odd) name", 3 * 4096));
@@ -63,7 +63,7 @@ fn add_process(root: &std::path::Path, pid: u32) {
     std::fs::write(root.join(format!("{pid}/stat")), stat).unwrap();
 }
 
-fn pids(snapshot: ProcessesSnapshot) -> Vec<u32> {
+fn pids(snapshot: Arc<ProcessesSnapshot>) -> Vec<u32> {
     snapshot.processes.iter().map(|r| r.pid).collect()
 }
 
@@ -206,4 +206,19 @@ fn the_real_proc_lists_this_test_process_with_its_resident_memory() {
     let page = 4096;
     let diff = me.rss_bytes.abs_diff(rss_pages * page);
     assert!(diff < 8 * 1024 * 1024, "rss {} vs statm {}", me.rss_bytes, rss_pages * page);
+}
+
+#[test]
+fn a_snapshot_nobody_holds_lends_its_memory_to_a_later_scan() {
+    let root = fake_proc(&[(1, "a", 0, 1), (2, "b", 0, 1)]);
+    let mut scanner = scanner(root.path());
+    let first = scanner.scan().unwrap();
+    let memory = first.processes.as_ptr();
+    drop(first);
+    let second = scanner.scan().unwrap();
+    assert_eq!(second.processes.as_ptr(), memory, "the released snapshot's vector is refilled");
+    assert_eq!(pids(Arc::clone(&second)), [1, 2]);
+    let third = scanner.scan().unwrap();
+    assert_ne!(third.processes.as_ptr(), second.processes.as_ptr(), "a snapshot still held is left alone");
+    assert_eq!(pids(third), [1, 2]);
 }

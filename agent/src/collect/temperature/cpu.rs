@@ -7,8 +7,10 @@
 //! ACPI zone (`acpitz`), which on many boards is a motherboard sensor, not the CPU.
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use super::hwmon::{self, SensorReadError};
+use crate::collect::probe::{JudgedAt, Probed, REPROBE_AFTER};
 
 /// A sensor found by discovery: its file, what it is, and how well it represents the
 /// CPU package.
@@ -98,33 +100,56 @@ fn best_candidate(sys_root: &Path) -> Option<Candidate> {
     })
 }
 
-/// The CPU package temperature sensor, found once by [`CpuTemperature::discover`].
+/// The CPU package temperature sensor. Looked for when built; on a host without one
+/// (a VM, a container without `/sys/class/hwmon`) it is looked for again only every
+/// [`REPROBE_AFTER`], and reads touch no file in between.
 #[derive(Debug)]
 pub struct CpuTemperature {
     sys_root: PathBuf,
-    sensor: Candidate,
+    sensor: Probed<Candidate>,
+    judged: JudgedAt,
     read_failures: u64,
     /// Whether the last read failed, so a broken sensor warns once, not every poll.
     failing: bool,
 }
 
 impl CpuTemperature {
-    /// Finds the sensor that best represents the CPU package; `None` when the host
-    /// has none (a VM, a container without `/sys/class/hwmon`).
-    pub fn discover(sys_root: &Path) -> Option<Self> {
-        let Some(sensor) = best_candidate(sys_root) else {
-            tracing::debug!(root = %sys_root.display(), "no CPU temperature sensor found");
-            return None;
-        };
-        tracing::debug!(sensor = %sensor.description, path = %sensor.path.display(), "CPU temperature sensor");
-        Some(Self { sys_root: sys_root.to_path_buf(), sensor, read_failures: 0, failing: false })
+    /// Finds the sensor that best represents the CPU package, if there is one now.
+    pub fn new(sys_root: &Path) -> Self {
+        Self::at(sys_root, Instant::now())
     }
 
-    /// Reads the chosen sensor, in °C. When its file has vanished (a driver reload
-    /// renumbers hwmon devices) the sensor is searched again.
+    fn at(sys_root: &Path, now: Instant) -> Self {
+        Self {
+            sys_root: sys_root.to_path_buf(),
+            sensor: Probed::first(now, REPROBE_AFTER, || find_sensor(sys_root)),
+            judged: JudgedAt::default(),
+            read_failures: 0,
+            failing: false,
+        }
+    }
+
+    /// Reads the chosen sensor, in °C; `None` when there is none or it failed.
     pub fn read(&mut self) -> Option<f32> {
-        let result = match hwmon::read_millidegrees(&self.sensor.path) {
-            Err(e) if e.is_gone() => self.rediscover_and_read(e),
+        let now = self.judged.take();
+        self.read_at(now)
+    }
+
+    /// True when the next [`read`](Self::read) touches no file: no sensor, and the
+    /// next search not due. A sensor read may wait (hwmon drivers query their chip
+    /// over a bus), so with a sensor the answer is false.
+    pub fn never_waits(&mut self) -> bool {
+        let now = self.judged.judge();
+        self.sensor.is_idle_at(now)
+    }
+
+    /// When the sensor's file has vanished (a driver reload renumbers hwmon devices)
+    /// the sensor is searched again at once.
+    fn read_at(&mut self, now: Instant) -> Option<f32> {
+        let sys_root = &self.sys_root;
+        let sensor = self.sensor.get(now, || find_sensor(sys_root))?;
+        let result = match hwmon::read_millidegrees(&sensor.path) {
+            Err(e) if e.is_gone() => self.rediscover_and_read(now, e),
             other => other,
         };
         match result {
@@ -139,9 +164,9 @@ impl CpuTemperature {
         }
     }
 
-    /// The file being read, for diagnostics.
-    pub fn sensor_path(&self) -> &Path {
-        &self.sensor.path
+    /// The file being read, for diagnostics; `None` while there is no sensor.
+    pub fn sensor_path(&self) -> Option<&Path> {
+        self.sensor.found().map(|sensor| sensor.path.as_path())
     }
 
     /// How many reads gave no temperature since discovery.
@@ -149,13 +174,14 @@ impl CpuTemperature {
         self.read_failures
     }
 
-    fn rediscover_and_read(&mut self, gone: SensorReadError) -> Result<f32, SensorReadError> {
-        let Some(sensor) = best_candidate(&self.sys_root) else {
+    fn rediscover_and_read(&mut self, now: Instant, gone: SensorReadError) -> Result<f32, SensorReadError> {
+        let sys_root = &self.sys_root;
+        self.sensor.probe(now, || find_sensor(sys_root));
+        let Some(sensor) = self.sensor.found() else {
             return Err(gone);
         };
         tracing::info!(sensor = %sensor.description, "CPU temperature sensor moved; using the new one");
-        self.sensor = sensor;
-        hwmon::read_millidegrees(&self.sensor.path)
+        hwmon::read_millidegrees(&sensor.path)
     }
 
     fn note_failure(&mut self, error: &SensorReadError) {
@@ -169,8 +195,27 @@ impl CpuTemperature {
     }
 }
 
+/// One search for the sensor, logged.
+fn find_sensor(sys_root: &Path) -> Option<Candidate> {
+    let found = best_candidate(sys_root);
+    match &found {
+        Some(sensor) => {
+            tracing::debug!(sensor = %sensor.description, path = %sensor.path.display(), "CPU temperature sensor");
+        }
+        None => tracing::debug!(
+            root = %sys_root.display(),
+            retry_s = REPROBE_AFTER.as_secs(),
+            "no CPU temperature sensor found"
+        ),
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
+    use std::fs;
+    use std::time::Duration;
+
     use super::super::hwmon::fake::write;
     use super::*;
 
@@ -198,8 +243,8 @@ mod tests {
     fn picks_k10temp_tctl_among_several_chips() {
         let dir = tempfile::tempdir().unwrap();
         amd_desktop(dir.path());
-        let mut cpu = CpuTemperature::discover(dir.path()).unwrap();
-        assert!(cpu.sensor_path().ends_with("hwmon2/temp1_input"));
+        let mut cpu = CpuTemperature::new(dir.path());
+        assert!(cpu.sensor_path().unwrap().ends_with("hwmon2/temp1_input"));
         assert_eq!(cpu.read(), Some(49.875));
     }
 
@@ -214,8 +259,8 @@ mod tests {
         write(root, "class/hwmon/hwmon3/temp2_label", "Core 0\n");
         write(root, "class/hwmon/hwmon3/temp1_input", "61000\n");
         write(root, "class/hwmon/hwmon3/temp1_label", "Package id 0\n");
-        let mut cpu = CpuTemperature::discover(root).unwrap();
-        assert!(cpu.sensor_path().ends_with("hwmon3/temp1_input"));
+        let mut cpu = CpuTemperature::new(root);
+        assert!(cpu.sensor_path().unwrap().ends_with("hwmon3/temp1_input"));
         assert_eq!(cpu.read(), Some(61.0));
     }
 
@@ -227,8 +272,8 @@ mod tests {
         write(root, "class/thermal/thermal_zone0/temp", "27800\n");
         write(root, "class/thermal/thermal_zone1/type", "x86_pkg_temp\n");
         write(root, "class/thermal/thermal_zone1/temp", "55000\n");
-        let mut cpu = CpuTemperature::discover(root).unwrap();
-        assert!(cpu.sensor_path().ends_with("thermal_zone1/temp"));
+        let mut cpu = CpuTemperature::new(root);
+        assert!(cpu.sensor_path().unwrap().ends_with("thermal_zone1/temp"));
         assert_eq!(cpu.read(), Some(55.0));
     }
 
@@ -237,17 +282,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "class/thermal/thermal_zone0/type", "cpu-thermal\n");
         write(dir.path(), "class/thermal/thermal_zone0/temp", "48686\n");
-        assert_eq!(CpuTemperature::discover(dir.path()).unwrap().read(), Some(48.686));
+        assert_eq!(CpuTemperature::new(dir.path()).read(), Some(48.686));
     }
 
     #[test]
     fn no_sensor_at_all_is_none() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(CpuTemperature::discover(dir.path()).is_none());
+        assert_eq!(CpuTemperature::new(dir.path()).read(), None);
         // Non-CPU chips only (a disk and a GPU) are not a CPU temperature either.
         write(dir.path(), "class/hwmon/hwmon0/name", "drivetemp\n");
         write(dir.path(), "class/hwmon/hwmon0/temp1_input", "30000\n");
-        assert!(CpuTemperature::discover(dir.path()).is_none());
+        let mut cpu = CpuTemperature::new(dir.path());
+        assert_eq!(cpu.sensor_path(), None);
+        assert_eq!(cpu.read(), None);
     }
 
     #[test]
@@ -259,21 +306,21 @@ mod tests {
         write(root, "class/hwmon/hwmon0/temp1_label", "Package id 0\n");
         write(root, "class/thermal/thermal_zone0/type", "x86_pkg_temp\n");
         write(root, "class/thermal/thermal_zone0/temp", "50000\n");
-        assert!(CpuTemperature::discover(root).unwrap().sensor_path().ends_with("thermal_zone0/temp"));
+        assert!(CpuTemperature::new(root).sensor_path().unwrap().ends_with("thermal_zone0/temp"));
     }
 
     #[test]
     fn rediscovers_when_the_sensor_file_vanishes() {
         let dir = tempfile::tempdir().unwrap();
         amd_desktop(dir.path());
-        let mut cpu = CpuTemperature::discover(dir.path()).unwrap();
+        let mut cpu = CpuTemperature::new(dir.path());
         // A k10temp reload: hwmon2 is gone and the chip comes back as hwmon5.
         std::fs::remove_dir_all(dir.path().join("class/hwmon/hwmon2")).unwrap();
         write(dir.path(), "class/hwmon/hwmon5/name", "k10temp\n");
         write(dir.path(), "class/hwmon/hwmon5/temp1_input", "51000\n");
         write(dir.path(), "class/hwmon/hwmon5/temp1_label", "Tctl\n");
         assert_eq!(cpu.read(), Some(51.0));
-        assert!(cpu.sensor_path().ends_with("hwmon5/temp1_input"));
+        assert!(cpu.sensor_path().unwrap().ends_with("hwmon5/temp1_input"));
         assert_eq!(cpu.read_failures(), 0);
     }
 
@@ -282,12 +329,61 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "class/thermal/thermal_zone0/type", "x86_pkg_temp\n");
         write(dir.path(), "class/thermal/thermal_zone0/temp", "50000\n");
-        let mut cpu = CpuTemperature::discover(dir.path()).unwrap();
+        let mut cpu = CpuTemperature::new(dir.path());
         write(dir.path(), "class/thermal/thermal_zone0/temp", "garbage\n");
         assert_eq!(cpu.read(), None);
         assert_eq!(cpu.read(), None);
         assert_eq!(cpu.read_failures(), 2);
         write(dir.path(), "class/thermal/thermal_zone0/temp", "50500\n");
         assert_eq!(cpu.read(), Some(50.5));
+    }
+
+    #[test]
+    fn a_sensor_that_appears_later_is_found_after_the_bound_not_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let start = Instant::now();
+        let mut cpu = CpuTemperature::at(dir.path(), start);
+        assert_eq!(cpu.read_at(start), None);
+        // coretemp loaded a second later. Had the collector looked before the bound,
+        // it would have found the sensor.
+        write(dir.path(), "class/hwmon/hwmon0/name", "coretemp\n");
+        write(dir.path(), "class/hwmon/hwmon0/temp1_input", "61000\n");
+        write(dir.path(), "class/hwmon/hwmon0/temp1_label", "Package id 0\n");
+        for seconds in [1, 30, 59] {
+            let now = start + Duration::from_secs(seconds);
+            assert!(cpu.sensor.is_idle_at(now));
+            assert_eq!(cpu.read_at(now), None, "looked again after {seconds} s");
+        }
+        assert_eq!(cpu.read_at(start + REPROBE_AFTER), Some(61.0));
+        assert!(!cpu.sensor.is_idle_at(start + REPROBE_AFTER), "a sensor read may wait on its chip");
+        assert_eq!(cpu.read_failures(), 0);
+    }
+
+    #[test]
+    fn a_sensor_that_goes_away_is_searched_again_only_after_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        amd_desktop(dir.path());
+        let start = Instant::now();
+        let mut cpu = CpuTemperature::at(dir.path(), start);
+        assert_eq!(cpu.read_at(start), Some(49.875));
+        // k10temp unloaded, acpitz gone too: no CPU sensor left.
+        fs::remove_dir_all(dir.path().join("class/hwmon/hwmon2")).unwrap();
+        fs::remove_dir_all(dir.path().join("class/thermal")).unwrap();
+        let gone = start + Duration::from_secs(5);
+        assert_eq!(cpu.read_at(gone), None);
+        assert!(cpu.sensor.is_idle_at(gone + Duration::from_secs(1)), "nothing is read until the bound");
+        write(dir.path(), "class/hwmon/hwmon7/name", "k10temp\n");
+        write(dir.path(), "class/hwmon/hwmon7/temp1_input", "50000\n");
+        write(dir.path(), "class/hwmon/hwmon7/temp1_label", "Tctl\n");
+        assert_eq!(cpu.read_at(gone + Duration::from_secs(30)), None);
+        assert_eq!(cpu.read_at(gone + REPROBE_AFTER), Some(50.0));
+    }
+
+    #[test]
+    fn never_waits_only_without_a_sensor() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(CpuTemperature::new(dir.path()).never_waits());
+        amd_desktop(dir.path());
+        assert!(!CpuTemperature::new(dir.path()).never_waits());
     }
 }

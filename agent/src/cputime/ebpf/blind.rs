@@ -82,7 +82,6 @@ impl BlindPids {
             cpu_ns: cpu_ns(pid),
             rss_pages: stat.rss_pages,
             comm,
-            ..ProcessRecord::default()
         })
     }
 }

@@ -251,11 +251,11 @@ impl EbpfCpuTime {
                 }
             }
             RepairLinks::Timer(links) => {
-                if let Some(program) = self.ebpf.program_mut(PROGRAM_RESYNC) {
-                    if let Ok(program) = <&mut PerfEvent>::try_from(program) {
-                        for link in links {
-                            report(program.detach(link));
-                        }
+                if let Some(program) = self.ebpf.program_mut(PROGRAM_RESYNC)
+                    && let Ok(program) = <&mut PerfEvent>::try_from(program)
+                {
+                    for link in links {
+                        report(program.detach(link));
                     }
                 }
             }
@@ -405,6 +405,11 @@ impl CpuTimeSource for EbpfCpuTime {
 
     fn take_exits(&mut self, out: &mut Vec<Exit>) -> bool {
         out.clear();
+        // The records come from the `sched_process_free` program: without it (a
+        // kernel that refused it), none ever come.
+        if !self.kernel_cleanup {
+            return false;
+        }
         self.take_exit_records(|record| {
             out.push(Exit {
                 pid: record.tgid,
