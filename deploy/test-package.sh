@@ -22,6 +22,10 @@ cleanup() {
 trap cleanup EXIT
 
 fail() {
+    if [ -s "$work/log" ]; then
+        echo "-- the last agent's log:" >&2
+        cat "$work/log" >&2
+    fi
     echo "FAIL: $*" >&2
     exit 1
 }
@@ -64,10 +68,13 @@ start_like_the_unit() {
     caps=$(setpriv_caps)
     user=$(unit_values User)
     mapfile -t env < <(unit_values Environment)
+    # Emptied here, not by the background job's redirection, so the wait below
+    # never reads the previous agent's log.
+    : >"$work/log"
     env -i PATH=/usr/bin:/bin "${env[@]}" "$@" RUST_LOG=info \
         setpriv --reuid="$user" --regid="$user" --init-groups --no-new-privs \
             --inh-caps="$caps" --ambient-caps="$caps" --bounding-set="$caps" \
-            "$(unit_values ExecStart)" --bind 127.0.0.1 --port 0 >"$work/log" 2>&1 &
+            "$(unit_values ExecStart)" --bind 127.0.0.1 --port 0 >>"$work/log" 2>&1 &
     agent_pid=$!
     for _ in $(seq 100); do
         port=$(sed -n 's|.*listening on wss\?://127.0.0.1:\([0-9]*\)/ws.*|\1|p' "$work/log")
