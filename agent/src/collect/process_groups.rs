@@ -196,11 +196,16 @@ pub struct CommCpu {
     next_counted: Vec<Counted>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Counted {
     pid: u32,
     start_time_ns: u64,
     cpu_ns: u64,
+    /// The name it was counted under, and its index in `totals`: the scanner
+    /// shares one `Arc` per name until the process's comm changes, so a steady
+    /// scan finds each process's total without hashing its name.
+    name: Arc<str>,
+    slot: usize,
 }
 
 impl CommCpu {
@@ -214,22 +219,32 @@ impl CommCpu {
     pub fn count(&mut self, listed: &[ProcessSample], exits: &[Exit]) {
         for exit in exits {
             let already = (self.counted.binary_search_by_key(&exit.pid, |c| c.pid).ok())
-                .map(|i| self.counted[i])
+                .map(|i| &self.counted[i])
                 .filter(|c| self.rate.is_same_process(c.start_time_ns, exit.start_time))
                 .map_or(0, |c| c.cpu_ns);
-            self.add(&comm_name(comm_bytes(&exit.comm)), exit.total_ns.saturating_sub(already));
+            let slot = self.slot_of(&comm_name(comm_bytes(&exit.comm)));
+            self.totals[slot].1 += exit.total_ns.saturating_sub(already);
         }
         let mut previous = std::mem::take(&mut self.counted).into_iter().peekable();
         for process in listed {
             while previous.next_if(|c| c.pid < process.pid).is_some() {}
-            let already = (previous.next_if(|c| c.pid == process.pid))
-                .filter(|c| self.rate.is_same_process(c.start_time_ns, process.start_time_ns))
+            let before = previous.next_if(|c| c.pid == process.pid);
+            let slot = match &before {
+                Some(c) if Arc::ptr_eq(&c.name, &process.name) => c.slot,
+                _ => self.slot_of(&process.name),
+            };
+            let already = (before.filter(|c| self.rate.is_same_process(c.start_time_ns, process.start_time_ns)))
                 .map_or(0, |c| c.cpu_ns);
-            self.add(&process.name, process.cpu_ns.saturating_sub(already));
-            // A source reading lower than before (it never should) is not counted
-            // again up to where it was.
-            let cpu_ns = process.cpu_ns.max(already);
-            self.next_counted.push(Counted { pid: process.pid, start_time_ns: process.start_time_ns, cpu_ns });
+            self.totals[slot].1 += process.cpu_ns.saturating_sub(already);
+            self.next_counted.push(Counted {
+                pid: process.pid,
+                start_time_ns: process.start_time_ns,
+                // A source reading lower than before (it never should) is not
+                // counted again up to where it was.
+                cpu_ns: process.cpu_ns.max(already),
+                name: Arc::clone(&process.name),
+                slot,
+            });
         }
         drop(previous);
         std::mem::swap(&mut self.counted, &mut self.next_counted);
@@ -241,18 +256,16 @@ impl CommCpu {
         &self.totals
     }
 
-    fn add(&mut self, name: &str, cpu_ns: u64) {
+    /// The index in `totals` of `name` (or of `other`, past the cap), added if new.
+    fn slot_of(&mut self, name: &str) -> usize {
         let name = if self.index.contains_key(name) || self.totals.len() < MAX_COUNTED_NAMES { name } else { OTHER };
-        let i = match self.index.get(name) {
-            Some(&i) => i,
-            None => {
-                let name: Arc<str> = Arc::from(name);
-                self.totals.push((Arc::clone(&name), 0));
-                self.index.insert(name, self.totals.len() - 1);
-                self.totals.len() - 1
-            }
-        };
-        self.totals[i].1 += cpu_ns;
+        if let Some(&slot) = self.index.get(name) {
+            return slot;
+        }
+        let name: Arc<str> = Arc::from(name);
+        self.totals.push((Arc::clone(&name), 0));
+        self.index.insert(name, self.totals.len() - 1);
+        self.totals.len() - 1
     }
 }
 
