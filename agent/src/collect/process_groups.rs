@@ -8,30 +8,26 @@
 //! `rate`). So each name's counters grow by what its processes used *since the
 //! previous sample* (a new process counts in full): what a process used before an
 //! exec stays with its old name, and an exited process's time stays counted.
-//! A process that exits between two samples loses what it used after the last
-//! one, unless the CPU-time source reports its final time ([`ExitRecord`]).
+//! The CPU counters are kept by the processes scanner itself ([`CommCpu`], on
+//! every scan, whoever asked for it, with the exit records of the eBPF source), so
+//! a process that exits between two scrapes keeps all its time; the scrape only
+//! maps those names onto its capped series.
 //!
 //! At most `max_names` names get series of their own, first come first served,
 //! so that no name ever moves between its own series and `other`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use super::processes::ProcessSample;
+use super::processes::{ProcessSample, comm_bytes};
 
+use crate::cputime::attribution::Exit;
 use crate::cputime::rate::RateRule;
 use crate::host::schedstat::SchedStat;
+use crate::host::stat::comm_name;
 
 /// The series all names past the cap are summed into.
 pub const OTHER: &str = "other";
-
-/// The final CPU time of a process that exited, from a source that sees exits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ExitRecord<'a> {
-    pub pid: u32,
-    pub start_time_ns: u64,
-    pub comm: &'a str,
-    pub cpu_ns: u64,
-}
 
 /// The totals of one name (or of `other`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -64,8 +60,6 @@ struct Known {
     start_time_ns: u64,
     cpu_ns: u64,
     sched: Option<SchedStat>,
-    /// Index into `CommGroups::groups`, or `None` for `other`.
-    group: Option<usize>,
 }
 
 /// The running totals; feed it every sample of the processes list.
@@ -97,13 +91,26 @@ impl CommGroups {
         }
     }
 
-    /// Adds one scan's processes (sorted by pid, as a snapshot lists them). `read_sched` is asked
+    /// Adds one scan's processes (sorted by pid, as a snapshot lists them), with the
+    /// scanner's cumulative CPU ns per name (see [`CommCpu`]). `read_sched` is asked
     /// for the schedstat of a process only when it is new or its CPU time moved
     /// (see [`crate::host::schedstat`]); `None` means unreadable (it exited meanwhile).
-    pub fn update(&mut self, processes: &[ProcessSample], mut read_sched: impl FnMut(u32) -> Option<SchedStat>) {
+    pub fn update(
+        &mut self,
+        processes: &[ProcessSample],
+        comm_cpu_ns: &[(Arc<str>, u64)],
+        mut read_sched: impl FnMut(u32) -> Option<SchedStat>,
+    ) {
         for group in self.groups.iter_mut().chain(std::iter::once(&mut self.other)) {
             group.processes = 0;
             group.rss_bytes = 0;
+            group.cpu_ns = 0;
+        }
+        // Each name stays in its series or in `other` for good, and the scanner's
+        // totals only grow: so do these sums.
+        for (name, cpu_ns) in comm_cpu_ns {
+            let group = self.group_of(name);
+            self.totals_mut(group).cpu_ns += cpu_ns;
         }
         self.schedstat_reads = 0;
         let mut previous = std::mem::take(&mut self.known).into_iter().peekable();
@@ -122,7 +129,6 @@ impl CommGroups {
             let totals = self.totals_mut(group);
             totals.processes += 1;
             totals.rss_bytes += process.rss_bytes;
-            totals.cpu_ns += process.cpu_ns.saturating_sub(before.map_or(0, |k| k.cpu_ns));
             if let Some(now) = sched {
                 let then = before.and_then(|k| k.sched).unwrap_or_default();
                 totals.run_queue_wait_ns += now.wait_ns.saturating_sub(then.wait_ns);
@@ -133,30 +139,11 @@ impl CommGroups {
                 start_time_ns: process.start_time_ns,
                 cpu_ns: process.cpu_ns,
                 sched,
-                group,
             });
         }
         drop(previous);
         std::mem::swap(&mut self.known, &mut self.next_known);
         self.next_known.clear();
-    }
-
-    /// Adds the time processes used after the last sample saw them (or all of it,
-    /// for processes it never saw), from exit records.
-    pub fn add_exits(&mut self, exits: &[ExitRecord<'_>]) {
-        for exit in exits {
-            let position = (self.known.binary_search_by_key(&exit.pid, |k| k.pid).ok())
-                .filter(|&i| self.rate.is_same_process(self.known[i].start_time_ns, exit.start_time_ns));
-            let (group, already) = match position {
-                Some(i) => (self.known[i].group, self.known[i].cpu_ns),
-                None => (self.group_of(exit.comm), 0),
-            };
-            self.totals_mut(group).cpu_ns += exit.cpu_ns.saturating_sub(already);
-            if let Some(i) = position {
-                // Counted to its end: a later sample must not count it again.
-                self.known[i].cpu_ns = self.known[i].cpu_ns.max(exit.cpu_ns);
-            }
-        }
     }
 
     /// Every name's totals, then `other` when anything was summed into it.
@@ -183,6 +170,102 @@ impl CommGroups {
             Some(i) => &mut self.groups[i],
             None => &mut self.other,
         }
+    }
+}
+
+/// Most names [`CommCpu`] keeps apart (the scrape's own cap is lower); past it,
+/// names are summed into [`OTHER`], so a host that makes up names without end
+/// cannot grow the scanner without end.
+const MAX_COUNTED_NAMES: usize = 10_000;
+
+/// The cumulative CPU ns of every command name, counted at each scan of the
+/// processes: a listed process adds what it ran since the scan before (all of it
+/// when new, or when its pid was reused) under its current name; an exited one
+/// (from the eBPF source's exit records) adds its final total less what earlier
+/// scans counted for it (all of it when no scan listed it) under the name it
+/// exited with. Each nanosecond is counted once and the totals never go back.
+#[derive(Debug)]
+pub struct CommCpu {
+    /// Tells a reused pid from the same process.
+    rate: RateRule,
+    /// In the order names were first seen.
+    totals: Vec<(Arc<str>, u64)>,
+    index: HashMap<Arc<str>, usize>,
+    /// What was counted for each process of the last scan, sorted by pid.
+    counted: Vec<Counted>,
+    next_counted: Vec<Counted>,
+}
+
+#[derive(Debug, Clone)]
+struct Counted {
+    pid: u32,
+    start_time_ns: u64,
+    cpu_ns: u64,
+    /// The name it was counted under, and its index in `totals`: the scanner
+    /// shares one `Arc` per name until the process's comm changes, so a steady
+    /// scan finds each process's total without hashing its name.
+    name: Arc<str>,
+    slot: usize,
+}
+
+impl CommCpu {
+    pub fn new(rate: RateRule) -> Self {
+        Self { rate, totals: Vec::new(), index: HashMap::new(), counted: Vec::new(), next_counted: Vec::new() }
+    }
+
+    /// Counts one scan: `listed` sorted by pid, `exits` the processes that exited
+    /// since the scan before (before this scan listed; empty from a source that
+    /// does not record exits).
+    pub fn count(&mut self, listed: &[ProcessSample], exits: &[Exit]) {
+        for exit in exits {
+            let already = (self.counted.binary_search_by_key(&exit.pid, |c| c.pid).ok())
+                .map(|i| &self.counted[i])
+                .filter(|c| self.rate.is_same_process(c.start_time_ns, exit.start_time))
+                .map_or(0, |c| c.cpu_ns);
+            let slot = self.slot_of(&comm_name(comm_bytes(&exit.comm)));
+            self.totals[slot].1 += exit.total_ns.saturating_sub(already);
+        }
+        let mut previous = std::mem::take(&mut self.counted).into_iter().peekable();
+        for process in listed {
+            while previous.next_if(|c| c.pid < process.pid).is_some() {}
+            let before = previous.next_if(|c| c.pid == process.pid);
+            let slot = match &before {
+                Some(c) if Arc::ptr_eq(&c.name, &process.name) => c.slot,
+                _ => self.slot_of(&process.name),
+            };
+            let already = (before.filter(|c| self.rate.is_same_process(c.start_time_ns, process.start_time_ns)))
+                .map_or(0, |c| c.cpu_ns);
+            self.totals[slot].1 += process.cpu_ns.saturating_sub(already);
+            self.next_counted.push(Counted {
+                pid: process.pid,
+                start_time_ns: process.start_time_ns,
+                // A source reading lower than before (it never should) is not
+                // counted again up to where it was.
+                cpu_ns: process.cpu_ns.max(already),
+                name: Arc::clone(&process.name),
+                slot,
+            });
+        }
+        drop(previous);
+        std::mem::swap(&mut self.counted, &mut self.next_counted);
+        self.next_counted.clear();
+    }
+
+    /// Every name with its cumulative CPU ns, in the order first seen.
+    pub fn totals(&self) -> &[(Arc<str>, u64)] {
+        &self.totals
+    }
+
+    /// The index in `totals` of `name` (or of `other`, past the cap), added if new.
+    fn slot_of(&mut self, name: &str) -> usize {
+        let name = if self.index.contains_key(name) || self.totals.len() < MAX_COUNTED_NAMES { name } else { OTHER };
+        if let Some(&slot) = self.index.get(name) {
+            return slot;
+        }
+        let name: Arc<str> = Arc::from(name);
+        self.totals.push((Arc::clone(&name), 0));
+        self.index.insert(name, self.totals.len() - 1);
+        self.totals.len() - 1
     }
 }
 
@@ -240,41 +323,79 @@ mod tests {
         None
     }
 
-    #[test]
-    fn cpu_time_is_summed_per_name_and_kept_after_exit() {
-        let mut groups = groups(10);
-        groups.update(&[p(1, "a", 100), p(2, "b", 50), p(3, "a", 10)], no_sched);
-        assert_eq!(totals(&groups), [("a".into(), 110, 2), ("b".into(), 50, 1)]);
-        // Process 3 exited after using 5 more ns the sample did not see.
-        groups.update(&[p(1, "a", 130), p(2, "b", 50)], no_sched);
-        assert_eq!(totals(&groups), [("a".into(), 140, 1), ("b".into(), 50, 1)]);
+    fn cpu(names: &[(&str, u64)]) -> Vec<(Arc<str>, u64)> {
+        names.iter().map(|&(name, ns)| (Arc::from(name), ns)).collect()
+    }
+
+    fn exit(pid: u32, start_time: u64, comm: &str, total_ns: u64) -> Exit {
+        let mut padded = [0; 16];
+        padded[..comm.len()].copy_from_slice(comm.as_bytes());
+        Exit { pid, start_time, ppid: 1, total_ns, comm: padded }
+    }
+
+    fn comm_cpu() -> CommCpu {
+        CommCpu::new(RateRule::new(2, 100))
+    }
+
+    fn cpu_totals(counter: &CommCpu) -> Vec<(String, u64)> {
+        counter.totals().iter().map(|(name, ns)| (name.to_string(), *ns)).collect()
     }
 
     #[test]
-    fn an_exec_under_a_new_name_does_not_take_time_from_the_old_one() {
-        let mut groups = groups(10);
-        groups.update(&[p(1, "sh", 100)], no_sched);
-        groups.update(&[p(1, "sleep", 120)], no_sched);
-        assert_eq!(totals(&groups), [("sh".into(), 100, 0), ("sleep".into(), 20, 1)]);
+    fn listed_processes_add_what_they_ran_since_the_scan_before_under_their_name() {
+        let mut counter = comm_cpu();
+        counter.count(&[p(1, "a", 100), p(2, "b", 50), p(3, "a", 10)], &[]);
+        assert_eq!(cpu_totals(&counter), [("a".into(), 110), ("b".into(), 50)]);
+        // Process 3 left without an exit record (the /proc source): what it ran
+        // after the last scan is not seen, what was counted stays.
+        counter.count(&[p(1, "sh", 130), p(2, "b", 50)], &[]);
+        assert_eq!(cpu_totals(&counter), [("a".into(), 110), ("b".into(), 50), ("sh".into(), 30)]);
     }
 
     #[test]
-    fn a_reused_pid_counts_as_a_new_process() {
-        let mut groups = groups(10);
-        groups.update(&[p(1, "a", 100)], no_sched);
-        let reused = ProcessSample { start_time_ns: 8_000_000_000, ..p(1, "a", 30) };
-        groups.update(&[reused], no_sched);
-        assert_eq!(totals(&groups), [("a".into(), 130, 1)]);
+    fn an_exited_process_adds_its_final_total_less_what_scans_counted_exactly_once() {
+        let mut counter = comm_cpu();
+        counter.count(&[p(1, "sh", 100), p(2, "child", 10)], &[]);
+        // The child ran 15 ns more after the scan, then exited; another child was
+        // born and gone between the two scans.
+        let exits = [exit(2, 7_000_000_000, "child", 25), exit(9, 7_500_000_000, "child", 40)];
+        counter.count(&[p(1, "sh", 100)], &exits);
+        assert_eq!(cpu_totals(&counter), [("sh".into(), 100), ("child".into(), 65)]);
+        counter.count(&[p(1, "sh", 100)], &[]);
+        assert_eq!(cpu_totals(&counter), [("sh".into(), 100), ("child".into(), 65)], "no exit is counted twice");
     }
 
     #[test]
-    fn names_past_the_cap_go_to_other_for_good() {
+    fn an_exit_counts_under_the_name_it_exited_with() {
+        let mut counter = comm_cpu();
+        counter.count(&[p(3, "sh", 10)], &[]);
+        // It exec'd `sleep` after the scan and exited.
+        counter.count(&[], &[exit(3, 7_000_000_000, "sleep", 15)]);
+        assert_eq!(cpu_totals(&counter), [("sh".into(), 10), ("sleep".into(), 5)]);
+    }
+
+    #[test]
+    fn a_reused_pid_is_a_new_process_for_exits_and_listings() {
+        let mut counter = comm_cpu();
+        counter.count(&[p(5, "old", 100)], &[]);
+        // Pid 5 exited (120 ns in all) and was handed to a new process.
+        let reused = ProcessSample { start_time_ns: 8_000_000_000, ..p(5, "new", 30) };
+        counter.count(std::slice::from_ref(&reused), &[exit(5, 7_000_000_000, "old", 120)]);
+        assert_eq!(cpu_totals(&counter), [("old".into(), 120), ("new".into(), 30)]);
+        // An exit of an earlier holder of a listed pid, never listed itself, counts in full.
+        counter.count(std::slice::from_ref(&reused), &[exit(5, 6_000_000_000, "older", 7)]);
+        assert_eq!(cpu_totals(&counter), [("old".into(), 120), ("new".into(), 30), ("older".into(), 7)]);
+    }
+
+    #[test]
+    fn a_scrape_takes_the_scanners_cpu_totals_and_caps_names_for_good() {
         let mut groups = groups(2);
-        groups.update(&[p(1, "a", 1), p(2, "b", 2), p(3, "c", 4), p(4, "d", 8)], no_sched);
+        let processes = [p(1, "a", 1), p(2, "b", 2), p(3, "c", 4), p(4, "d", 8)];
+        groups.update(&processes, &cpu(&[("a", 1), ("b", 2), ("c", 4), ("d", 8)]), no_sched);
         assert_eq!(totals(&groups), [("a".into(), 1, 1), ("b".into(), 2, 1), ("other".into(), 12, 2)]);
-        // Even once "a" and "b" are gone, "c" stays in other.
-        groups.update(&[p(3, "c", 5)], no_sched);
-        assert_eq!(totals(&groups), [("a".into(), 1, 0), ("b".into(), 2, 0), ("other".into(), 13, 1)]);
+        // Even once "a" and "b" are gone, "c" stays in other; exited "gone" joins it.
+        groups.update(&[p(3, "c", 5)], &cpu(&[("a", 1), ("b", 2), ("c", 5), ("d", 8), ("gone", 3)]), no_sched);
+        assert_eq!(totals(&groups), [("a".into(), 1, 0), ("b".into(), 2, 0), ("other".into(), 16, 1)]);
     }
 
     #[test]
@@ -287,24 +408,12 @@ mod tests {
             let calls = asked.len() as u64;
             Some(SchedStat { run_ns: 0, wait_ns: calls * 100, timeslices: calls })
         };
-        groups.update(&[p(1, "a", 100), p(2, "a", 5)], &mut reader);
-        groups.update(&[p(1, "a", 100), p(2, "a", 9)], &mut reader);
+        groups.update(&[p(1, "a", 100), p(2, "a", 5)], &[], &mut reader);
+        groups.update(&[p(1, "a", 100), p(2, "a", 9)], &[], &mut reader);
         assert_eq!(asked, [1, 2, 2], "process 1 did not run: its wait and switches cannot have moved");
         let a = groups.totals().next().unwrap().clone();
         // First sample: 100 + 200 (1 + 2 switches); then process 2 from 200 to 300 (2 to 3).
         assert_eq!((a.run_queue_wait_ns, a.switches), (400, 4));
-    }
-
-    #[test]
-    fn exit_records_add_what_the_last_sample_missed_and_processes_it_never_saw() {
-        let mut groups = groups(10);
-        groups.update(&[p(1, "a", 100), p(2, "b", 10)], no_sched);
-        groups.add_exits(&[
-            ExitRecord { pid: 2, start_time_ns: 7_000_000_000, comm: "b", cpu_ns: 25 },
-            ExitRecord { pid: 9, start_time_ns: 7_000_000_000, comm: "short", cpu_ns: 40 },
-        ]);
-        groups.update(&[p(1, "a", 100)], no_sched);
-        assert_eq!(totals(&groups), [("a".into(), 100, 1), ("b".into(), 25, 0), ("short".into(), 40, 0)]);
     }
 
     #[test]

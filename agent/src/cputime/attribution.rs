@@ -91,6 +91,9 @@ pub struct Exit {
     pub start_time: u64,
     pub ppid: u32,
     pub total_ns: u64,
+    /// Its `comm` when it exited, NUL-padded: the name its final time is counted
+    /// under per command name.
+    pub comm: [u8; 16],
 }
 
 /// What the last scan knew of a listed process.
@@ -358,7 +361,7 @@ mod tests {
     }
 
     fn exit(pid: u32, ppid: u32, start_time: u64, total_ns: u64) -> Exit {
-        Exit { pid, start_time, ppid, total_ns }
+        Exit { pid, start_time, ppid, total_ns, ..Exit::default() }
     }
 
     /// Runs one scan and returns the rows as (pid, ns).

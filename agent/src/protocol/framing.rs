@@ -234,6 +234,7 @@ mod tests {
             cpus: 2,
             source: crate::cputime::CpuSourceKind::Proc,
             processes: (1..=count).map(sample).collect(),
+            comm_cpu_ns: Vec::new(),
         }
     }
 

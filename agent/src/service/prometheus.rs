@@ -56,8 +56,9 @@ pub struct PrometheusEncoder {
 
 struct State {
     groups: CommGroups,
-    /// The processes snapshot last added to `groups`: each is added once.
-    counted: Option<Collected<Arc<ProcessesSnapshot>>>,
+    /// The processes snapshot last added to `groups`: each is added once, and an
+    /// older one (a concurrent scrape's) not after a newer, so counters never go back.
+    counted: Option<Arc<ProcessesSnapshot>>,
     last: Option<Arc<Rendering>>,
     schedstat_buffer: Vec<u8>,
     gzip: Gzip,
@@ -93,12 +94,16 @@ impl PrometheusEncoder {
             return Arc::clone(last);
         }
         let processes = snapshots.processes.value().as_ref().ok();
-        let fresh = state.counted.as_ref().is_none_or(|counted| !Arc::ptr_eq(counted, &snapshots.processes));
-        if let Some(processes) = processes.filter(|_| fresh) {
+        let fresh = |processes: &&Arc<ProcessesSnapshot>| {
+            state.counted.as_ref().is_none_or(|counted| !Arc::ptr_eq(counted, processes) && processes.at > counted.at)
+        };
+        if let Some(processes) = processes.filter(fresh) {
             let State { groups, schedstat_buffer, .. } = &mut *state;
             let proc_root = &self.proc_root;
-            groups.update(&processes.processes, |pid| read_schedstat(proc_root, pid, schedstat_buffer));
-            state.counted = Some(Arc::clone(&snapshots.processes));
+            groups.update(&processes.processes, &processes.comm_cpu_ns, |pid| {
+                read_schedstat(proc_root, pid, schedstat_buffer)
+            });
+            state.counted = Some(Arc::clone(processes));
         }
         let listed = processes.map_or(&[][..], |p| &p.processes[..]);
         let top = top_by_cpu(listed, self.limits.top_processes);

@@ -26,6 +26,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::collect::process_groups::CommCpu;
 use crate::cputime::attribution::{Attribution, ChildrenMode, Exit, Listed};
 use crate::cputime::rate::RateRule;
 use crate::cputime::{CpuSourceKind, CpuTimeSource, ProcessRecord, ScannedCpu, SharedCpuSource, cpu_percent};
@@ -89,6 +90,8 @@ pub struct ProcessScanner {
     /// Processes that exited since the last scan, when the source records them.
     exits: Vec<Exit>,
     exits_recorded: bool,
+    /// CPU ns per command name, exited processes included, over every scan.
+    comm_cpu: CommCpu,
     /// This scan's clock reading, on the clock of the processes' start times (ns
     /// since boot: CLOCK_MONOTONIC for the iterator's, CLOCK_BOOTTIME for /proc's).
     clock_ns: u64,
@@ -156,7 +159,7 @@ impl Tracked {
 }
 
 /// The name in a NUL-padded `comm` buffer.
-fn comm_bytes(comm: &[u8]) -> &[u8] {
+pub(crate) fn comm_bytes(comm: &[u8]) -> &[u8] {
     comm.split(|&b| b == 0).next().unwrap_or_default()
 }
 
@@ -203,6 +206,7 @@ impl ProcessScanner {
             attribution: Attribution::new(children, RateRule::new(cpus, clock.ticks_per_second())),
             exits: Vec::new(),
             exits_recorded: false,
+            comm_cpu: CommCpu::new(RateRule::new(cpus, clock.ticks_per_second())),
             clock_ns: 0,
             rule_input: Vec::new(),
             shown_ns: Vec::new(),
@@ -435,6 +439,8 @@ impl ProcessScanner {
                 }
             });
         processes.extend(samples);
+        let exits = if self.exits_recorded { self.exits.as_slice() } else { &[] };
+        self.comm_cpu.count(&processes, exits);
         let snapshot = Arc::new(ProcessesSnapshot {
             at: now,
             sampled_at: SystemTime::now(),
@@ -442,6 +448,7 @@ impl ProcessScanner {
             cpus: self.rate.cpus(),
             source: self.source_kind,
             processes,
+            comm_cpu_ns: self.comm_cpu.totals().to_vec(),
         });
         self.handed_out.rotate_left(1);
         self.handed_out[1] = Some(Arc::clone(&snapshot));

@@ -24,6 +24,10 @@ pub struct ProcessesSnapshot {
     pub source: CpuSourceKind,
     /// Every process (threads folded into their process), ascending by pid.
     pub processes: Vec<ProcessSample>,
+    /// CPU ns per command name since the agent started counting, processes that
+    /// exited included (see [`CommCpu`](crate::collect::process_groups::CommCpu)):
+    /// counters that only grow, in the order names were first seen.
+    pub comm_cpu_ns: Vec<(Arc<str>, u64)>,
 }
 
 /// One process in a [`ProcessesSnapshot`].

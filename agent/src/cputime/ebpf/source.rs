@@ -416,6 +416,7 @@ impl CpuTimeSource for EbpfCpuTime {
                 start_time: record.start_time_ns,
                 ppid: record.ppid,
                 total_ns: record.cpu_ns,
+                comm: record.comm,
             })
         });
         true
