@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Parser};
 
-use socktop_agent::config::{Collection, Config, Limits, Ttls};
+use socktop_agent::config::{Collection, Config, Limits, Token, Ttls};
 
 /// On-demand host-metrics agent for the socktop TUI.
 ///
@@ -113,7 +113,7 @@ impl Cli {
                 temperature: self.temp,
             },
             limits: Limits { max_connections: self.max_connections.max(1), ..Limits::default() },
-            token: self.token.clone().filter(|t| !t.is_empty()),
+            token: self.token.clone().and_then(Token::new),
         }
     }
 }

@@ -35,7 +35,8 @@ fn main() -> anyhow::Result<()> {
 
 async fn serve(cli: Cli, host: HostFacts, cpu_source: Box<dyn CpuTimeSource>) -> anyhow::Result<()> {
     let mut config = cli.config();
-    let room = raise_open_files_limit().saturating_sub(config.limits.max_connections as u64 + SPARE_FILES);
+    let sockets = config.limits.max_connections + socktop_agent::server::REFUSING_AT_ONCE;
+    let room = raise_open_files_limit().saturating_sub(sockets as u64 + SPARE_FILES);
     config.limits.kept_stat_files = config.limits.kept_stat_files.min(usize::try_from(room).unwrap_or(usize::MAX));
     let tls = match cli.tls_dir()? {
         Some(dir) => {
@@ -43,6 +44,7 @@ async fn serve(cli: Cli, host: HostFacts, cpu_source: Box<dyn CpuTimeSource>) ->
                 .with_context(|| format!("setting up TLS in {}", dir.display()))?;
             let verb = if cert.created { "created" } else { "using" };
             tracing::info!("TLS on: {verb} certificate {} (SHA-256 {})", cert.cert_path.display(), cert.sha256);
+            cert.log_expiry();
             tracing::info!("connect with: socktop --tls-ca {} wss://HOST:{}/ws", cert.cert_path.display(), cli.port());
             Some(acceptor)
         }

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+pub mod ws;
+
 /// A running agent, killed when dropped.
 pub struct Agent {
     child: Child,

@@ -139,9 +139,19 @@ impl Service {
 const ECHO_LIMIT: usize = 128;
 
 pub fn request_error(error: &RequestError, received: &str) -> Message {
+    error_answer(error.to_string(), received)
+}
+
+/// The answer to a request whose handling panicked: the request ends with this
+/// error, the connection and the agent go on.
+pub fn internal_error(received: &str) -> Message {
+    error_answer("internal error while answering (logged by the agent)".to_owned(), received)
+}
+
+fn error_answer(error: String, received: &str) -> Message {
     let mut echo: String = received.chars().take(ECHO_LIMIT).collect();
     if echo.len() < received.len() {
         echo.push('…');
     }
-    json_frame(&ErrorAnswer { error: error.to_string(), request: echo, pid: None })
+    json_frame(&ErrorAnswer { error, request: echo, pid: None })
 }

@@ -6,7 +6,7 @@
 //! that, so a disabled collector costs nothing.
 
 mod nvidia;
-mod sysfs;
+pub(crate) mod sysfs;
 mod worker;
 
 use std::path::Path;
