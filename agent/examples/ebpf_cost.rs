@@ -15,6 +15,7 @@ use std::{
 
 use anyhow::Context;
 use socktop_agent::cputime::ebpf;
+use socktop_agent::host::clock::HostClock;
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -25,7 +26,9 @@ fn main() -> anyhow::Result<()> {
     let seconds: u64 = first.map(|s| s.parse()).transpose()?.unwrap_or(5);
     // Statistics stay on while this descriptor is open.
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling BPF run-time stats")?;
-    let mut source = ebpf::load().context("loading the eBPF programs")?;
+    let proc_root = std::path::Path::new("/proc");
+    let clock = HostClock::from_proc(proc_root).context("reading the host's clock")?;
+    let mut source = ebpf::load(proc_root, clock).context("loading the eBPF programs")?;
     // Measure the state while a client reads: `resync` attached too.
     source.resume_resync().context("attaching resync")?;
     println!("attached: {:?}", source.attach_kind());

@@ -8,6 +8,7 @@ pub mod cputime;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod host;
 pub mod protocol;
 pub mod server;
 pub mod service;

@@ -13,7 +13,8 @@ use tracing_subscriber::EnvFilter;
 
 use cli::Cli;
 use socktop_agent::cputime::{self, CpuTimeSource};
-use socktop_agent::service::{HostFacts, Service};
+use socktop_agent::host::HostFacts;
+use socktop_agent::service::Service;
 
 fn main() -> anyhow::Result<()> {
     fix_heap_trim_threshold();
@@ -28,7 +29,7 @@ fn main() -> anyhow::Result<()> {
     runtime.worker_threads(cli.worker_threads.unwrap_or(host.cpus.min(4)).max(1)).enable_all();
     // Loading the eBPF program blocks for a few milliseconds: do it before the
     // runtime starts. It logs the source chosen, and why when it is /proc.
-    let (cpu_source, _fallback_reason) = cputime::select_source(!cli.ebpf);
+    let (cpu_source, _fallback_reason) = cputime::select_source(!cli.ebpf, &cli.proc_root, host.clock);
     release_freed_heap();
     runtime.build().context("starting the async runtime")?.block_on(serve(cli, host, cpu_source))
 }

@@ -1,7 +1,6 @@
 //! Collectors: each reads one part of the host, parsing from text so tests feed
 //! fixtures. Roots (`/proc`, `/sys`) are passed in, never assumed.
 
-pub mod clock;
 pub mod cpu;
 pub mod disks;
 pub mod gpu;
@@ -11,6 +10,4 @@ pub mod network;
 pub mod pid_cache;
 pub mod process_detail;
 pub mod processes;
-pub mod procfs;
-pub mod stat;
 pub mod temperature;

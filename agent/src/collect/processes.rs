@@ -18,16 +18,15 @@
 
 use std::fs::File;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::collect::procfs::{self, KeptFile, ProcDir};
-use crate::collect::stat::{comm_name, parse_stat};
-use crate::cputime::{CpuTimeSource, ProcessRecord, ScannedCpu, cpu_percent};
+use crate::cputime::rate::{CpuReading, RateRule};
+use crate::cputime::{CpuTimeSource, ProcessRecord, ScannedCpu, SharedCpuSource};
+use crate::host::clock::HostClock;
+use crate::host::procfs::{self, KeptFile, ProcDir};
+use crate::host::stat::{comm_name, parse_stat};
 use crate::protocol::pb;
-
-/// The CPU-time source, shared by the processes list and the per-process detail.
-pub type SharedCpuSource = Arc<Mutex<Box<dyn CpuTimeSource>>>;
 
 /// A listing is redone after this long even when no pid was handed out, which
 /// bounds the miss should the pid counter wrap around exactly to where it was.
@@ -46,8 +45,9 @@ pub struct ProcessScanner {
     proc_root: PathBuf,
     /// Opened on the first scan, so building the scanner cannot fail.
     dir: Option<ProcDir>,
-    page_size: u64,
-    cpus: usize,
+    /// Converts /proc's pages and clock ticks.
+    clock: HostClock,
+    rate: RateRule,
     cpu_source: SharedCpuSource,
     /// Most stat files kept open between scans; past it, files are opened per scan.
     kept_files: usize,
@@ -86,8 +86,9 @@ struct Tracked {
     pid: u32,
     /// Its stat file, while within the budget of kept files.
     stat: Option<File>,
-    /// With the pid, names the process; a change means the pid was reused.
-    start_time: u64,
+    /// With the pid, names the process (ns since boot); a change means the pid
+    /// was reused.
+    start_time_ns: u64,
     /// Cumulative CPU ns at the previous scan; `None` before the first reading.
     cpu_ns: Option<u64>,
     /// `comm` as read, and as the text the answer carries.
@@ -98,16 +99,16 @@ struct Tracked {
 
 impl Tracked {
     fn new(pid: u32) -> Tracked {
-        Tracked { pid, stat: None, start_time: 0, cpu_ns: None, comm: Vec::new(), name: String::new(), rss_bytes: 0 }
+        Tracked { pid, stat: None, start_time_ns: 0, cpu_ns: None, comm: Vec::new(), name: String::new(), rss_bytes: 0 }
     }
 
     /// Takes this scan's reading of the process.
-    fn update(&mut self, start_time: u64, comm: &[u8], rss_bytes: u64) {
-        if start_time != self.start_time {
+    fn update(&mut self, rate: &RateRule, start_time_ns: u64, comm: &[u8], rss_bytes: u64) {
+        if self.cpu_ns.is_none() || !rate.is_same_process(start_time_ns, self.start_time_ns) {
             // A new process, or a reused pid: its CPU history starts now.
-            self.start_time = start_time;
             self.cpu_ns = None;
         }
+        self.start_time_ns = start_time_ns;
         if comm != self.comm.as_slice() {
             self.comm.clear();
             self.comm.extend_from_slice(comm);
@@ -132,7 +133,7 @@ enum Read {
 impl ProcessScanner {
     pub fn new(
         proc_root: PathBuf,
-        page_size: u64,
+        clock: HostClock,
         cpus: usize,
         cpu_source: SharedCpuSource,
         kept_files: usize,
@@ -141,8 +142,8 @@ impl ProcessScanner {
         Self {
             proc_root,
             dir: None,
-            page_size,
-            cpus,
+            clock,
+            rate: RateRule::new(cpus, clock.ticks_per_second()),
             cpu_source,
             kept_files,
             open_files: 0,
@@ -206,7 +207,12 @@ impl ProcessScanner {
                 self.departed = true;
             }
             let mut tracked = known.next_if(|t| t.pid == record.tgid).unwrap_or_else(|| Tracked::new(record.tgid));
-            tracked.update(record.start_time_ns, comm_bytes(&record.comm), record.rss_pages * self.page_size);
+            tracked.update(
+                &self.rate,
+                record.start_time_ns,
+                comm_bytes(&record.comm),
+                self.clock.pages_to_bytes(record.rss_pages),
+            );
             self.cpu_ns.push(record.cpu_ns);
             self.merged.push(tracked);
         }
@@ -296,7 +302,8 @@ impl ProcessScanner {
             // An empty read is a process that exited after the open.
             return if length == 0 { Read::Vanished } else { Read::Unparsable };
         };
-        tracked.update(stat.start_time, stat.comm, stat.rss_pages * self.page_size);
+        let start_time_ns = self.clock.ticks_to_ns(stat.start_time);
+        tracked.update(&self.rate, start_time_ns, stat.comm, self.clock.pages_to_bytes(stat.rss_pages));
         self.cpu_scanned.push(ScannedCpu { pid: tracked.pid, ticks: stat.utime + stat.stime });
         Read::Ok
     }
@@ -336,12 +343,15 @@ impl ProcessScanner {
 
     /// Rewrites the answer's rows in place from the merged list.
     fn write_answer(&mut self, now: Instant) {
-        let wall = self.previous_at.map(|at| now.duration_since(at));
         let rows = &mut self.answer.rows;
         rows.resize_with(self.merged.len(), pb::Process::default);
         for ((row, tracked), &cpu_ns) in rows.iter_mut().zip(&mut self.merged).zip(&self.cpu_ns) {
-            row.cpu_usage = match (tracked.cpu_ns, wall) {
-                (Some(before), Some(wall)) => cpu_percent(cpu_ns.saturating_sub(before), wall, self.cpus),
+            let reading = CpuReading { start_time_ns: tracked.start_time_ns, cpu_ns, at: now };
+            row.cpu_usage = match (tracked.cpu_ns, self.previous_at) {
+                (Some(before), Some(at)) => {
+                    let before = CpuReading { cpu_ns: before, at, ..reading };
+                    self.rate.share(&before, &reading).unwrap_or(0.0)
+                }
                 _ => 0.0,
             };
             tracked.cpu_ns = Some(cpu_ns);
@@ -358,6 +368,8 @@ impl ProcessScanner {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
     use super::*;
     use crate::cputime::proc::ProcCpuTime;
 
@@ -376,7 +388,7 @@ mod tests {
 
     fn scanner(root: &std::path::Path) -> ProcessScanner {
         let source: SharedCpuSource = Arc::new(Mutex::new(Box::new(ProcCpuTime::new(100))));
-        ProcessScanner::new(root.to_path_buf(), 4096, 2, source, 4096)
+        ProcessScanner::new(root.to_path_buf(), HostClock::new(100, 0, 4096), 2, source, 4096)
     }
 
     #[test]
@@ -433,7 +445,7 @@ mod tests {
         loadavg(1).unwrap();
         let source: SharedCpuSource = Arc::new(Mutex::new(Box::new(ProcCpuTime::new(100))));
         // No stat file kept open, so a removed process fails its read as in /proc.
-        let mut scanner = ProcessScanner::new(root.path().to_path_buf(), 4096, 2, source, 0);
+        let mut scanner = ProcessScanner::new(root.path().to_path_buf(), HostClock::new(100, 0, 4096), 2, source, 0);
         assert_eq!(pids(scanner.scan().unwrap()), [1]);
         add_process(root.path(), 2);
         assert_eq!(pids(scanner.scan().unwrap()), [1], "no pid handed out: the listing is reused");
@@ -470,7 +482,7 @@ mod tests {
         loadavg(2).unwrap();
         let calls = Arc::new(Mutex::new(Vec::new()));
         let source: SharedCpuSource = Arc::new(Mutex::new(Box::new(Recording(Arc::clone(&calls)))));
-        let mut scanner = ProcessScanner::new(root.path().to_path_buf(), 4096, 2, source, 0);
+        let mut scanner = ProcessScanner::new(root.path().to_path_buf(), HostClock::new(100, 0, 4096), 2, source, 0);
         scanner.scan().unwrap();
         scanner.scan().unwrap();
         assert_eq!(*calls.lock().unwrap(), [vec![1, 2]], "nothing could have exited in between");
@@ -488,7 +500,7 @@ mod tests {
     fn at_most_the_budget_of_stat_files_stays_open() {
         let root = fake_proc(&[(1, "a", 0, 1), (2, "b", 0, 1), (3, "c", 0, 1)]);
         let source: SharedCpuSource = Arc::new(Mutex::new(Box::new(ProcCpuTime::new(100))));
-        let mut scanner = ProcessScanner::new(root.path().to_path_buf(), 4096, 2, source, 2);
+        let mut scanner = ProcessScanner::new(root.path().to_path_buf(), HostClock::new(100, 0, 4096), 2, source, 2);
         for _ in 0..3 {
             assert_eq!(scanner.scan().unwrap().process_count, 3);
             assert_eq!(scanner.tracked.iter().filter(|t| t.stat.is_some()).count(), 2);

@@ -4,13 +4,21 @@
 //!
 //! Both sources report cumulative on-CPU nanoseconds per process (all its threads,
 //! exited ones included). Turning two readings into a percentage is done once, in
-//! [`cpu_percent`], so both modes show the same scale.
+//! [`rate::RateRule`] (on [`cpu_percent`]), so both modes show the same scale.
 
 pub mod btf;
 pub mod ebpf;
 pub mod proc;
+pub mod rate;
 
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use crate::host::clock::HostClock;
+
+/// The CPU-time source, shared by the processes list and the per-process detail.
+pub type SharedCpuSource = Arc<Mutex<Box<dyn CpuTimeSource>>>;
 
 /// Which source is counting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,12 +91,13 @@ pub trait CpuTimeSource: Send {
 /// Picks the CPU-time source once at start-up: the eBPF program unless
 /// `force_proc` (`--ebpf off` / `SOCKTOP_AGENT_EBPF=0`) or it cannot load, else
 /// /proc. Logs exactly one line, `cpu source: ebpf` or `cpu source: proc (<reason>)`,
-/// and returns the reason of a fallback.
-pub fn select_source(force_proc: bool) -> (Box<dyn CpuTimeSource>, Option<String>) {
+/// and returns the reason of a fallback. `proc_root` is the procfs the agent reads
+/// (`--proc-root`), `clock` its units.
+pub fn select_source(force_proc: bool, proc_root: &Path, clock: HostClock) -> (Box<dyn CpuTimeSource>, Option<String>) {
     let loaded = if force_proc {
         Err("disabled by --ebpf off or SOCKTOP_AGENT_EBPF=0".to_owned())
     } else {
-        ebpf::load().map_err(|error| error.to_string())
+        ebpf::load(proc_root, clock).map_err(|error| error.to_string())
     };
     match loaded {
         Ok(source) => {
@@ -97,7 +106,7 @@ pub fn select_source(force_proc: bool) -> (Box<dyn CpuTimeSource>, Option<String
         }
         Err(reason) => {
             tracing::info!("cpu source: proc ({reason})");
-            (Box::new(proc::ProcCpuTime::new(procfs::ticks_per_second())), Some(reason))
+            (Box::new(proc::ProcCpuTime::new(clock.ticks_per_second())), Some(reason))
         }
     }
 }

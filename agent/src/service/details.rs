@@ -7,13 +7,13 @@ use std::time::{Duration, Instant};
 
 use hyper_tungstenite::tungstenite::Message;
 
-use crate::collect::clock::{HostClock, unix_now};
 use crate::collect::journal::journal_entries;
 use crate::collect::pid_cache::BoundedPidCache;
 use crate::collect::process_detail::{DetailError, read_process_detail};
-use crate::collect::processes::SharedCpuSource;
-use crate::collect::stat::parse_stat;
-use crate::cputime::{ScannedCpu, cpu_percent};
+use crate::cputime::rate::{CpuReading, RateRule};
+use crate::cputime::{ScannedCpu, SharedCpuSource};
+use crate::host::clock::{HostClock, unix_now};
+use crate::host::stat::parse_stat;
 use crate::protocol::answer::{ErrorAnswer, ProcessDetail, ProcessMetricsResponse};
 use crate::protocol::framing::json_frame;
 use crate::sync::lock;
@@ -38,17 +38,10 @@ pub struct ProcessDetails {
 struct Inner {
     proc_root: std::path::PathBuf,
     clock: HostClock,
-    cpus: usize,
+    rate: RateRule,
     cpu_source: SharedCpuSource,
     /// The last CPU reading of each pid asked about, to measure the next interval.
     readings: Mutex<BoundedPidCache<CpuReading>>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct CpuReading {
-    start_time: u64,
-    cpu_ns: u64,
-    at: Instant,
 }
 
 impl ProcessDetails {
@@ -62,7 +55,7 @@ impl ProcessDetails {
         let inner = Inner {
             proc_root: proc_root.to_path_buf(),
             clock,
-            cpus,
+            rate: RateRule::new(cpus, clock.ticks_per_second()),
             cpu_source,
             readings: Mutex::new(BoundedPidCache::new(CACHED_PIDS, READING_MAX_AGE)),
         };
@@ -113,9 +106,8 @@ impl Inner {
         };
         let mut detail = read_process_detail(&self.proc_root, pid, &self.clock)?;
         let now = self.read_cpu(pid)?;
-        if now.start_time == before.start_time {
-            let busy = now.cpu_ns.saturating_sub(before.cpu_ns);
-            detail.cpu_usage = cpu_percent(busy, now.at.duration_since(before.at), self.cpus);
+        if let Some(share) = self.rate.share(&before, &now) {
+            detail.cpu_usage = share;
         }
         lock(&self.readings).insert(pid, now);
         Ok(detail)
@@ -131,7 +123,8 @@ impl Inner {
         if let Err(e) = lock(&self.cpu_source).cumulative_ns(&scanned, &mut out) {
             tracing::debug!(pid, error = %e, "reading the CPU time of one process failed");
         }
-        Ok(CpuReading { start_time: stat.start_time, cpu_ns: out.first().copied().unwrap_or(0), at: Instant::now() })
+        let start_time_ns = self.clock.ticks_to_ns(stat.start_time);
+        Ok(CpuReading { start_time_ns, cpu_ns: out.first().copied().unwrap_or(0), at: Instant::now() })
     }
 }
 

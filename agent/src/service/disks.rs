@@ -8,9 +8,9 @@ use hyper_tungstenite::tungstenite::Message;
 
 use super::cache::Collect;
 use crate::collect::disks::{Mount, is_partition, parse_mountinfo, real_mounts, statfs_may_wait, statvfs_c};
-use crate::collect::procfs::KeptFile;
 use crate::collect::temperature::disk_temperature;
 use crate::config::Collection;
+use crate::host::procfs::KeptFile;
 use crate::protocol::answer::Disk;
 use crate::protocol::framing::json_frame;
 

@@ -8,12 +8,12 @@
 use hyper_tungstenite::tungstenite::Message;
 
 use super::cache::Collect;
-use crate::collect::clock::unix_now;
 use crate::collect::gpu::GpuCollector;
-use crate::collect::procfs::KeptFile;
 use crate::collect::temperature::CpuTemperature;
 use crate::collect::{cpu, memory, network};
 use crate::config::Collection;
+use crate::host::clock::unix_now;
+use crate::host::procfs::KeptFile;
 use crate::protocol::answer::Metrics;
 use crate::protocol::framing::json_frame;
 

@@ -12,10 +12,10 @@ use std::sync::{Arc, Mutex};
 
 use hyper_tungstenite::tungstenite::Message;
 
-use crate::collect::clock::{ClockError, HostClock};
-use crate::collect::processes::{ProcessScanner, SharedCpuSource};
+use crate::collect::processes::ProcessScanner;
 use crate::config::Config;
-use crate::cputime::{CpuSourceKind, CpuTimeSource};
+use crate::cputime::{CpuSourceKind, CpuTimeSource, SharedCpuSource};
+use crate::host::HostFacts;
 use crate::protocol::answer::ErrorAnswer;
 use crate::protocol::framing::json_frame;
 use crate::protocol::request::{Request, RequestError};
@@ -52,24 +52,6 @@ impl Drop for ClientGuard {
     }
 }
 
-/// Facts about the host the collectors need, read once at start.
-#[derive(Debug, Clone, Copy)]
-pub struct HostFacts {
-    pub cpus: usize,
-    pub clock: HostClock,
-}
-
-impl HostFacts {
-    pub fn read(proc_root: &std::path::Path) -> Result<Self, ClockError> {
-        // Online CPUs of the host, not this process's affinity mask: CPU shares are
-        // of the whole machine even when the agent is pinned to one CPU.
-        // SAFETY: sysconf has no preconditions; it returns -1 for unknown names.
-        let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
-        let cpus = usize::try_from(online).unwrap_or(1).max(1);
-        Ok(Self { cpus, clock: HostClock::from_proc(proc_root)? })
-    }
-}
-
 impl Service {
     pub fn new(config: &Config, host: HostFacts, cpu_source: Box<dyn CpuTimeSource>) -> Self {
         let collection = &config.collection;
@@ -77,7 +59,7 @@ impl Service {
         let cpu_source: SharedCpuSource = Arc::new(Mutex::new(cpu_source));
         let scanner = ProcessScanner::new(
             collection.proc_root.clone(),
-            host.clock.page_size(),
+            host.clock,
             host.cpus,
             Arc::clone(&cpu_source),
             config.limits.kept_stat_files,

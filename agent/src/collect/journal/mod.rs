@@ -76,7 +76,7 @@ impl JournalCommand {
 
     /// The newest `limit` entries of `pid`, newest first.
     pub async fn entries(&self, pid: u32, limit: usize) -> JournalResponse {
-        let cached_at = crate::collect::clock::unix_now().as_secs();
+        let cached_at = crate::host::clock::unix_now().as_secs();
         match self.run(pid, limit).await {
             Ok(output) => respond(output, limit, cached_at),
             Err(err) => {

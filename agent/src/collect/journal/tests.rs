@@ -89,7 +89,7 @@ async fn a_hanging_journalctl_is_killed_at_the_timeout() {
     let pid = std::fs::read_to_string(pid_file).unwrap();
     let stat = format!("/proc/{}/stat", pid.trim());
     let deadline = Instant::now() + Duration::from_secs(5);
-    while std::fs::read(&stat).is_ok_and(|b| crate::collect::stat::parse_stat(&b).is_ok_and(|s| s.state != b'Z')) {
+    while std::fs::read(&stat).is_ok_and(|b| crate::host::stat::parse_stat(&b).is_ok_and(|s| s.state != b'Z')) {
         assert!(Instant::now() < deadline, "journalctl stand-in still running");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -15,8 +15,8 @@ use std::path::Path;
 
 use thiserror::Error;
 
-use crate::collect::clock::HostClock;
-use crate::collect::stat::{Stat, StatError, parse_stat, state_name};
+use crate::host::clock::HostClock;
+use crate::host::stat::{Stat, StatError, parse_stat, state_name};
 use crate::protocol::answer::ProcessDetail;
 use files::{count_entries, optional, read_capped, read_link, read_required};
 pub use status::{IoBytes, ProcStatus, command_line, parse_io, parse_statm_shared_pages, parse_status};

@@ -3,8 +3,8 @@
 use std::path::Path;
 
 use super::files::{numeric_entries, optional};
-use crate::collect::clock::HostClock;
-use crate::collect::stat::{parse_stat, state_name};
+use crate::host::clock::HostClock;
+use crate::host::stat::{parse_stat, state_name};
 use crate::protocol::answer::ThreadDetail;
 
 /// The first `max` threads by TID. Threads that exit while being read are left out.

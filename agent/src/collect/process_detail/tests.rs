@@ -132,7 +132,7 @@ fn missing_or_vanishing_processes_are_not_found() {
     let dir = fake_process(root.path(), 44, "");
     assert!(matches!(
         read_process_detail(root.path(), 44, &CLOCK),
-        Err(DetailError::Stat { pid: 44, source: crate::collect::stat::StatError::NoCommand })
+        Err(DetailError::Stat { pid: 44, source: crate::host::stat::StatError::NoCommand })
     ));
     fs::write(dir.join("status"), "Tgid:\t40\n").unwrap();
     fs::write(dir.join("stat"), stat_line(44, "thread", 'S', 1, 2)).unwrap();

@@ -35,7 +35,7 @@ impl HostClock {
         let text = std::fs::read_to_string(&path)
             .map_err(|source| ClockError::Read { path: path.display().to_string(), source })?;
         let boot = parse_btime(&text).ok_or(ClockError::NoBootTime)?;
-        Ok(Self::new(procfs::ticks_per_second(), boot, procfs::page_size()))
+        Ok(Self::new(ticks_per_second(), boot, procfs::page_size()))
     }
 
     pub fn ticks_per_second(&self) -> u64 {
@@ -49,6 +49,11 @@ impl HostClock {
 
     pub fn page_size(&self) -> u64 {
         self.page_size
+    }
+
+    /// Clock ticks to nanoseconds, the unit of start times since boot.
+    pub fn ticks_to_ns(&self, ticks: u64) -> u64 {
+        ticks.saturating_mul(1_000_000_000 / self.ticks_per_second)
     }
 
     /// Clock ticks to microseconds, the unit of the protocol's CPU times.
@@ -80,6 +85,19 @@ pub fn parse_btime(proc_stat: &str) -> Option<u64> {
 /// stamps of answers (zero if the clock is set before 1970).
 pub fn unix_now() -> std::time::Duration {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default()
+}
+
+/// Clock ticks per second of this kernel's /proc counters (`_SC_CLK_TCK`, USER_HZ).
+pub fn ticks_per_second() -> u64 {
+    procfs::ticks_per_second()
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid timespec; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64).wrapping_mul(1_000_000_000).wrapping_add(ts.tv_nsec as u64)
 }
 
 #[cfg(test)]

@@ -1,0 +1,72 @@
+//! Looking inside the eBPF source, for tests and measurements only (the
+//! `testing` feature): loading a chosen twin, whether a process has an entry, and
+//! the programs' run statistics.
+
+use std::path::Path;
+use std::time::Duration;
+
+use agent_common::cputime::PROGRAM_RESYNC;
+use aya::maps::MapError;
+use aya::programs::ProgramError;
+
+use super::load::{AttachKind, EbpfLoadError, MapMemory, load_with};
+use super::source::EbpfCpuTime;
+use crate::host::clock::HostClock;
+
+/// Tests and measurements watch the host they run on, through its own procfs.
+const HOST_PROC: &str = "/proc";
+
+/// Loads and attaches one twin of the program, with the process map allocated on
+/// demand unless the kernel wants it preallocated.
+pub fn load_kind(kind: AttachKind) -> Result<EbpfCpuTime, EbpfLoadError> {
+    load_on_host(kind, None)
+}
+
+/// Loads and attaches one twin of the program with the process map's memory
+/// chosen, not detected (tests run the preallocated twin on kernels that allow both).
+pub fn load_with_memory(kind: AttachKind, memory: MapMemory) -> Result<EbpfCpuTime, EbpfLoadError> {
+    load_on_host(kind, Some(memory))
+}
+
+fn load_on_host(kind: AttachKind, memory: Option<MapMemory>) -> Result<EbpfCpuTime, EbpfLoadError> {
+    let proc_root = Path::new(HOST_PROC);
+    let clock = HostClock::from_proc(proc_root).map_err(|error| EbpfLoadError::HostClock(error.to_string()))?;
+    load_with(kind, memory, proc_root, clock)
+}
+
+/// Run statistics of the attached program (while `kernel.bpf_stats_enabled` is on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProgramStats {
+    pub run_time: Duration,
+    pub run_count: u64,
+}
+
+impl EbpfCpuTime {
+    pub fn attach_kind(&self) -> AttachKind {
+        self.attach
+    }
+
+    pub fn map_memory(&self) -> MapMemory {
+        self.memory
+    }
+
+    /// Whether the kernel deletes the entries of exited processes itself.
+    pub fn kernel_cleanup(&self) -> bool {
+        self.kernel_cleanup
+    }
+
+    /// Whether the map holds an entry for `tgid`.
+    pub fn is_tracked(&self, tgid: u32) -> Result<bool, MapError> {
+        Ok(self.entry(tgid)?.is_some())
+    }
+
+    /// Run time and count of the switch program and of `resync`, for measuring
+    /// their cost.
+    pub fn program_stats(&self) -> Result<[(&'static str, ProgramStats); 2], ProgramError> {
+        let stats = |name: &'static str| -> Result<(&'static str, ProgramStats), ProgramError> {
+            let info = self.ebpf.program(name).ok_or(ProgramError::NotLoaded)?.info()?;
+            Ok((name, ProgramStats { run_time: info.run_time(), run_count: info.run_count() }))
+        };
+        Ok([stats(self.attach.program_name())?, stats(PROGRAM_RESYNC)?])
+    }
+}

@@ -1,0 +1,22 @@
+//! The eBPF CPU-time source: loads the embedded `sched_switch` program (built by
+//! `cargo xtask build-ebpf`), attaches it, and reads per-process on-CPU time from
+//! its map, including the slices still running at the instant of the read.
+//!
+//! Values count from the moment the program was attached, not from process start:
+//! the processes collector only ever uses their differences.
+//!
+//! One file per job: [`load`] checks privileges, loads and attaches the programs;
+//! [`source`] is the runtime source the agent reads; [`blind`] reads from /proc the
+//! processes the kernel's task iterator does not visit; `diagnostics` (tests and
+//! measurements only, behind the `testing` feature) looks inside.
+
+mod blind;
+#[cfg(any(test, feature = "testing"))]
+mod diagnostics;
+mod load;
+mod source;
+
+#[cfg(any(test, feature = "testing"))]
+pub use diagnostics::{ProgramStats, load_kind, load_with_memory};
+pub use load::{AttachKind, EbpfLoadError, MapMemory, load};
+pub use source::{EbpfCpuTime, ErrorCounts};

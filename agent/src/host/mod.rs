@@ -1,0 +1,30 @@
+//! Host access, the bottom room: the files of `/proc` (kept open and re-read in
+//! place, listed by getdents64), the parser of `/proc/PID/stat`, and the host's
+//! clock and units. The CPU-time sources and the collectors above both build on
+//! it; it imports no other room of the agent.
+
+pub mod clock;
+pub mod procfs;
+pub mod stat;
+
+use std::path::Path;
+
+use clock::{ClockError, HostClock};
+
+/// Facts about the host the collectors need, read once at start.
+#[derive(Debug, Clone, Copy)]
+pub struct HostFacts {
+    pub cpus: usize,
+    pub clock: HostClock,
+}
+
+impl HostFacts {
+    pub fn read(proc_root: &Path) -> Result<Self, ClockError> {
+        // Online CPUs of the host, not this process's affinity mask: CPU shares are
+        // of the whole machine even when the agent is pinned to one CPU.
+        // SAFETY: sysconf has no preconditions; it returns -1 for unknown names.
+        let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+        let cpus = usize::try_from(online).unwrap_or(1).max(1);
+        Ok(Self { cpus, clock: HostClock::from_proc(proc_root)? })
+    }
+}
