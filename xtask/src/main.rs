@@ -4,6 +4,7 @@
 mod bench;
 mod build_ebpf;
 mod ebpf_cost;
+mod soak;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
@@ -22,6 +23,8 @@ enum Command {
     EbpfCost(ebpf_cost::Args),
     /// Benchmark this agent side by side with the original socktop_agent.
     Bench(bench::BenchArgs),
+    /// Soak the agent: many well-behaved clients beside a stream of hostile ones.
+    Soak(soak::SoakArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -29,6 +32,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::BuildEbpf(args)) => build_ebpf::run(&args),
         Some(Command::EbpfCost(args)) => ebpf_cost::run(&args),
         Some(Command::Bench(args)) => bench::run(args),
+        Some(Command::Soak(args)) => soak::run(args),
         // `cargo xtask` alone lists the commands.
         None => Ok(Cli::command().print_help()?),
     }

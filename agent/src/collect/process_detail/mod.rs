@@ -16,9 +16,10 @@ use std::path::Path;
 use thiserror::Error;
 
 use crate::host::clock::HostClock;
+use crate::host::read_capped;
 use crate::host::stat::{Stat, StatError, parse_stat, state_name};
 use crate::protocol::answer::ProcessDetail;
-use files::{count_entries, optional, read_capped, read_link, read_required};
+use files::{count_entries, optional, read_link, read_required};
 pub use status::{IoBytes, ProcStatus, command_line, parse_io, parse_statm_shared_pages, parse_status};
 
 /// At most this many threads are listed, lowest TIDs first (`thread_count` still says
