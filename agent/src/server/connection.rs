@@ -5,16 +5,16 @@
 //! whose handling panics is answered with an error; the connection goes on.
 
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::{FuturesOrdered, SplitSink};
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::{SinkExt, StreamExt};
 use hyper_tungstenite::HyperWebsocketStream;
 use hyper_tungstenite::tungstenite::Message;
 use tokio::sync::watch;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::Shared;
 use crate::protocol::answer::ErrorAnswer;
@@ -101,13 +101,18 @@ fn answer_for(message: Message, shared: &Arc<Shared>) -> Option<Answer> {
     match message {
         Message::Text(text) => {
             let service = Arc::clone(&shared.service);
+            // Each answer is its own task, so it makes progress while this
+            // connection waits on a slow reader. Polled only by this task, an
+            // answer queued for a cache's lock would be handed the lock (it is
+            // fair) and keep it, unpolled, for as long as the send waits: every
+            // other client asking for that kind would wait too. A panic ends the
+            // task, not the connection; poisoned mutexes are taken as they are
+            // (see `sync`), each value behind them valid on its own.
+            let request = text.clone();
+            let task = AbortOnDropHandle::new(tokio::spawn(async move { service.answer_text(request.as_str()).await }));
             Some(Box::pin(async move {
-                // Unwind safety: what a panic can leave half-updated is behind
-                // the collectors' mutexes, taken poisoned or not (see `sync`),
-                // and each of those values is valid on its own.
-                let answer = AssertUnwindSafe(service.answer_text(text.as_str())).catch_unwind().await;
-                answer.unwrap_or_else(|_| {
-                    tracing::error!("answering a request panicked; it gets an error answer");
+                task.await.unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "answering a request panicked; it gets an error answer");
                     crate::service::internal_error(text.as_str())
                 })
             }))

@@ -186,3 +186,31 @@ async fn broken_proc_and_sys_files_leave_every_answer_with_what_could_be_read() 
     assert_eq!(said, 1, "meminfo is logged once, not per request: {log:#?}");
     assert!(std::fs::metadata(format!("/proc/{}", agent.pid())).is_ok(), "the agent is alive");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_does_not_hold_up_the_answers_of_others() {
+    let mut config = Config::default();
+    config.ttls.processes = Duration::ZERO;
+    let proc_root = config.collection.proc_root.clone();
+    let clock = HostFacts::read(&proc_root).expect("host facts").clock;
+    let source = socktop_agent::cputime::select_source(true, &proc_root, clock).0;
+    let (url, _stop) = serve(config, source).await;
+    let mut deaf = ws::connect(&url).await;
+    let mut polite = ws::connect(&url).await;
+    let flood = async {
+        loop {
+            if deaf.send(Message::text("get_processes")).await.is_err() {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(3), flood).await;
+    // The deaf client is now blocked in a send for up to 30 s, with requests of
+    // its own queued for the processes cache; the polite one is answered anyway
+    // (`ask` fails after 10 s).
+    for _ in 0..2 {
+        let answer = ask(&mut polite, "get_processes").await;
+        assert!(matches!(answer, Answer::Processes(_)), "{answer:?}");
+    }
+    drop(deaf);
+}
