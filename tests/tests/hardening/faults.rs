@@ -46,6 +46,27 @@ async fn serve(config: Config, source: Box<dyn CpuTimeSource>) -> (String, onesh
     (url, stop)
 }
 
+/// [`serve`] with the /proc CPU-time source.
+async fn serve_with_proc_source(config: Config) -> (String, oneshot::Sender<()>) {
+    let proc_root = config.collection.proc_root.clone();
+    let clock = HostFacts::read(&proc_root).expect("host facts").clock;
+    let source = socktop_agent::cputime::select_source(true, &proc_root, clock).0;
+    serve(config, source).await
+}
+
+/// Asks for processes for 3 s without reading an answer: enough answers to
+/// fill the socket buffers, so the agent's sends to this client block.
+async fn ask_without_reading(deaf: &mut ws::Ws) {
+    let flood = async {
+        loop {
+            if deaf.send(Message::text("get_processes")).await.is_err() {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(3), flood).await;
+}
+
 fn error_of(answer: &Answer) -> Option<&str> {
     match answer {
         Answer::Json(json) => json["error"].as_str(),
@@ -75,20 +96,9 @@ async fn a_client_that_stops_reading_is_disconnected_and_frees_its_slot() {
     config.limits.max_connections = 1;
     config.limits.send_timeout = Duration::from_secs(1);
     config.ttls.processes = Duration::ZERO;
-    let proc_root = config.collection.proc_root.clone();
-    let clock = HostFacts::read(&proc_root).expect("host facts").clock;
-    let source = socktop_agent::cputime::select_source(true, &proc_root, clock).0;
-    let (url, _stop) = serve(config, source).await;
+    let (url, _stop) = serve_with_proc_source(config).await;
     let mut deaf = ws::connect(&url).await;
-    // Requests for 3 s, enough answers to fill the socket buffers, none read.
-    let flood = async {
-        loop {
-            if deaf.send(Message::text("get_processes")).await.is_err() {
-                return;
-            }
-        }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(3), flood).await;
+    ask_without_reading(&mut deaf).await;
     // Its one slot is freed once a send has waited the send timeout, so a new
     // client is served, while the deaf one is still connected.
     let mut served = None;
@@ -191,20 +201,10 @@ async fn broken_proc_and_sys_files_leave_every_answer_with_what_could_be_read() 
 async fn a_client_that_stops_reading_does_not_hold_up_the_answers_of_others() {
     let mut config = Config::default();
     config.ttls.processes = Duration::ZERO;
-    let proc_root = config.collection.proc_root.clone();
-    let clock = HostFacts::read(&proc_root).expect("host facts").clock;
-    let source = socktop_agent::cputime::select_source(true, &proc_root, clock).0;
-    let (url, _stop) = serve(config, source).await;
+    let (url, _stop) = serve_with_proc_source(config).await;
     let mut deaf = ws::connect(&url).await;
     let mut polite = ws::connect(&url).await;
-    let flood = async {
-        loop {
-            if deaf.send(Message::text("get_processes")).await.is_err() {
-                return;
-            }
-        }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(3), flood).await;
+    ask_without_reading(&mut deaf).await;
     // The deaf client is now blocked in a send for up to 30 s, with requests of
     // its own queued for the processes cache; the polite one is answered anyway
     // (`ask` fails after 10 s).
