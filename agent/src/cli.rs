@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Parser};
 
-use socktop_agent::config::{Collection, Config, Limits, PrometheusLimits, Ttls};
+use socktop_agent::config::{Collection, Config, Limits, PrometheusLimits, Token, Ttls};
 use socktop_agent::cputime::attribution::ChildrenMode;
 
 /// On-demand host-metrics agent for the socktop TUI.
@@ -136,7 +136,7 @@ impl Cli {
                 max_comm_names: self.prometheus_comm_names,
                 top_processes: self.prometheus_top_processes,
             },
-            token: self.token.clone().filter(|t| !t.is_empty()),
+            token: self.token.clone().and_then(Token::new),
         }
     }
 }

@@ -63,6 +63,9 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Time allowed for the TLS handshake and the HTTP upgrade request.
     pub handshake_timeout: Duration,
+    /// A client that takes no part of an answer for this long (it stopped
+    /// reading) is disconnected.
+    pub send_timeout: Duration,
     /// Requests of one connection answered concurrently (answers still go in order).
     pub pipelined_requests: usize,
     /// Most `/proc/PID/stat` files the processes scan keeps open between scans
@@ -78,6 +81,7 @@ impl Default for Limits {
             max_message_bytes: 64 * 1024,
             idle_timeout: Duration::from_secs(300),
             handshake_timeout: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(30),
             pipelined_requests: 8,
             kept_stat_files: 4096,
         }
@@ -108,5 +112,28 @@ pub struct Config {
     pub limits: Limits,
     pub prometheus: PrometheusLimits,
     /// When set, `/ws` requires `?token=` with this value.
-    pub token: Option<String>,
+    pub token: Option<Token>,
+}
+
+/// The shared secret clients present as `?token=`. Its `Debug` shows no part of
+/// it, so logging a configuration can never print it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    /// `None` for an empty value: an empty token would protect nothing.
+    pub fn new(value: impl Into<String>) -> Option<Self> {
+        let value = value.into();
+        (!value.is_empty()).then_some(Self(value))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
 }

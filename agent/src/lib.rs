@@ -5,6 +5,9 @@
 pub mod collect;
 pub mod config;
 pub mod cputime;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod host;
 pub mod protocol;
 pub mod server;

@@ -50,6 +50,7 @@ fn tls_acceptor(cli: &Cli) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> 
         socktop_agent::tls::load_or_create(&dir).with_context(|| format!("setting up TLS in {}", dir.display()))?;
     let verb = if cert.created { "created" } else { "using" };
     tracing::info!("TLS on: {verb} certificate {} (SHA-256 {})", cert.cert_path.display(), cert.sha256);
+    cert.log_expiry();
     tracing::info!("connect with: socktop --tls-ca {} wss://HOST:{}/ws", cert.cert_path.display(), cli.port());
     Ok(Some(acceptor))
 }
@@ -73,7 +74,8 @@ async fn serve(
     listener: std::net::TcpListener,
 ) -> anyhow::Result<()> {
     let mut config = cli.config();
-    let room = raise_open_files_limit().saturating_sub(config.limits.max_connections as u64 + SPARE_FILES);
+    let sockets = config.limits.max_connections + socktop_agent::server::REFUSING_AT_ONCE;
+    let room = raise_open_files_limit().saturating_sub(sockets as u64 + SPARE_FILES);
     config.limits.kept_stat_files = config.limits.kept_stat_files.min(usize::try_from(room).unwrap_or(usize::MAX));
     let listener = TcpListener::from_std(listener).context("registering the listening socket")?;
     let service = Arc::new(Service::new(&config, host, cpu_source, info));

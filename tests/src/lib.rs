@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 pub mod fleet;
+pub mod ws;
 
 /// A running agent, killed when dropped.
 pub struct Agent {

@@ -1,10 +1,10 @@
 //! End-to-end tests: the real binary, the real socktop client library, and the
 //! host's own figures as ground truth.
 
-use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use e2e::ws::{self, Answer, Ws, ask, decode, next_frame};
 use e2e::{Agent, Workload, client, host};
 use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
@@ -19,56 +19,8 @@ mod capabilities;
 #[path = "e2e/examples.rs"]
 mod examples;
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 async fn raw_client(agent: &Agent) -> Ws {
-    let (ws, _) = tokio_tungstenite::connect_async(agent.ws_url()).await.expect("WebSocket connect");
-    ws
-}
-
-/// The next data frame, failing the test after 10 s.
-async fn next_frame(ws: &mut Ws) -> Message {
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("answer within 10 s")
-            .expect("connection open")
-            .expect("valid frame");
-        if !matches!(message, Message::Pong(_)) {
-            return message;
-        }
-    }
-}
-
-/// An answer as the protocol frames it: JSON (text, or gzipped binary) or protobuf.
-#[derive(Debug)]
-enum Answer {
-    Json(serde_json::Value),
-    Processes(socktop_connector::pb::Processes),
-}
-
-fn decode(message: Message) -> Answer {
-    let bytes = match message {
-        Message::Text(text) => return Answer::Json(serde_json::from_str(text.as_str()).expect("JSON text frame")),
-        Message::Binary(bytes) => bytes.to_vec(),
-        other => panic!("unexpected frame {other:?}"),
-    };
-    let payload = if bytes.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&bytes[..]).read_to_end(&mut out).expect("gzip");
-        out
-    } else {
-        bytes
-    };
-    match serde_json::from_slice(&payload) {
-        Ok(json) => Answer::Json(json),
-        Err(_) => Answer::Processes(socktop_connector::pb::Processes::decode(&payload[..]).expect("protobuf")),
-    }
-}
-
-async fn ask(ws: &mut Ws, request: &str) -> Answer {
-    ws.send(Message::text(request)).await.expect("send");
-    decode(next_frame(ws).await)
+    ws::connect(&agent.ws_url()).await
 }
 
 fn df_total_bytes(path: &str) -> u64 {

@@ -5,6 +5,7 @@ mod bench;
 mod build_ebpf;
 mod deb;
 mod ebpf_cost;
+mod soak;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
@@ -25,6 +26,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Build the Debian package (man page and completions, then cargo deb).
     Deb(deb::Args),
+    /// Soak the agent: many well-behaved clients beside a stream of hostile ones.
+    Soak(soak::SoakArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -33,6 +36,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::EbpfCost(args)) => ebpf_cost::run(&args),
         Some(Command::Bench(args)) => bench::run(args),
         Some(Command::Deb(args)) => deb::run(&args),
+        Some(Command::Soak(args)) => soak::run(args),
         // `cargo xtask` alone lists the commands.
         None => Ok(Cli::command().print_help()?),
     }

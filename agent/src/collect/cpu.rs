@@ -57,7 +57,9 @@ fn parse_ticks<'a>(fields: impl Iterator<Item = &'a str>) -> CpuTicks {
     for (value, field) in values.iter_mut().zip(fields) {
         *value = field.parse().unwrap_or(0);
     }
-    CpuTicks { total: values.iter().sum(), idle: values[3] + values[4], modes: values }
+    // Saturating: garbage counters must not overflow (fuzz target proc_stat).
+    let total = values.iter().fold(0u64, |sum, &value| sum.saturating_add(value));
+    CpuTicks { total, idle: values[3].saturating_add(values[4]), modes: values }
 }
 
 /// Busy share in percent between two readings of the same counters.

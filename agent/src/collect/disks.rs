@@ -87,11 +87,17 @@ fn unescape_octal(field: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let escape =
-            bytes.get(i + 1..i + 4).filter(|d| bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        // Three octal digits up to \377: `\521` is no byte (found by the
+        // mountinfo fuzz target) and stays as it is.
+        let escape = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)))
+            .and_then(|d| {
+                u8::try_from(u32::from(d[0] - b'0') * 64 + u32::from(d[1] - b'0') * 8 + u32::from(d[2] - b'0')).ok()
+            });
         match escape {
-            Some(d) => {
-                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+            Some(byte) => {
+                out.push(byte);
                 i += 4;
             }
             None => {
@@ -321,5 +327,13 @@ mod tests {
         assert!(is_partition(sys.path(), "/dev/sda1"));
         assert!(!is_partition(sys.path(), "/dev/sda"));
         assert!(!is_partition(sys.path(), "tank"));
+    }
+
+    #[test]
+    fn an_octal_escape_past_255_stays_as_written() {
+        assert_eq!(unescape_octal("/with\\521space\\040x"), "/with\\521space x");
+        let input = String::from_utf8_lossy(include_bytes!("../../tests/fixtures/fuzz/mountinfo-escape-past-255"));
+        let mounts = parse_mountinfo(&input);
+        assert!(mounts.iter().any(|m| m.mount_point.contains("\\521")), "{mounts:?}");
     }
 }

@@ -44,16 +44,19 @@ pub fn parse_meminfo(text: &str) -> MemoryInfo {
     }
     // Kernels before 3.14 have no MemAvailable; MemFree is the closest figure.
     let available = available.unwrap_or(free);
+    // Saturating: a value past u64::MAX / 1024 is no real machine's, but must
+    // not overflow (found by the meminfo fuzz target).
+    let bytes = |kib: u64| kib.saturating_mul(1024);
     MemoryInfo {
-        mem_total: total * 1024,
-        mem_used: total.saturating_sub(available) * 1024,
-        swap_total: swap_total * 1024,
-        swap_used: swap_total.saturating_sub(swap_free) * 1024,
-        mem_available: available * 1024,
-        mem_free: free * 1024,
-        buffers: buffers * 1024,
-        cached: cached * 1024,
-        swap_free: swap_free * 1024,
+        mem_total: bytes(total),
+        mem_used: bytes(total.saturating_sub(available)),
+        swap_total: bytes(swap_total),
+        swap_used: bytes(swap_total.saturating_sub(swap_free)),
+        mem_available: bytes(available),
+        mem_free: bytes(free),
+        buffers: bytes(buffers),
+        cached: bytes(cached),
+        swap_free: bytes(swap_free),
     }
 }
 
@@ -77,6 +80,13 @@ mod tests {
     fn old_kernels_without_memavailable_fall_back_to_memfree() {
         let info = parse_meminfo("MemTotal: 1000 kB\nMemFree: 400 kB\n");
         assert_eq!(info.mem_used, 600 * 1024);
+    }
+
+    #[test]
+    fn a_total_too_large_for_bytes_saturates_instead_of_overflowing() {
+        let info = parse_meminfo(include_str!("../../tests/fixtures/fuzz/meminfo-huge-total"));
+        assert_eq!(info.mem_total, u64::MAX);
+        assert!(info.mem_used <= info.mem_total);
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod procfs;
 pub mod schedstat;
 pub mod stat;
 
+use std::io::{self, Read};
 use std::path::Path;
 
 use clock::{ClockError, HostClock};
@@ -28,4 +29,23 @@ impl HostFacts {
         let cpus = usize::try_from(online).unwrap_or(1).max(1);
         Ok(Self { cpus, clock: HostClock::from_proc(proc_root)? })
     }
+}
+
+/// Reads at most `cap` bytes of a file, so a huge file (a long command line, a
+/// wrong root) cannot make a huge read.
+pub fn read_capped(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    std::fs::File::open(path)?.take(cap).read_to_end(&mut out)?;
+    Ok(out)
+}
+
+/// The most a sysfs attribute holds: its show() fills one page
+/// (Documentation/filesystems/sysfs.rst).
+const SYSFS_ATTRIBUTE_BYTES: u64 = 4096;
+
+/// A sysfs attribute as text, read no further than a real one can be; bytes
+/// that are not UTF-8 are replaced.
+pub fn read_sysfs_attribute(path: &Path) -> io::Result<String> {
+    let bytes = read_capped(path, SYSFS_ATTRIBUTE_BYTES)?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }

@@ -84,8 +84,14 @@ fn stat_path(pid: u32, out: &mut [u8; 24]) -> usize {
     len + 5
 }
 
+/// Largest file read whole: far above any real procfs file (a mountinfo of
+/// thousands of mounts is a few MiB), low enough that a wrong root (a file that
+/// never ends, such as /dev/zero) costs an error, not the host's memory.
+pub const MAX_FILE_BYTES: usize = 16 << 20;
+
 /// Reads the whole file from offset 0 into `buffer`, growing it when the file
 /// does not fit; returns the length read. `buffer` keeps its size between calls.
+/// A file over [`MAX_FILE_BYTES`] is an error, and `buffer` is given back.
 pub fn read_from_start(file: &File, buffer: &mut Vec<u8>) -> io::Result<usize> {
     if buffer.is_empty() {
         buffer.resize(1024, 0);
@@ -95,23 +101,29 @@ pub fn read_from_start(file: &File, buffer: &mut Vec<u8>) -> io::Result<usize> {
         if read < buffer.len() {
             return Ok(read);
         }
+        if buffer.len() >= MAX_FILE_BYTES {
+            *buffer = Vec::new();
+            return Err(io::Error::new(io::ErrorKind::FileTooLarge, format!("larger than {MAX_FILE_BYTES} bytes")));
+        }
         // A full buffer may be a cut file: read it again, whole, into a larger one.
-        buffer.resize(buffer.len() * 2, 0);
+        buffer.resize((buffer.len() * 2).min(MAX_FILE_BYTES), 0);
     }
 }
 
 /// A small file (such as `/proc/stat`) kept open and read again from the start on
 /// every use, into a buffer that is kept too. A failed read closes it, so the next
-/// use opens the path afresh.
+/// use opens the path afresh. A file that starts failing is logged once, as a
+/// warning, and once more when it reads again: not on every request.
 pub struct KeptFile {
     path: PathBuf,
     file: Option<File>,
     buffer: Vec<u8>,
+    failing: bool,
 }
 
 impl KeptFile {
     pub fn new(path: PathBuf) -> KeptFile {
-        KeptFile { path, file: None, buffer: Vec::new() }
+        KeptFile { path, file: None, buffer: Vec::new(), failing: false }
     }
 
     /// Whether the file says its content changed since it was last read or
@@ -125,19 +137,50 @@ impl KeptFile {
         ready > 0 && poll.revents & (libc::POLLPRI | libc::POLLERR) != 0
     }
 
-    /// The whole file as text (procfs files are ASCII); errors name the path.
+    /// The whole file as text; errors name the path. procfs files are ASCII but
+    /// for names (mount points, interface names) that may hold any byte: bytes
+    /// that are not UTF-8 read as `?`, so the rest of the file still counts.
     pub fn read(&mut self) -> io::Result<&str> {
+        let length = self.read_bytes();
+        match &length {
+            Err(e) if !self.failing => {
+                tracing::warn!("{e} (said once; the answers leave this part out until it reads again)");
+                self.failing = true;
+            }
+            Ok(_) if self.failing => {
+                tracing::info!("{} reads again", self.path.display());
+                self.failing = false;
+            }
+            _ => {}
+        }
+        let text = &mut self.buffer[..length?];
+        replace_invalid_utf8(text);
+        std::str::from_utf8(text).map_err(io::Error::other)
+    }
+
+    fn read_bytes(&mut self) -> io::Result<usize> {
         let file = match &mut self.file {
             Some(file) => file,
             none => none.insert(File::open(&self.path).map_err(|e| path_error(&self.path, e))?),
         };
         match read_from_start(file, &mut self.buffer) {
-            Ok(length) => std::str::from_utf8(&self.buffer[..length]).map_err(io::Error::other),
+            Ok(length) => Ok(length),
             Err(e) => {
                 self.file = None;
                 Err(path_error(&self.path, e))
             }
         }
+    }
+}
+
+/// Overwrites every byte of an invalid UTF-8 sequence with `?`.
+fn replace_invalid_utf8(text: &mut [u8]) {
+    let mut at = 0;
+    while let Err(e) = std::str::from_utf8(&text[at..]) {
+        let bad_start = at + e.valid_up_to();
+        let bad_end = e.error_len().map_or(text.len(), |len| bad_start + len);
+        text[bad_start..bad_end].fill(b'?');
+        at = bad_end;
     }
 }
 
@@ -291,5 +334,25 @@ mod tests {
         std::fs::write(&path, vec![b'x'; 5000]).unwrap();
         let mut buffer = Vec::new();
         assert_eq!(read_from_start(&File::open(&path).unwrap(), &mut buffer).unwrap(), 5000);
+    }
+
+    #[test]
+    fn a_file_that_never_ends_is_an_error_not_all_memory() {
+        let mut kept = KeptFile::new(PathBuf::from("/dev/zero"));
+        let error = kept.read().unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::FileTooLarge, "{error}");
+        assert!(kept.buffer.capacity() < MAX_FILE_BYTES, "the buffer is given back");
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_read_as_question_marks_and_the_rest_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mountinfo");
+        std::fs::write(&path, b"1 2 0:1 / /mnt/caf\xe9 rw - ext4 /dev/sda1 rw\n3 4 0:2 / / rw - ext4 /dev/sda2 rw\n")
+            .unwrap();
+        let mut kept = KeptFile::new(path);
+        let text = kept.read().unwrap();
+        assert!(text.starts_with("1 2 0:1 / /mnt/caf? rw"), "{text}");
+        assert!(text.ends_with("/dev/sda2 rw\n"), "{text}");
     }
 }

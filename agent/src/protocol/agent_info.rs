@@ -129,7 +129,7 @@ mod tests {
 
     #[test]
     fn the_description_says_on_or_off_and_never_the_token() {
-        let config = Config { token: Some("s3cret-token".into()), ..Config::default() };
+        let config = Config { token: crate::config::Token::new("s3cret-token"), ..Config::default() };
         let info = AgentInfo::new(&config, CpuSourceKind::Proc, Some("not permitted".into()), false);
         let json = serde_json::to_value(info.now()).unwrap();
         assert_eq!(json["token"], true);

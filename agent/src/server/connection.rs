@@ -1,17 +1,20 @@
 //! One WebSocket client: reads requests, answers each exactly once and in order,
 //! and never sends anything unasked (the socktop client breaks on unsolicited
 //! frames, server pings included). Up to `pipelined_requests` answers are
-//! collected concurrently; reading pauses while that many are pending.
+//! collected concurrently; reading pauses while that many are pending. A request
+//! whose handling panics is answered with an error; the connection goes on.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
-use futures_util::stream::FuturesOrdered;
+use futures_util::stream::{FuturesOrdered, SplitSink};
 use futures_util::{SinkExt, StreamExt};
 use hyper_tungstenite::HyperWebsocketStream;
 use hyper_tungstenite::tungstenite::Message;
 use tokio::sync::watch;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::Shared;
 use crate::protocol::answer::ErrorAnswer;
@@ -35,18 +38,18 @@ pub(super) async fn run(websocket: HyperWebsocketStream, shared: Arc<Shared>, mu
         tokio::select! {
             biased;
             _ = super::stopped(&mut stop) => {
-                let _ = sink.send(Message::Close(None)).await;
+                let _ = send(&mut sink, Message::Close(None), limits.send_timeout).await;
                 break;
             }
             Some(answer) = pending.next(), if !pending.is_empty() => {
-                if let Err(e) = sink.send(answer).await {
-                    tracing::debug!(error = %e, "sending an answer failed");
+                if let Err(e) = send(&mut sink, answer, limits.send_timeout).await {
+                    tracing::debug!(error = %e, "sending an answer failed; closing the connection");
                     break;
                 }
             }
             () = &mut idle, if may_read => {
                 tracing::debug!("closing a connection idle for {:?}", limits.idle_timeout);
-                let _ = sink.send(Message::Close(None)).await;
+                let _ = send(&mut sink, Message::Close(None), limits.send_timeout).await;
                 break;
             }
             next = requests.next(), if may_read => {
@@ -69,13 +72,51 @@ pub(super) async fn run(websocket: HyperWebsocketStream, shared: Arc<Shared>, mu
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    #[error(transparent)]
+    WebSocket(#[from] hyper_tungstenite::tungstenite::Error),
+    #[error("the client read nothing for {0:?}")]
+    NotRead(Duration),
+}
+
+/// Sends one frame, giving up on a client that does not take it within `limit`.
+/// Unbounded, a client that stops reading would hold its slot and its pending
+/// answers for good once the socket buffers are full: neither the idle timer
+/// (it counts from the client's last message) nor TCP keepalive (its kernel
+/// still acknowledges) ends such a connection.
+async fn send(
+    sink: &mut SplitSink<HyperWebsocketStream, Message>,
+    message: Message,
+    limit: Duration,
+) -> Result<(), SendError> {
+    match tokio::time::timeout(limit, sink.send(message)).await {
+        Ok(sent) => Ok(sent?),
+        Err(_) => Err(SendError::NotRead(limit)),
+    }
+}
+
 /// The answer to one incoming message; `None` for control frames, which
 /// tungstenite answers itself (Pong for Ping, Close for Close).
 fn answer_for(message: Message, shared: &Arc<Shared>) -> Option<Answer> {
     match message {
         Message::Text(text) => {
             let service = Arc::clone(&shared.service);
-            Some(Box::pin(async move { service.answer_text(text.as_str()).await }))
+            // Each answer is its own task, so it makes progress while this
+            // connection waits on a slow reader. Polled only by this task, an
+            // answer queued for a cache's lock would be handed the lock (it is
+            // fair) and keep it, unpolled, for as long as the send waits: every
+            // other client asking for that kind would wait too. A panic ends the
+            // task, not the connection; poisoned mutexes are taken as they are
+            // (see `sync`), each value behind them valid on its own.
+            let request = text.clone();
+            let task = AbortOnDropHandle::new(tokio::spawn(async move { service.answer_text(request.as_str()).await }));
+            Some(Box::pin(async move {
+                task.await.unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "answering a request panicked; it gets an error answer");
+                    crate::service::internal_error(text.as_str())
+                })
+            }))
         }
         Message::Binary(bytes) => {
             let error = ErrorAnswer::new(

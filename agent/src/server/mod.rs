@@ -4,6 +4,7 @@
 
 mod connection;
 mod http;
+mod refusal;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +16,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::service::Service;
+
+pub use refusal::REFUSING_AT_ONCE;
 
 /// Everything a connection handler needs, shared by all of them.
 pub(crate) struct Shared {
@@ -41,24 +44,25 @@ pub async fn run(
     service: Arc<Service>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let auth = http::TokenCheck::new(config.token.clone());
-    let slots = Arc::new(Semaphore::new(config.limits.max_connections));
+    let auth = http::TokenCheck::new(config.token.as_ref());
+    let max_connections = config.limits.max_connections;
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let refusals = refusal::Refusals::new(max_connections);
     let tasks = TaskTracker::new();
     let shared = Arc::new(Shared { service, config, auth, tasks: tasks.clone() });
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::pin!(shutdown);
 
     loop {
-        let permit = tokio::select! {
-            _ = &mut shutdown => break,
-            permit = Arc::clone(&slots).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-        };
+        // Accept even at the cap: a connection left in the backlog would wait
+        // for a free slot with no word, while a refused one learns at once.
         let stream = tokio::select! {
             _ = &mut shutdown => break,
             accepted = accept(&listener) => accepted,
+        };
+        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+            refusals.refuse(stream, tls.clone(), &tasks);
+            continue;
         };
         let (shared, tls, stop) = (Arc::clone(&shared), tls.clone(), stop_rx.clone());
         tasks.spawn(serve_connection(stream, tls, shared, stop, Arc::new(permit)));
@@ -121,6 +125,12 @@ async fn serve_connection(
         Ok(Err(e)) => tracing::debug!(?peer, error = %e, "TLS handshake failed"),
         Err(_) => tracing::debug!(?peer, "TLS handshake timed out"),
     }
+}
+
+/// The token check on its own, for the fuzz targets.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn token_allows(token: &str, query: &str) -> bool {
+    http::TokenCheck::new(crate::config::Token::new(token).as_ref()).allows(Some(query))
 }
 
 /// Resolves once shutdown is asked for. (The guard `wait_for` returns is not

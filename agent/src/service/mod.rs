@@ -21,7 +21,7 @@ use crate::cputime::{CpuSourceKind, CpuTimeSource, SharedCpuSource};
 use crate::host::HostFacts;
 use crate::protocol::agent_info::AgentInfo;
 use crate::protocol::answer::{ErrorAnswer, Metrics};
-use crate::protocol::framing::Framer;
+use crate::protocol::framing::{Framer, json_frame};
 use crate::protocol::request::{Form, Incoming, Request};
 use crate::sync::lock;
 use cache::Cached;
@@ -211,4 +211,11 @@ impl Service {
             }
         })
     }
+}
+
+/// The answer to a request whose handling panicked: the request ends with this
+/// error, the connection and the agent go on.
+pub fn internal_error(received: &str) -> Message {
+    let answer = ErrorAnswer::unrecognised("internal error while answering (logged by the agent)", received);
+    json_frame(&answer, Form::of(received), &answer.request)
 }

@@ -323,7 +323,7 @@ pub fn free_port() -> anyhow::Result<u16> {
 
 /// utime + stime (fields 14 and 15 of proc(5)), counted after the command name,
 /// which ends at the last `)`.
-fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+pub fn parse_cpu_ticks(stat: &str) -> Option<u64> {
     let after_name = &stat[stat.rfind(')')? + 1..];
     let mut fields = after_name.split_ascii_whitespace().skip(11);
     let utime: u64 = fields.next()?.parse().ok()?;
@@ -331,7 +331,7 @@ fn parse_cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
-fn parse_vm_rss(status: &str) -> Option<u64> {
+pub fn parse_vm_rss(status: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_ascii_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)

@@ -31,11 +31,13 @@ impl Kind {
     }
 }
 
-/// One answer: how long it took and how many bytes it was on the wire.
+/// One answer: how long it took, how many bytes it was on the wire, and whether
+/// it was an error answer (`{"error":...}`) rather than the data asked for.
 #[derive(Debug, Clone, Copy)]
 pub struct Reply {
     pub elapsed: Duration,
     pub wire_bytes: usize,
+    pub is_error: bool,
 }
 
 /// An answer that does not come within this long is an error, which keeps every
@@ -48,7 +50,11 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(port: u16) -> anyhow::Result<Client> {
-        let url = format!("ws://{}:{port}/ws", Ipv4Addr::LOCALHOST);
+        Self::connect_url(&format!("ws://{}:{port}/ws", Ipv4Addr::LOCALHOST)).await
+    }
+
+    /// Connects to `url` (`ws://HOST:PORT/ws`, with a `?token=` when the agent wants one).
+    pub async fn connect_url(url: &str) -> anyhow::Result<Client> {
         let connect = tokio_tungstenite::connect_async_with_config(url, None, true);
         let (ws, _) = tokio::time::timeout(ANSWER_TIMEOUT, connect)
             .await
@@ -61,18 +67,19 @@ impl Client {
     pub async fn ask(&mut self, kind: Kind) -> anyhow::Result<Reply> {
         let started = Instant::now();
         let answer = tokio::time::timeout(ANSWER_TIMEOUT, self.round_trip(kind)).await;
-        let payload =
+        let (payload, is_error) =
             answer.with_context(|| format!("no answer to {} within {ANSWER_TIMEOUT:?}", kind.request()))??;
-        Ok(Reply { elapsed: started.elapsed(), wire_bytes: wire_bytes(payload) })
+        Ok(Reply { elapsed: started.elapsed(), wire_bytes: wire_bytes(payload), is_error })
     }
 
-    /// The payload length of the answer.
-    async fn round_trip(&mut self, kind: Kind) -> anyhow::Result<usize> {
+    /// The payload length of the answer, and whether it is an error answer (error
+    /// answers are JSON text frames).
+    async fn round_trip(&mut self, kind: Kind) -> anyhow::Result<(usize, bool)> {
         self.ws.send(Message::text(kind.request())).await.context("sending")?;
         loop {
             match self.ws.next().await {
-                Some(Ok(Message::Text(text))) => return Ok(text.len()),
-                Some(Ok(Message::Binary(bytes))) => return Ok(bytes.len()),
+                Some(Ok(Message::Text(text))) => return Ok((text.len(), text.starts_with("{\"error\""))),
+                Some(Ok(Message::Binary(bytes))) => return Ok((bytes.len(), false)),
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
                 Some(Ok(Message::Close(_))) | None => bail!("the agent closed the connection"),
                 Some(Err(e)) => return Err(e).context("reading the answer"),

@@ -8,8 +8,9 @@
 //! phase is bounded in time; agents and helper processes are stopped on the way
 //! out, Ctrl-C included.
 
-mod agent;
-mod client;
+// The soak reuses the agent handling and the client.
+pub(crate) mod agent;
+pub(crate) mod client;
 mod crowd;
 mod ebpf;
 mod machine;

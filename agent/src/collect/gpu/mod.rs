@@ -9,7 +9,7 @@
 //! worker ([`GpuCollector::never_waits`]).
 
 mod nvidia;
-mod sysfs;
+pub(crate) mod sysfs;
 mod worker;
 
 use std::path::{Path, PathBuf};

@@ -9,7 +9,6 @@
 //! and read as `None`. NVIDIA cards (vendor 0x10de) are NVML's, so they are not
 //! reported twice.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
@@ -127,7 +126,7 @@ fn discover_card(card: &str, device: &Path, counters: &Counters) -> Option<DrmGp
 /// while a discrete GPU is runtime-suspended rather than wake it, so failures are
 /// expected on laptops and are not warnings.
 fn read_number<T: std::str::FromStr>(card: &str, path: &Path, counters: &Counters) -> Option<T> {
-    let result = fs::read_to_string(path)
+    let result = crate::host::read_sysfs_attribute(path)
         .map_err(|e| e.to_string())
         .and_then(|text| text.trim().parse::<T>().map_err(|_| format!("not a number: {:?}", text.trim())));
     result
@@ -255,7 +254,7 @@ pub(super) mod tests {
         let counters = Counters::default();
         let gpus = discover(dir.path(), &counters);
         write(dir.path(), "class/drm/card1/device/gpu_busy_percent", "\n");
-        fs::remove_file(dir.path().join("class/drm/card1/device/hwmon/hwmon2/temp1_input")).unwrap();
+        std::fs::remove_file(dir.path().join("class/drm/card1/device/hwmon/hwmon2/temp1_input")).unwrap();
         let reading = gpus[0].read(&counters);
         assert_eq!((reading.utilization_pct, reading.temp_c), (None, None));
         assert_eq!(reading.mem_used_bytes, Some(1_073_741_824));

@@ -2,7 +2,7 @@
 //! process is gone" (the caller answers NotFound), "not permitted" (the field is absent)
 //! and anything else (logged, then the field is absent).
 
-use std::io::{self, Read};
+use std::io;
 use std::path::Path;
 
 use super::DetailError;
@@ -32,13 +32,6 @@ pub(super) fn optional<T>(pid: u32, what: &str, result: io::Result<T>) -> Option
             None
         }
     }
-}
-
-/// Reads at most `cap` bytes, so a huge command line cannot make a huge answer.
-pub(super) fn read_capped(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    std::fs::File::open(path)?.take(cap).read_to_end(&mut out)?;
-    Ok(out)
 }
 
 /// Counts the entries of a directory such as /proc/PID/fd (one symlink per open fd).

@@ -17,8 +17,9 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::host::clock::HostClock;
+use crate::host::read_capped;
 use crate::host::stat::{Stat, StatError, parse_stat, state_name};
-use files::{count_entries, optional, read_capped, read_link, read_required};
+use files::{count_entries, optional, read_link, read_required};
 pub use status::{IoBytes, ProcStatus, command_line, parse_io, parse_statm_shared_pages, parse_status};
 
 /// One process in detail (`get_process_metrics:PID`); serialises as the socktop

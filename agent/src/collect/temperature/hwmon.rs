@@ -9,6 +9,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::parse_millidegrees;
+use crate::host::read_sysfs_attribute;
 
 /// Why a sensor file gave no temperature.
 #[derive(Debug, thiserror::Error)]
@@ -32,14 +33,14 @@ impl SensorReadError {
 
 /// Reads a millidegree file into degrees Celsius.
 pub(crate) fn read_millidegrees(path: &Path) -> Result<f32, SensorReadError> {
-    let text = fs::read_to_string(path).map_err(|source| SensorReadError::Io { path: path.to_path_buf(), source })?;
+    let text = read_sysfs_attribute(path).map_err(|source| SensorReadError::Io { path: path.to_path_buf(), source })?;
     parse_millidegrees(&text)
         .ok_or_else(|| SensorReadError::Parse { path: path.to_path_buf(), text: text.trim().to_owned() })
 }
 
 /// A small attribute such as `name`, `type` or `tempN_label`, trimmed; `None` when absent.
 pub(crate) fn read_attribute(path: &Path) -> Option<String> {
-    match fs::read_to_string(path) {
+    match read_sysfs_attribute(path) {
         Ok(text) => Some(text.trim().to_owned()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => {

@@ -1,0 +1,57 @@
+//! The agent seen from outside: resident memory, open files and CPU time from
+//! `/proc/PID/status`, `/proc/PID/fd` and `/proc/PID/stat` (proc(5)), sampled
+//! through the run so the peak is known.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::bench::agent::{parse_cpu_ticks, parse_vm_rss, ticks_per_second};
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sample {
+    pub rss: u64,
+    pub fds: usize,
+    pub cpu: Duration,
+}
+
+pub struct Watch {
+    pid: u32,
+    /// Highest RSS and open files seen, each on its own.
+    peak: Mutex<Sample>,
+}
+
+impl Watch {
+    pub fn new(pid: u32) -> Self {
+        Self { pid, peak: Mutex::new(Sample::default()) }
+    }
+
+    pub fn sample(&self) -> anyhow::Result<Sample> {
+        let read = |file: &str| std::fs::read_to_string(format!("/proc/{}/{file}", self.pid));
+        let rss = parse_vm_rss(&read("status")?).context("no VmRSS")?;
+        let ticks = parse_cpu_ticks(&read("stat")?).context("no CPU ticks")?;
+        let fds = std::fs::read_dir(format!("/proc/{}/fd", self.pid))?.count();
+        let sample = Sample { rss, fds, cpu: Duration::from_nanos(ticks * (1_000_000_000 / ticks_per_second())) };
+        let mut peak = self.peak.lock().unwrap_or_else(|p| p.into_inner());
+        peak.rss = peak.rss.max(sample.rss);
+        peak.fds = peak.fds.max(sample.fds);
+        peak.cpu = sample.cpu;
+        Ok(sample)
+    }
+
+    pub fn peak(&self) -> Sample {
+        *self.peak.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Samples every `period` until aborted.
+    pub async fn run_every(self: std::sync::Arc<Self>, period: Duration) {
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tick.tick().await;
+            if self.sample().is_err() {
+                return;
+            }
+        }
+    }
+}
