@@ -116,9 +116,7 @@ async fn assert_busy_and_idle_match_the_kernel(agent: &Agent) {
     let truth = busy_ns as f64 / wall.as_nanos() as f64 / host::cpus() as f64 * 100.0;
     let usage = |pid| processes.top_processes.iter().find(|p| p.pid == pid).expect("listed").cpu_usage as f64;
     assert!((usage(busy.pid()) - truth).abs() < 5.0, "busy {} vs kernel {truth:.1}", usage(busy.pid()));
-    // On a loaded host the loop gets less than a CPU; it must have run for the
-    // comparison above to prove anything.
-    assert!(truth > 2.0 && usage(busy.pid()) > 1.0, "the busy loop barely ran: {truth:.1}%");
+    assert!(usage(busy.pid()) > 20.0, "a busy loop must show: {}", usage(busy.pid()));
     assert!(usage(idle.pid()) < 0.5, "sleep shows {}", usage(idle.pid()));
 }
 
