@@ -18,8 +18,21 @@ fn fake_proc(processes: &[(u32, &str, u64, u64)]) -> tempfile::TempDir {
 }
 
 fn scanner(root: &std::path::Path) -> ProcessScanner {
-    let source: SharedCpuSource = Arc::new(Mutex::new(Box::new(ProcCpuTime::new(100))));
-    ProcessScanner::new(root.to_path_buf(), HostClock::new(100, 0, 4096), 2, source, 4096, ChildrenMode::Attribute)
+    scanner_with(root, Box::new(ProcCpuTime::new(100)), 4096)
+}
+
+/// A scanner of `root` on a 2-CPU host (100 ticks/s, 4 KiB pages) with `source`
+/// and at most `kept_files` stat files kept open.
+fn scanner_with(root: &std::path::Path, source: Box<dyn CpuTimeSource>, kept_files: usize) -> ProcessScanner {
+    let source: SharedCpuSource = Arc::new(Mutex::new(source));
+    ProcessScanner::new(
+        root.to_path_buf(),
+        HostClock::new(100, 0, 4096),
+        2,
+        source,
+        kept_files,
+        ChildrenMode::Attribute,
+    )
 }
 
 #[test]
@@ -78,16 +91,8 @@ fn proc_is_listed_again_only_once_a_new_pid_was_handed_out() {
     std::os::unix::fs::symlink(std::process::id().to_string(), root.path().join("self")).unwrap();
     let loadavg = |last_pid: u32| std::fs::write(root.path().join("loadavg"), format!("0.0 0.0 0.0 1/9 {last_pid}\n"));
     loadavg(1).unwrap();
-    let source: SharedCpuSource = Arc::new(Mutex::new(Box::new(ProcCpuTime::new(100))));
     // No stat file kept open, so a removed process fails its read as in /proc.
-    let mut scanner = ProcessScanner::new(
-        root.path().to_path_buf(),
-        HostClock::new(100, 0, 4096),
-        2,
-        source,
-        0,
-        ChildrenMode::Attribute,
-    );
+    let mut scanner = scanner_with(root.path(), Box::new(ProcCpuTime::new(100)), 0);
     assert_eq!(pids(scanner.scan().unwrap()), [1]);
     add_process(root.path(), 2);
     assert_eq!(pids(scanner.scan().unwrap()), [1], "no pid handed out: the listing is reused");
@@ -119,15 +124,7 @@ fn the_cpu_source_forgets_processes_only_when_some_may_have_exited() {
     let loadavg = |last_pid: u32| std::fs::write(root.path().join("loadavg"), format!("0 0 0 1/9 {last_pid}\n"));
     loadavg(2).unwrap();
     let calls = Arc::new(Mutex::new(Vec::new()));
-    let source: SharedCpuSource = Arc::new(Mutex::new(Box::new(Recording(Arc::clone(&calls)))));
-    let mut scanner = ProcessScanner::new(
-        root.path().to_path_buf(),
-        HostClock::new(100, 0, 4096),
-        2,
-        source,
-        0,
-        ChildrenMode::Attribute,
-    );
+    let mut scanner = scanner_with(root.path(), Box::new(Recording(Arc::clone(&calls))), 0);
     scanner.scan().unwrap();
     scanner.scan().unwrap();
     assert_eq!(*calls.lock().unwrap(), [vec![1, 2]], "nothing could have exited in between");
@@ -144,15 +141,7 @@ fn the_cpu_source_forgets_processes_only_when_some_may_have_exited() {
 #[test]
 fn at_most_the_budget_of_stat_files_stays_open() {
     let root = fake_proc(&[(1, "a", 0, 1), (2, "b", 0, 1), (3, "c", 0, 1)]);
-    let source: SharedCpuSource = Arc::new(Mutex::new(Box::new(ProcCpuTime::new(100))));
-    let mut scanner = ProcessScanner::new(
-        root.path().to_path_buf(),
-        HostClock::new(100, 0, 4096),
-        2,
-        source,
-        2,
-        ChildrenMode::Attribute,
-    );
+    let mut scanner = scanner_with(root.path(), Box::new(ProcCpuTime::new(100)), 2);
     for _ in 0..3 {
         assert_eq!(scanner.scan().unwrap().processes.len(), 3);
         assert_eq!(scanner.tracked.iter().filter(|t| t.stat.is_some()).count(), 2);
