@@ -136,6 +136,7 @@ impl PrometheusEncoder {
         state.last = None;
         state.schedstat_buffer = Vec::new();
         state.gzip = Gzip::default();
+        state.groups.release();
     }
 
     fn health(&self, processes: u64, schedstat_reads: u64) -> AgentHealth {

@@ -515,6 +515,8 @@ impl Collect for ProcessScanner {
         self.rule_input = Vec::new();
         self.shown_ns = Vec::new();
         self.handed_out = [None, None];
+        self.attribution.release();
+        self.comm_cpu.release();
     }
 }
 
