@@ -19,7 +19,7 @@ use socktop_agent::protocol::agent_info::AgentInfo;
 use socktop_agent::service::Service;
 
 fn main() -> anyhow::Result<()> {
-    fix_heap_trim_threshold();
+    socktop_agent::host::heap::configure();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
@@ -32,7 +32,7 @@ fn main() -> anyhow::Result<()> {
     // Loading the eBPF program blocks for a few milliseconds: do it before the
     // runtime starts. It logs the source chosen, and why when it is /proc.
     let (cpu_source, fallback_reason) = cputime::select_source(!cli.ebpf, &cli.proc_root, host.clock);
-    release_freed_heap();
+    socktop_agent::host::heap::return_free_pages();
     let tls = tls_acceptor(&cli)?;
     let listener = std::net::TcpListener::bind((cli.bind, cli.port()))
         .with_context(|| format!("binding {}:{}", cli.bind, cli.port()))?;
@@ -91,31 +91,6 @@ async fn serve(
     tracing::info!("cpu children: {} ({})", children.as_str(), children.meaning());
     socktop_agent::server::run(listener, tls, config, service, shutdown_signal()).await;
     Ok(())
-}
-
-/// Makes glibc give back any free heap top over 128 KiB, in every malloc arena.
-/// Its default raises that threshold after large blocks are freed (up to 64 MiB),
-/// and loading the eBPF program frees megabytes on a scratch thread: measured,
-/// that thread's arena then kept 132 KiB resident in an idle agent, and none with
-/// the threshold fixed. Fixing it also keeps blocks of 128 KiB and more in their
-/// own mappings, returned when freed.
-fn fix_heap_trim_threshold() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: mallopt only sets an allocator parameter; called before any thread.
-    unsafe {
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 * 1024);
-    }
-}
-
-/// Gives the C heap's free pages back to the kernel. Loading the eBPF program
-/// parses the kernel's BTF (megabytes, all freed once it is loaded), which glibc
-/// would otherwise keep mapped: measured, an idle agent held 25 MiB instead of 6.
-fn release_freed_heap() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only walks the allocator's own free lists.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 /// Files kept free for everything but client sockets and kept stat files (TLS
