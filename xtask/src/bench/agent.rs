@@ -332,9 +332,29 @@ pub fn parse_cpu_ticks(stat: &str) -> Option<u64> {
 }
 
 pub fn parse_vm_rss(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    status_bytes(status, "VmRSS:")
+}
+
+/// A `/proc/PID/status` size field (in kB there), in bytes.
+fn status_bytes(status: &str, field: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kib: u64 = line.split_ascii_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// Resident memory in its two kinds: anonymous (the heap, stacks: what the
+/// process allocated) and file-backed (mostly the executable's and libraries'
+/// pages that ran: clean, shared, reclaimable).
+#[derive(Debug, Clone, Copy)]
+pub struct ResidentParts {
+    pub anonymous: u64,
+    pub file: u64,
+}
+
+pub fn resident_parts_of(pid: u32) -> anyhow::Result<ResidentParts> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name| status_bytes(&status, name).with_context(|| format!("no {name} in /proc/{pid}/status"));
+    Ok(ResidentParts { anonymous: field("RssAnon:")?, file: field("RssFile:")? })
 }
 
 pub fn ticks_per_second() -> u64 {

@@ -402,6 +402,7 @@ async fn prometheus(plan: &Plan, binaries: &Binaries) -> anyhow::Result<Table> {
     let process = scrape::Exporter::process(&binaries.logs).await?;
     tokio::time::sleep(SETTLE * 2).await;
     let rss_before = ours.rss_bytes()? as f64 / MIB;
+    let parts_before = agent::resident_parts_of(ours.pid())?;
     let processes = machine::process_count();
     let (mut ours_cpu, mut node_cpu, mut process_cpu, mut theirs_cpu, mut ours_processes) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -426,6 +427,7 @@ async fn prometheus(plan: &Plan, binaries: &Binaries) -> anyhow::Result<Table> {
     // lease); the figure is of the agent idle again, as the one before.
     tokio::time::sleep(IDLE_AGAIN).await;
     let rss_after = ours.rss_bytes()? as f64 / MIB;
+    let parts_after = agent::resident_parts_of(ours.pid())?;
     let host = format!("{} processes (host + {} idle)", thousands(processes), thousands(SCRAPE_CROWD));
     let rows = [
         (format!("CPU per scrape, uncached, {host}"), "ms", &ours_cpu, &theirs_cpu),
@@ -445,11 +447,14 @@ async fn prometheus(plan: &Plan, binaries: &Binaries) -> anyhow::Result<Table> {
         &[rss_after],
     ));
     let theirs_rss = (node.rss_bytes()? + process.rss_bytes()?) as f64 / MIB;
+    let growth = |before: u64, after: u64| (after as f64 - before as f64) / MIB;
     table.notes.push(format!(
-        "Ours: idle RSS {rss_before:.2} MiB before the scrapes, {rss_after:.2} MiB after (growth {:.2} MiB; that row's \
-         second column is ours after, not an exporter). The two exporters' RSS after: {theirs_rss:.1} MiB together. \
-         Our CPU source: {}.",
+        "Ours: idle RSS {rss_before:.2} MiB before the scrapes, {rss_after:.2} MiB after, idle again (growth {:.2} MiB: \
+         {:.2} anonymous, {:.2} file-backed; that row's second column is ours after, not an exporter). The two \
+         exporters' RSS after: {theirs_rss:.1} MiB together. Our CPU source: {}.",
         rss_after - rss_before,
+        growth(parts_before.anonymous, parts_after.anonymous),
+        growth(parts_before.file, parts_after.file),
         ours.cpu_source().as_deref().unwrap_or("unknown")
     ));
     Ok(table)
