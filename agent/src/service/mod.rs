@@ -105,13 +105,22 @@ impl Service {
     /// Counts a connected client until the guard is dropped.
     pub fn client_connected(self: &Arc<Self>) -> ClientGuard {
         if self.clients.fetch_add(1, Ordering::AcqRel) == 0 {
-            let source = Arc::clone(&self.cpu_source);
+            let service = Arc::clone(self);
             // Attaching eBPF programs blocks briefly; keep it off the async workers.
-            // Should this run before the `idle` of a client that just left, the
-            // next reading attaches again, only later.
-            tokio::task::spawn_blocking(move || crate::sync::lock(&source).active());
+            tokio::task::spawn_blocking(move || service.watched());
         }
         ClientGuard(Arc::clone(self))
+    }
+
+    /// The first watcher came: the CPU-time source attaches what it needs while
+    /// read. This and [`Service::go_idle`] decide under the source's lock from the
+    /// count of watchers as it is then, so whichever of an arriving and a leaving
+    /// watcher's transitions runs last leaves the source as the count says.
+    fn watched(&self) {
+        let mut source = lock(&self.cpu_source);
+        if self.clients.load(Ordering::Acquire) > 0 {
+            source.active();
+        }
     }
 
     /// The last watcher left: the CPU-time source detaches what it attached for
@@ -121,10 +130,14 @@ impl Service {
     /// about what it held before its first client. What answers need to be right
     /// stays: the previous readings of every process and the per-name counters.
     fn go_idle(&self) {
-        crate::sync::lock(&self.cpu_source).idle();
-        // A client that came meanwhile keeps the caches warm.
-        if self.clients.load(Ordering::Acquire) > 0 {
-            return;
+        {
+            let mut source = lock(&self.cpu_source);
+            // A watcher that came meanwhile keeps the source attached and the
+            // caches warm.
+            if self.clients.load(Ordering::Acquire) > 0 {
+                return;
+            }
+            source.idle();
         }
         self.metrics.release();
         self.disks.release();

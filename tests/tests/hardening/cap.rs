@@ -75,6 +75,10 @@ async fn a_flood_past_the_cap_leaves_the_connected_served_and_no_socket_behind()
         // Also opens the files the metrics collector keeps open.
         assert_served(client).await;
     }
+    // A processes answer reads through the CPU-time source after it attached what
+    // it attaches for watchers (on the first client, off the async workers): the
+    // count below is the settled one.
+    assert!(matches!(ask(&mut clients[0], "get_processes").await, Answer::Processes(_)));
     let fds = || std::fs::read_dir(format!("/proc/{}/fd", agent.pid())).unwrap().count();
     let before = fds();
     // 300 connections at once, most of which never read their answer.
