@@ -283,6 +283,33 @@ fn an_idle_agent_uses_no_cpu() {
     assert_eq!(after - before, 0, "idle agent used {} ticks in 5 s", after - before);
 }
 
+fn open_descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(Iterator::count).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_last_client_leaves_the_per_process_files_are_closed() {
+    // The /proc source keeps each process's stat file open between scans.
+    let agent = Agent::start(&["--ebpf", "off"], &[("SOCKTOP_AGENT_PROCESSES_TTL_MS", "0")]).unwrap();
+    let sleepers: Vec<_> = (0..100).map(|_| Workload::idle()).collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = open_descriptors(agent.pid());
+    let mut client = raw_client(&agent).await;
+    for _ in 0..2 {
+        assert!(matches!(ask(&mut client, "get_processes").await, Answer::Processes(_)));
+    }
+    let watched = open_descriptors(agent.pid());
+    assert!(watched >= before + sleepers.len(), "kept files while watched: {before} -> {watched}");
+    drop(client);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut after = open_descriptors(agent.pid());
+    while after > before && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        after = open_descriptors(agent.pid());
+    }
+    assert!(after <= before, "descriptors: {before} before the client, {watched} while watched, {after} after");
+}
+
 #[test]
 fn help_and_version_print_and_exit() {
     let help = std::process::Command::new(e2e::agent_binary()).arg("--help").output().unwrap();

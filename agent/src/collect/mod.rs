@@ -33,6 +33,11 @@ pub trait Collect: Send + 'static {
     fn never_waits(&mut self) -> bool {
         false
     }
+
+    /// Lets go of what is kept only to make the next collection cheaper (buffers,
+    /// open files, recycled vectors), keeping what the next answer needs to be right
+    /// (the readings CPU shares are measured from). Called when nobody watches.
+    fn release(&mut self) {}
 }
 
 /// Why a collection gave no snapshot; its text goes into the error answer.

@@ -44,6 +44,11 @@ impl<T> BoundedPidCache<T> {
         self.entries.insert(pid, Stored { at: Instant::now(), value });
     }
 
+    /// Drops every entry and the table's memory.
+    pub fn clear(&mut self) {
+        self.entries = HashMap::new();
+    }
+
     pub fn remove(&mut self, pid: u32) -> Option<T> {
         self.entries.remove(&pid).map(|stored| stored.value)
     }

@@ -146,6 +146,12 @@ impl CommGroups {
         self.next_known.clear();
     }
 
+    /// Drops the vector kept for the next sample's list; the totals stay.
+    pub fn release(&mut self) {
+        self.next_known = Vec::new();
+        self.known.shrink_to_fit();
+    }
+
     /// Every name's totals, then `other` when anything was summed into it.
     pub fn totals(&self) -> impl Iterator<Item = &CommTotals> {
         let other = &self.other;
@@ -211,6 +217,12 @@ struct Counted {
 impl CommCpu {
     pub fn new(rate: RateRule) -> Self {
         Self { rate, totals: Vec::new(), index: HashMap::new(), counted: Vec::new(), next_counted: Vec::new() }
+    }
+
+    /// Drops the vector kept for the next scan's list; the totals stay.
+    pub fn release(&mut self) {
+        self.next_counted = Vec::new();
+        self.counted.shrink_to_fit();
     }
 
     /// Counts one scan: `listed` sorted by pid, `exits` the processes that exited

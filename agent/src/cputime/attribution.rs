@@ -177,6 +177,14 @@ impl Attribution {
         }
     }
 
+    /// Drops the vector kept for the next scan's list (see [`Collect::release`]).
+    ///
+    /// [`Collect::release`]: crate::collect::Collect::release
+    pub fn release(&mut self) {
+        self.next_known = Vec::new();
+        self.known.shrink_to_fit();
+    }
+
     /// Writes into `out`, for each of `listed` (sorted by pid), the ns to show for
     /// the interval since the previous call: 0 for every row on the first call.
     /// `clock` is read before the listing, in the unit of `start_time`: a process

@@ -126,6 +126,12 @@ impl KeptFile {
         KeptFile { path, file: None, buffer: Vec::new(), failing: false }
     }
 
+    /// Closes the file and drops the buffer; the next read opens it again.
+    pub fn close(&mut self) {
+        self.file = None;
+        self.buffer = Vec::new();
+    }
+
     /// Whether the file says its content changed since it was last read or
     /// asked, by POLLPRI (`/proc/PID/mountinfo` does, on any mount or unmount:
     /// proc(5)). True when it is not open yet; other files never say so.

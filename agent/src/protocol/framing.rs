@@ -34,6 +34,11 @@ pub struct Framer {
 }
 
 impl Framer {
+    /// Drops the kept compressor and buffers; the next answer makes them again.
+    pub fn release(&mut self) {
+        *self = Framer::default();
+    }
+
     /// Frames a JSON answer to a request of `form`; `request` names the request in
     /// the error answer sent should the answer not encode.
     pub fn json<T: Serialize>(&mut self, answer: &T, form: Form, request: &str) -> Message {

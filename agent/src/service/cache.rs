@@ -74,6 +74,14 @@ impl<C: Collect> Cached<C> {
         collected
     }
 
+    /// Forgets the last collection (the next request collects anew) and lets the
+    /// collector drop what it keeps only for speed. Blocks on a running
+    /// collection: call it off the async workers.
+    pub fn release(&self) {
+        self.last.blocking_lock().take();
+        crate::sync::lock(&self.collector).release();
+    }
+
     /// The collection, run here when the collector says it cannot wait.
     fn collect_inline(&self) -> Option<Result<C::Snapshot, CollectError>> {
         // A collection still running on the blocking pool (its requester gone)

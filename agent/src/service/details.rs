@@ -101,6 +101,13 @@ impl ProcessDetails {
         })
     }
 
+    /// Drops the rendered answers; the CPU readings stay, to measure the next
+    /// interval of a process asked about again.
+    pub fn release(&self) {
+        lock(&self.answers).clear();
+        lock(&self.journals).clear();
+    }
+
     pub async fn journal(&self, pid: u32, form: Form) -> Message {
         let cached = lock(&self.journals).get(pid).cloned();
         let journal = match cached {

@@ -41,8 +41,8 @@ pub struct Service {
     scrape_lease: Mutex<ScrapeLease<ClientGuard>>,
     cpu_source: SharedCpuSource,
     cpu_source_kind: CpuSourceKind,
-    /// Connected WebSocket clients; when it drops to zero the CPU-time source is
-    /// told to go idle.
+    /// Watchers: connected WebSocket clients and a scraping Prometheus server (see
+    /// [`ScrapeLease`]); when it drops to zero the agent goes idle ([`Service::go_idle`]).
     clients: AtomicUsize,
     /// The agent's description as of start-up.
     info: AgentInfo,
@@ -54,9 +54,10 @@ pub struct ClientGuard(Arc<Service>);
 impl Drop for ClientGuard {
     fn drop(&mut self) {
         if self.0.clients.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let source = Arc::clone(&self.0.cpu_source);
-            // Detaching eBPF programs blocks briefly; keep it off the async workers.
-            tokio::task::spawn_blocking(move || crate::sync::lock(&source).idle());
+            let service = Arc::clone(&self.0);
+            // Detaching eBPF programs and waiting for a running collection block
+            // briefly; keep them off the async workers.
+            tokio::task::spawn_blocking(move || service.go_idle());
         }
     }
 }
@@ -111,6 +112,27 @@ impl Service {
             tokio::task::spawn_blocking(move || crate::sync::lock(&source).active());
         }
         ClientGuard(Arc::clone(self))
+    }
+
+    /// The last watcher left: the CPU-time source detaches what it attached for
+    /// watchers, and everything kept only to make the next answer cheaper (cached
+    /// snapshots and their renderings, scan buffers, kept files, compressors) is
+    /// let go and handed back to the system, so an agent nobody watches holds
+    /// about what it held before its first client. What answers need to be right
+    /// stays: the previous readings of every process and the per-name counters.
+    fn go_idle(&self) {
+        crate::sync::lock(&self.cpu_source).idle();
+        // A client that came meanwhile keeps the caches warm.
+        if self.clients.load(Ordering::Acquire) > 0 {
+            return;
+        }
+        self.metrics.release();
+        self.disks.release();
+        self.processes.release();
+        self.details.release();
+        lock(&self.framer).release();
+        self.prometheus.release();
+        crate::host::heap::return_free_pages();
     }
 
     pub fn cpu_source_kind(&self) -> CpuSourceKind {

@@ -56,9 +56,10 @@ pub struct PrometheusEncoder {
 
 struct State {
     groups: CommGroups,
-    /// The processes snapshot last added to `groups`: each is added once, and an
-    /// older one (a concurrent scrape's) not after a newer, so counters never go back.
-    counted: Option<Arc<ProcessesSnapshot>>,
+    /// When the processes snapshot last added to `groups` was taken: each is added
+    /// once, and an older one (a concurrent scrape's) not after a newer, so counters
+    /// never go back.
+    counted_at: Option<Instant>,
     last: Option<Arc<Rendering>>,
     schedstat_buffer: Vec<u8>,
     gzip: Gzip,
@@ -69,7 +70,7 @@ impl PrometheusEncoder {
         let rate = RateRule::new(host.cpus, host.clock.ticks_per_second());
         let state = State {
             groups: CommGroups::new(limits.max_comm_names, rate),
-            counted: None,
+            counted_at: None,
             last: None,
             schedstat_buffer: Vec::new(),
             gzip: Gzip::default(),
@@ -95,16 +96,14 @@ impl PrometheusEncoder {
             return Arc::clone(last);
         }
         let processes = snapshots.processes.value().as_ref().ok();
-        let fresh = |processes: &&Arc<ProcessesSnapshot>| {
-            state.counted.as_ref().is_none_or(|counted| !Arc::ptr_eq(counted, processes) && processes.at > counted.at)
-        };
+        let fresh = |processes: &&Arc<ProcessesSnapshot>| state.counted_at.is_none_or(|at| processes.at > at);
         if let Some(processes) = processes.filter(fresh) {
             let State { groups, schedstat_buffer, .. } = &mut *state;
             let proc_root = &self.proc_root;
             groups.update(&processes.processes, &processes.comm_cpu_ns, |pid| {
                 read_schedstat(proc_root, pid, schedstat_buffer)
             });
-            state.counted = Some(Arc::clone(processes));
+            state.counted_at = Some(processes.at);
         }
         let listed = processes.map_or(&[][..], |p| &p.processes[..]);
         let top = top_by_cpu(listed, self.limits.top_processes);
@@ -132,6 +131,16 @@ impl PrometheusEncoder {
         let rendering = Arc::new(Rendering { of: snapshots, text: Bytes::from(text), gzip: OnceLock::new() });
         state.last = Some(Arc::clone(&rendering));
         rendering
+    }
+
+    /// Drops the last rendering, the compressor and the read buffer; the per-name
+    /// counters stay (they must never go back).
+    pub fn release(&self) {
+        let mut state = lock(&self.state);
+        state.last = None;
+        state.schedstat_buffer = Vec::new();
+        state.gzip = Gzip::default();
+        state.groups.release();
     }
 
     fn health(&self, processes: u64, schedstat_reads: u64) -> AgentHealth {

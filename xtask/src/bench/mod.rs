@@ -383,6 +383,9 @@ async fn latency(plan: &Plan, binaries: &Binaries, caches: Caches, table: &mut T
     Ok(())
 }
 
+/// How long after its last scrape and client the agent is idle again.
+const IDLE_AGAIN: Duration = Duration::from_secs(8);
+
 /// Extra idle processes for the scrape comparison (the measured anchors).
 const SCRAPE_CROWD: usize = 1_000;
 
@@ -419,7 +422,9 @@ async fn prometheus(plan: &Plan, binaries: &Binaries) -> anyhow::Result<Table> {
         ours_bytes.push(mine.wire_bytes as f64);
         theirs_bytes.push((n.wire_bytes + p.wire_bytes) as f64);
     }
-    tokio::time::sleep(SETTLE * 2).await;
+    // A scrape keeps the agent watched for at least 5 s after it (its scrape
+    // lease); the figure is of the agent idle again, as the one before.
+    tokio::time::sleep(IDLE_AGAIN).await;
     let rss_after = ours.rss_bytes()? as f64 / MIB;
     let host = format!("{} processes (host + {} idle)", thousands(processes), thousands(SCRAPE_CROWD));
     let rows = [

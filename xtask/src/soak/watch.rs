@@ -40,6 +40,17 @@ impl Watch {
         Ok(sample)
     }
 
+    /// Sockets the agent holds (its listener among them), from the targets of the
+    /// links in `/proc/PID/fd`.
+    pub fn sockets(&self) -> anyhow::Result<usize> {
+        let mut sockets = 0;
+        for entry in std::fs::read_dir(format!("/proc/{}/fd", self.pid))? {
+            let target = entry.and_then(|entry| std::fs::read_link(entry.path()));
+            sockets += usize::from(target.is_ok_and(|target| target.to_string_lossy().starts_with("socket:")));
+        }
+        Ok(sockets)
+    }
+
     pub fn peak(&self) -> Sample {
         *self.peak.lock().unwrap_or_else(|p| p.into_inner())
     }

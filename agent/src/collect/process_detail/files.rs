@@ -6,12 +6,28 @@ use std::io;
 use std::path::Path;
 
 use super::DetailError;
+use crate::host::read_capped;
+
+/// Most bytes read of any file of a process's directory but `cmdline` (see
+/// `MAX_COMMAND_BYTES`): the kernel writes a few KiB at most (stat, status, io,
+/// a thread's children), while a file under a wrong or fake root may be anything.
+pub(super) const MAX_FILE_BYTES: u64 = 64 * 1024;
+
+/// A file of a process's directory, at most [`MAX_FILE_BYTES`] of it.
+pub(super) fn read_small(path: &Path) -> io::Result<Vec<u8>> {
+    read_capped(path, MAX_FILE_BYTES)
+}
+
+/// [`read_small`] as text; bytes that are not UTF-8 read as U+FFFD.
+pub(super) fn read_small_text(path: &Path) -> io::Result<String> {
+    Ok(String::from_utf8_lossy(&read_small(path)?).into_owned())
+}
 
 /// Reads a file the answer cannot do without (stat, status). A process that exits
 /// between listing and reading leaves ENOENT, or ESRCH for files whose open succeeded
 /// but whose task is gone (proc(5) notes files of an exited process become unreadable).
 pub(super) fn read_required(dir: &Path, file: &'static str, pid: u32) -> Result<Vec<u8>, DetailError> {
-    std::fs::read(dir.join(file)).map_err(|source| {
+    read_small(&dir.join(file)).map_err(|source| {
         if is_gone(&source) { DetailError::NotFound(pid) } else { DetailError::Read { pid, file, source } }
     })
 }

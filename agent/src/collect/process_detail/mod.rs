@@ -19,7 +19,7 @@ use thiserror::Error;
 use crate::host::clock::HostClock;
 use crate::host::read_capped;
 use crate::host::stat::{Stat, StatError, parse_stat, state_name};
-use files::{count_entries, optional, read_link, read_required};
+use files::{count_entries, optional, read_link, read_required, read_small_text};
 pub use status::{IoBytes, ProcStatus, command_line, parse_io, parse_statm_shared_pages, parse_status};
 
 /// One process in detail (`get_process_metrics:PID`); serialises as the socktop
@@ -121,7 +121,7 @@ fn read_one(dir: &Path, pid: u32, clock: &HostClock) -> Result<ProcessDetail, De
         return Err(DetailError::NotFound(pid));
     }
     let cmdline = optional(pid, "cmdline", read_capped(&dir.join("cmdline"), MAX_COMMAND_BYTES));
-    let io = optional(pid, "io", std::fs::read_to_string(dir.join("io"))).and_then(|text| parse_io(&text));
+    let io = optional(pid, "io", read_small_text(&dir.join("io"))).and_then(|text| parse_io(&text));
     Ok(ProcessDetail {
         pid,
         command: command_line(&cmdline.unwrap_or_default(), &stat.name()),
@@ -158,7 +158,7 @@ fn from_stat(stat: &Stat<'_>, clock: &HostClock) -> ProcessDetail {
 /// RssFile + RssShmem from status; on kernels before 4.5, statm's shared pages.
 fn shared_bytes(dir: &Path, pid: u32, status: &ProcStatus, clock: &HostClock) -> Option<u64> {
     status.shared_bytes.or_else(|| {
-        let statm = optional(pid, "statm", std::fs::read_to_string(dir.join("statm")))?;
+        let statm = optional(pid, "statm", read_small_text(&dir.join("statm")))?;
         parse_statm_shared_pages(&statm).map(|pages| clock.pages_to_bytes(pages))
     })
 }

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use super::ThreadDetail;
-use super::files::{numeric_entries, optional};
+use super::files::{MAX_FILE_BYTES, numeric_entries, optional, read_small};
 use crate::host::clock::HostClock;
 use crate::host::stat::{parse_stat, state_name};
 
@@ -17,7 +17,7 @@ pub(super) fn threads(dir: &Path, pid: u32, clock: &HostClock, max: usize) -> Ve
 /// One thread from its own stat file; its comm is the thread's name (set with
 /// pthread_setname_np), which is what the client shows.
 fn thread(dir: &Path, tid: u32, clock: &HostClock) -> Option<ThreadDetail> {
-    let bytes = optional(tid, "task stat", std::fs::read(dir.join("stat")))?;
+    let bytes = optional(tid, "task stat", read_small(&dir.join("stat")))?;
     let stat = match parse_stat(&bytes) {
         Ok(stat) => stat,
         Err(err) => {
@@ -59,9 +59,15 @@ fn from_children_files(task_dir: &Path, tids: &[u32]) -> Option<Vec<u32>> {
     }
     let mut children = Vec::new();
     for tid in tids {
-        let Ok(text) = std::fs::read_to_string(task_dir.join(tid.to_string()).join("children")) else {
+        let Ok(mut bytes) = read_small(&task_dir.join(tid.to_string()).join("children")) else {
             continue; // the thread exited; its children were reparented to another task
         };
+        if bytes.len() as u64 == MAX_FILE_BYTES {
+            // Cut short: the last pid may be cut too (the list is cut shorter anyway).
+            let last_separator = bytes.iter().rposition(u8::is_ascii_whitespace).unwrap_or(0);
+            bytes.truncate(last_separator);
+        }
+        let text = String::from_utf8_lossy(&bytes);
         children.extend(text.split_whitespace().filter_map(|word| word.parse::<u32>().ok()));
     }
     Some(children)
@@ -75,7 +81,7 @@ fn scan_for_children(proc_root: &Path, pid: u32) -> Vec<u32> {
         .filter(|&candidate| candidate != pid)
         .filter(|candidate| {
             let path = proc_root.join(candidate.to_string()).join("stat");
-            std::fs::read(path).is_ok_and(|bytes| parse_stat(&bytes).is_ok_and(|s| s.ppid == pid))
+            read_small(&path).is_ok_and(|bytes| parse_stat(&bytes).is_ok_and(|s| s.ppid == pid))
         })
         .collect()
 }

@@ -89,6 +89,32 @@ fn children_come_from_children_files_with_unix_start_times() {
 }
 
 #[test]
+fn huge_files_under_a_fake_root_are_read_only_up_to_a_cap() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = fake_process(root.path(), 10, &stat_line(10, "parent", 'S', 1, 1));
+    // 10 MB of io: cut at the cap, its first lines still parse.
+    let io = format!("read_bytes: 4096\nwrite_bytes: 512\nfill: {}\n", "9".repeat(10_000_000));
+    fs::write(dir.join("io"), io).unwrap();
+    // A children list longer than the cap, whose cut falls inside a pid: 20, then
+    // 12-character fillers up to the cut (they are not processes), then 21.
+    let filler = " 99999999999";
+    let mut children = String::from("20");
+    while (children.len() as u64) < files::MAX_FILE_BYTES - 6 {
+        children.push_str(filler);
+    }
+    children.push_str(" 2100000 21 ");
+    fs::write(dir.join("task/10/children"), &children).unwrap();
+    fake_process(root.path(), 20, &stat_line(20, "kid", 'S', 10, 1));
+    fake_process(root.path(), 21, &stat_line(21, "kid", 'S', 10, 1));
+    fake_process(root.path(), 2, &stat_line(2, "not the cut 2100000", 'S', 10, 1));
+
+    let detail = read_process_detail(root.path(), 10, &CLOCK).unwrap();
+    assert_eq!((detail.read_bytes, detail.write_bytes), (Some(4096), Some(512)));
+    let pids: Vec<_> = detail.child_processes.iter().map(|c| c.pid).collect();
+    assert_eq!(pids, [20], "a pid cut by the cap is not read as another pid");
+}
+
+#[test]
 fn without_children_files_proc_is_scanned_and_vanished_children_skipped() {
     let root = tempfile::tempdir().unwrap();
     fake_process(root.path(), 10, &stat_line(10, "parent", 'S', 1, 1));

@@ -486,6 +486,38 @@ impl Collect for ProcessScanner {
         }
         scanned
     }
+
+    /// Closes the kept stat files (an idle agent holds no descriptor per process)
+    /// and drops every per-scan buffer. What each process ran until now stays
+    /// (`tracked`, the attribution's and the per-name counters' state), so the next
+    /// scan's shares and totals are as right as without this.
+    fn release(&mut self) {
+        for tracked in &mut self.tracked {
+            tracked.stat = None;
+        }
+        self.open_files = 0;
+        self.tracked.shrink_to_fit();
+        // The next scan lists, and so reopens, the directory: a process whose
+        // file was closed is read through it.
+        self.dir = None;
+        self.listed = None;
+        if let Some(loadavg) = &mut self.loadavg {
+            loadavg.close();
+        }
+        self.merged = Vec::new();
+        self.listing = Vec::new();
+        self.dirent_buffer = Vec::new();
+        self.stat_buffer = Vec::new();
+        self.cpu_scanned = Vec::new();
+        self.cpu_ns = Vec::new();
+        self.records = Vec::new();
+        self.exits = Vec::new();
+        self.rule_input = Vec::new();
+        self.shown_ns = Vec::new();
+        self.handed_out = [None, None];
+        self.attribution.release();
+        self.comm_cpu.release();
+    }
 }
 
 #[cfg(test)]

@@ -211,3 +211,42 @@ fn a_snapshot_nobody_holds_lends_its_memory_to_a_later_scan() {
     assert_ne!(third.processes.as_ptr(), second.processes.as_ptr(), "a snapshot still held is left alone");
     assert_eq!(pids(third), [1, 2]);
 }
+
+/// utime + stime of `pid`, in ticks.
+fn cpu_ticks_of(pid: u32) -> u64 {
+    let stat = std::fs::read(format!("/proc/{pid}/stat")).unwrap();
+    let stat = parse_stat(&stat).unwrap();
+    stat.utime + stat.stime
+}
+
+#[test]
+fn after_a_release_the_next_scan_reopens_what_it_needs_and_keeps_the_shares() {
+    let mut scanner = scanner(std::path::Path::new("/proc"));
+    let mut busy = std::process::Command::new("sh").args(["-c", "while :; do :; done"]).spawn().unwrap();
+    scanner.scan().unwrap();
+    let before = scanner.scan().unwrap().processes.len();
+    let ticks_before = cpu_ticks_of(busy.id());
+    assert!(scanner.open_files > 0);
+    scanner.release();
+    assert_eq!((scanner.open_files, scanner.merged.capacity(), scanner.handed_out.iter().flatten().count()), (0, 0, 0));
+    // Less than RELIST_AFTER: on a quiet host no pid is handed out meanwhile.
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    let after = scanner.scan().unwrap();
+    let ticks = cpu_ticks_of(busy.id()) - ticks_before;
+    busy.kill().unwrap();
+    busy.wait().unwrap();
+    // No pid handed out since the last listing would skip listing: the closed
+    // directory must be reopened all the same, and every process read.
+    assert!(
+        after.processes.len().abs_diff(before) < 10,
+        "{before} processes before the release, {}",
+        after.processes.len()
+    );
+    assert!(scanner.open_files > 0, "stat files kept again");
+    // The share over the time since the scan before the release, measured from
+    // the reading kept through it, against the kernel's ticks (100/s, 2 CPUs here).
+    let share = after.processes.iter().find(|r| r.pid == busy.id()).and_then(|r| r.cpu_share).expect("busy listed");
+    let truth = ticks as f64 / 100.0 / after.interval.unwrap().as_secs_f64() / 2.0 * 100.0;
+    assert!(truth > 5.0, "the busy loop ran: {ticks} ticks");
+    assert!((f64::from(share) - truth).abs() < 5.0, "share after a release {share} vs kernel {truth:.1}");
+}
