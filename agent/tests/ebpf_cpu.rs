@@ -482,6 +482,89 @@ fn ebpf_entries_of_processes_absent_from_a_scan_go_after_retain_live() {
     assert!(source.is_tracked(std::process::id()).unwrap());
 }
 
+/// What the agent logs while a test runs on this thread.
+#[derive(Clone, Default)]
+struct CapturedLog(std::sync::Arc<Mutex<Vec<u8>>>);
+
+impl Write for CapturedLog {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for CapturedLog {
+    type Writer = CapturedLog;
+
+    fn make_writer(&'a self) -> CapturedLog {
+        self.clone()
+    }
+}
+
+impl CapturedLog {
+    /// Logs everything at info and above of this thread into the capture, until the
+    /// guard goes.
+    fn install(&self) -> tracing::subscriber::DefaultGuard {
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(self.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// A map of 8 entries on a host with many more processes is full from the start,
+/// and stays full (its entries are long-lived processes' from the prefill): a busy
+/// loop started now gets no entry, and both read paths (the task iterator's
+/// listing and the /proc scan's `cumulative_ns`) give its /proc time, within the
+/// test's own readings of /proc/PID/stat around each; the program counted the
+/// switch-ins it lost, and the full map is logged once over many readings.
+#[test]
+fn ebpf_processes_a_full_map_cannot_hold_read_their_proc_time_and_it_is_logged_once() {
+    let _serial = serial();
+    let log = CapturedLog::default();
+    let _logging = log.install();
+    let capacity = 8;
+    let Some(mut source) = loaded_or_skip(ebpf::load_with_capacity(AttachKind::BtfTracePoint, capacity)) else {
+        return;
+    };
+    assert!(live_pids().len() > 2 * capacity as usize, "the host has too few processes to fill the map");
+    let busy = busy_loop();
+    let pid = busy.pid();
+    let tick_ns = 1_000_000_000 / procfs::ticks_per_second();
+    let mut last = 0;
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(200));
+        let before = stat_ticks(pid) * tick_ns;
+        let records = listed(&mut source);
+        let after = stat_ticks(pid) * tick_ns;
+        let listed_ns = records.iter().find(|r| r.tgid == pid).expect("the busy loop is listed").cpu_ns;
+        assert!((before..=after).contains(&listed_ns), "listed {listed_ns} ns, /proc said {before}..={after}");
+        let ticks = stat_ticks(pid);
+        let mut out = Vec::new();
+        source.cumulative_ns(&[ScannedCpu { pid, ticks }], &mut out).unwrap();
+        assert_eq!(out, [ticks * tick_ns], "the /proc scan's reading is its /proc time");
+        assert!(listed_ns >= last, "never goes back: {listed_ns} after {last}");
+        last = out[0];
+    }
+    assert!(last >= 500_000_000, "the busy loop ran about a second: {last} ns");
+    assert!(!source.is_tracked(pid).unwrap(), "the full map took the busy loop");
+    assert!(source.error_counts().unwrap().map_full > 0, "the program counted nothing lost");
+    assert!(source.map_full_episode_open());
+    let text = log.text();
+    assert_eq!(text.matches("eBPF process map full").count(), 1, "one line per episode:\n{text}");
+    assert!(!text.contains("has room again"), "{text}");
+}
+
 /// The fields of `/proc/PID/stat` after the command name (proc(5) field N is at
 /// index N - 3), and the name.
 fn stat_fields(pid: u32) -> Option<(String, Vec<u64>)> {

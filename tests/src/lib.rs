@@ -275,6 +275,25 @@ impl Drop for Workload {
 }
 
 /// Ground truth read straight from the kernel.
+/// Fake sysfs trees for `--sys-root`.
+pub mod sysfs {
+    use std::os::unix::fs::symlink;
+    use std::path::Path;
+
+    /// A hwmon device laid out as the kernel does: in its parent device's directory
+    /// under `devices/`, linked from `class/hwmon/`, its `device` link to the parent.
+    pub fn fake_hwmon(sys: &Path, parent: &str, hwmon: &str, files: &[(&str, &str)]) {
+        let dir = sys.join(parent).join("hwmon").join(hwmon);
+        std::fs::create_dir_all(&dir).expect("fake hwmon directory");
+        std::fs::create_dir_all(sys.join("class/hwmon")).expect("fake hwmon class");
+        for (name, content) in files {
+            std::fs::write(dir.join(name), content).expect("fake hwmon attribute");
+        }
+        symlink("../..", dir.join("device")).expect("device link");
+        symlink(format!("../../{parent}/hwmon/{hwmon}"), sys.join("class/hwmon").join(hwmon)).expect("class link");
+    }
+}
+
 pub mod host {
     /// Number of logical CPUs online.
     pub fn cpus() -> usize {

@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use e2e::ws::{self, Answer, Ws, ask, decode, next_frame};
-use e2e::{Agent, Workload, client, host};
+use e2e::{Agent, Workload, client, host, sysfs};
 use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
 use socktop_connector::{connect_to_socktop_agent, connect_to_socktop_agent_with_tls};
@@ -472,6 +472,44 @@ async fn gpu_and_temperature_toggles_stop_all_sensor_access() {
     assert!(!on.is_empty(), "with collection on the agent looks for sensors (the test can see it)");
     let off = sensor_paths_touched(&[("SOCKTOP_AGENT_GPU", "0"), ("SOCKTOP_AGENT_TEMP", "0")]).await;
     assert!(off.is_empty(), "toggled off, yet: {off:?}");
+}
+
+/// The hwmon inputs other than the CPU package sensor are for Prometheus: a
+/// socktop client's metrics requests (every 500 ms) never read them, a scrape does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hwmon_temperatures_are_read_by_scrapes_not_by_metrics_requests() {
+    if !strace_available() {
+        return;
+    }
+    let sys = tempfile::tempdir().expect("tempdir");
+    let coretemp = [("name", "coretemp\n"), ("temp1_input", "61000\n"), ("temp1_label", "Package id 0\n")];
+    sysfs::fake_hwmon(sys.path(), "devices/platform/coretemp.0", "hwmon0", &coretemp);
+    let nvme = [("name", "nvme\n"), ("temp1_input", "38850\n"), ("temp2_input", "41850\n")];
+    sysfs::fake_hwmon(sys.path(), "devices/pci0000:00/0000:00:01.3/0000:01:00.0/nvme/nvme0", "hwmon1", &nvme);
+    let trace_dir = tempfile::tempdir().expect("tempdir");
+    let trace = trace_dir.path().join("trace");
+    let sys_root = sys.path().to_str().expect("UTF-8 temp path");
+    let agent = Agent::start_traced(&trace, &["--sys-root", sys_root], &[]).expect("agent starts under strace");
+    let mut ws = raw_client(&agent).await;
+    for _ in 0..5 {
+        ask(&mut ws, "get_metrics").await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // A request that opens a file of its own marks the trace: the scrape follows it.
+    let marker = "/proc/4194000/stat";
+    ask(&mut ws, "get_process_metrics:4194000").await;
+    let address = agent.address();
+    let scraped = tokio::task::spawn_blocking(move || e2e::fleet::http_get(&address, "/metrics", &[])).await;
+    assert_eq!(scraped.unwrap().expect("scrape").status, 200);
+    drop(agent);
+    let trace = std::fs::read_to_string(&trace).expect("strace output");
+    let (requests, scrape) = trace.split_once(marker).expect("the marker request is in the trace");
+    let reads = |part: &str, input: &str| part.lines().filter(|l| l.contains(input) && l.contains("open")).count();
+    assert!(reads(requests, "hwmon0/temp1_input") >= 5, "the CPU sensor is read per request (the test can see it)");
+    for input in ["hwmon1/temp1_input", "hwmon1/temp2_input"] {
+        assert_eq!(reads(requests, input), 0, "{input} read by metrics requests");
+        assert_eq!(reads(scrape, input), 1, "{input} read once by the scrape");
+    }
 }
 
 /// With GPU and temperature collection on (the defaults) and a sysfs without GPUs or

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use e2e::fleet::{Fleet, Prometheus, http_get, named_program};
-use e2e::{Agent, Workload, client, host};
+use e2e::{Agent, Workload, client, host, sysfs};
 use socktop_connector::connect_to_socktop_agent;
 
 /// The scrape text and the parsed samples (`name{labels}` -> value).
@@ -55,6 +55,20 @@ const NODE_EXPORTER_CAMEL_CASE: [&str; 7] = [
     "node_memory_SwapFree_bytes",
 ];
 
+/// `promtool check metrics` parses the scrape and flags nothing but node_exporter's
+/// own camelCase names.
+fn assert_promtool_finds_nothing_of_ours(text: &str) {
+    let (status, said) = promtool_check(text);
+    assert!(matches!(status, Some(0 | 3)), "promtool could not parse the scrape ({status:?}): {said}\n{text}");
+    for finding in said.lines() {
+        let camel = finding.strip_suffix(" metric names should be written in 'snake_case' not 'camelCase'");
+        assert!(
+            camel.is_some_and(|name| NODE_EXPORTER_CAMEL_CASE.contains(&name)),
+            "promtool check metrics: {finding}\n{text}"
+        );
+    }
+}
+
 /// The `cpuN` line of /proc/stat: (user ticks, idle ticks).
 fn proc_stat_cpu0() -> (u64, u64) {
     let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
@@ -70,15 +84,7 @@ fn the_scrape_passes_promtool_and_matches_the_kernel() {
     let (text, samples) = scrape(&agent, "/metrics", &[]);
     let after = proc_stat_cpu0();
 
-    let (status, said) = promtool_check(&text);
-    assert!(matches!(status, Some(0 | 3)), "promtool could not parse the scrape ({status:?}): {said}\n{text}");
-    for finding in said.lines() {
-        let camel = finding.strip_suffix(" metric names should be written in 'snake_case' not 'camelCase'");
-        assert!(
-            camel.is_some_and(|name| NODE_EXPORTER_CAMEL_CASE.contains(&name)),
-            "promtool check metrics: {finding}\n{text}"
-        );
-    }
+    assert_promtool_finds_nothing_of_ours(&text);
 
     assert_eq!(samples["node_memory_MemTotal_bytes"], host::mem_total() as f64);
     let user = samples[r#"node_cpu_seconds_total{cpu="0",mode="user"}"#];
@@ -95,6 +101,38 @@ fn the_scrape_passes_promtool_and_matches_the_kernel() {
     assert!(processes >= 1.0, "{processes}");
     let source = samples.keys().find(|k| k.starts_with("socktop_agent_cpu_source{")).expect("cpu source series");
     assert!(source.contains("source=\"ebpf\"") || source.contains("source=\"proc\""), "{source}");
+}
+
+/// This machine may have no hwmon device at all (a VM), so the sensors are a
+/// fixture sysfs tree; the labels expected are node_exporter 1.5's for these paths.
+#[test]
+fn hwmon_temperatures_keep_node_exporters_chip_and_sensor_labels() {
+    let sys = tempfile::tempdir().unwrap();
+    let coretemp = [("name", "coretemp\n"), ("temp1_input", "61000\n"), ("temp1_label", "Package id 0\n")];
+    sysfs::fake_hwmon(sys.path(), "devices/platform/coretemp.0", "hwmon3", &coretemp);
+    let nvme =
+        [("name", "nvme\n"), ("temp1_input", "38850\n"), ("temp1_label", "Composite\n"), ("temp2_input", "41850\n")];
+    sysfs::fake_hwmon(sys.path(), "devices/pci0000:00/0000:00:01.3/0000:01:00.0/nvme/nvme0", "hwmon1", &nvme);
+    let agent = Agent::start(&["--sys-root", sys.path().to_str().unwrap()], &[]).unwrap();
+    let (text, samples) = scrape(&agent, "/metrics", &[]);
+    assert_promtool_finds_nothing_of_ours(&text);
+    let hwmon: BTreeMap<&str, f64> =
+        samples.iter().filter(|(k, _)| k.starts_with("node_hwmon_")).map(|(k, v)| (k.as_str(), *v)).collect();
+    let expected = [
+        (r#"node_hwmon_chip_names{chip="nvme_nvme0",chip_name="nvme"}"#, 1.0),
+        (r#"node_hwmon_chip_names{chip="platform_coretemp_0",chip_name="coretemp"}"#, 1.0),
+        (r#"node_hwmon_sensor_label{chip="nvme_nvme0",sensor="temp1",label="Composite"}"#, 1.0),
+        (r#"node_hwmon_sensor_label{chip="platform_coretemp_0",sensor="temp1",label="Package id 0"}"#, 1.0),
+        (r#"node_hwmon_temp_celsius{chip="nvme_nvme0",sensor="temp1"}"#, 38.85),
+        (r#"node_hwmon_temp_celsius{chip="nvme_nvme0",sensor="temp2"}"#, 41.85),
+        (r#"node_hwmon_temp_celsius{chip="platform_coretemp_0",sensor="temp1"}"#, 61.0),
+    ];
+    assert_eq!(hwmon, BTreeMap::from(expected), "{text}");
+    // Read by the scrape itself: a new value shows once the metrics TTL has passed.
+    std::fs::write(sys.path().join("class/hwmon/hwmon3/temp1_input"), "63500\n").unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    let (_, samples) = scrape(&agent, "/metrics", &[]);
+    assert_eq!(samples[r#"node_hwmon_temp_celsius{chip="platform_coretemp_0",sensor="temp1"}"#], 63.5);
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! The fast metrics (`get_metrics`): CPU shares, memory, network counters, host
-//! name, CPU temperature and GPUs, collected together on request.
+//! name, CPU temperature and GPUs, collected together on request (and the hwmon
+//! temperature inputs, which only a Prometheus scrape reads).
 //!
 //! Clients ask every 500 ms, so the three procfs files stay open and are re-read in
 //! place ([`KeptFile`]): an open, a buffer allocation and a close per file per
@@ -11,6 +12,7 @@ use super::gpu::{GpuCollector, GpuReading};
 use super::memory::MemoryInfo;
 use super::network::Network;
 use super::temperature::CpuTemperature;
+use super::temperature::hwmon_temps::HwmonTemperatures;
 use super::{Collect, CollectError, cpu, memory, network};
 use crate::config::Collection;
 use crate::host::procfs::KeptFile;
@@ -32,6 +34,9 @@ pub struct MetricsSnapshot {
     pub hostname: String,
     /// The CPU package temperature; None when off or the host has no sensor.
     pub cpu_temp_c: Option<f32>,
+    /// Every hwmon temperature input (none when temperatures are off), read only
+    /// by the Prometheus scrape that renders this snapshot.
+    pub hwmon_temps: HwmonTemperatures,
     /// Cumulative byte counters per network interface.
     pub networks: Vec<Network>,
     /// None when GPU collection is off or no GPU was found.
@@ -80,6 +85,7 @@ impl MetricsCollector {
             memory: read_kept(&mut self.meminfo).map(memory::parse_meminfo).unwrap_or_default(),
             hostname: hostname(),
             cpu_temp_c: self.temperature.as_mut().and_then(CpuTemperature::read),
+            hwmon_temps: self.temperature.as_ref().map(CpuTemperature::hwmon_temperatures).unwrap_or_default(),
             networks: read_kept(&mut self.net_dev).map(network::parse_net_dev).unwrap_or_default(),
             gpus: self.gpus.as_mut().and_then(GpuCollector::collect),
         }

@@ -1,5 +1,6 @@
-//! Temperatures: the CPU package sensor (hwmon chips, thermal zones as fallback) and
-//! disk sensors (drivetemp, NVMe).
+//! Temperatures: the CPU package sensor (hwmon chips, thermal zones as fallback),
+//! disk sensors (drivetemp, NVMe), and every hwmon temperature input for the
+//! Prometheus scrape.
 //!
 //! Every sensor file read here holds an integer in millidegrees Celsius: hwmon
 //! `temp*_input` (Documentation/hwmon/sysfs-interface.rst) and thermal-zone `temp`
@@ -9,6 +10,7 @@
 mod cpu;
 mod disk;
 pub(crate) mod hwmon;
+pub mod hwmon_temps;
 
 pub use cpu::CpuTemperature;
 pub use disk::{DiskTemperatureReads, DiskTemperatures};

@@ -14,6 +14,7 @@ use crate::collect::gpu::GpuReading;
 use crate::collect::memory::MemoryInfo;
 use crate::collect::network::Network;
 use crate::collect::process_groups::{CommTotals, TopProcess};
+use crate::collect::temperature::hwmon_temps::HwmonReading;
 
 /// The `Content-Type` of the format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -38,6 +39,8 @@ pub struct HostFigures<'a> {
     /// Real filesystems, as the disks answer lists them.
     pub filesystems: &'a [Disk],
     pub gpus: &'a [GpuReading],
+    /// Every hwmon temperature input.
+    pub hwmon: &'a [HwmonReading<'a>],
 }
 
 /// Per-process figures, bounded.
@@ -152,6 +155,12 @@ fn escape_label_value(text: &str, out: &mut String) {
 /// A family of one value per item: its name, help text and how to read the value.
 type Family<T, V> = (&'static str, &'static str, fn(&T) -> V);
 
+/// The f64 of the decimal an f32 prints as (45.123, not 45.12300109863281): the
+/// value a sensor reported, in the format's notation.
+fn shortest_f64(value: f32) -> f64 {
+    value.to_string().parse().unwrap_or(f64::from(value))
+}
+
 fn seconds(ns: u64) -> f64 {
     ns as f64 / 1e9
 }
@@ -160,6 +169,7 @@ fn seconds(ns: u64) -> f64 {
 pub fn encode(scrape: &Scrape<'_>) -> String {
     let mut w = Writer { out: String::with_capacity(16 * 1024), pending: None };
     write_host(&mut w, &scrape.host);
+    write_hwmon(&mut w, scrape.host.hwmon);
     write_gpus(&mut w, scrape.host.gpus);
     write_comms(&mut w, scrape.processes.comms);
     write_top(&mut w, scrape.processes.top);
@@ -210,6 +220,32 @@ fn write_host(w: &mut Writer, host: &HostFigures<'_>) {
             let labels = [("device", fs.name.as_str()), ("fstype", &fs.fs_type), ("mountpoint", &fs.mount_point)];
             w.sample(name, &labels, pick(fs));
         }
+    }
+}
+
+/// node_exporter's hwmon series for temperature inputs: the same names, labels and
+/// help texts, so its dashboards (which join on `node_hwmon_chip_names` and
+/// `node_hwmon_sensor_label` to show readable names) work unchanged.
+fn write_hwmon(w: &mut Writer, readings: &[HwmonReading<'_>]) {
+    w.family("node_hwmon_chip_names", "Annotation metric for human-readable chip names", Kind::Gauge);
+    let mut chips: Vec<(&str, &str)> =
+        readings.iter().filter_map(|r| Some((r.sensor.chip.as_str(), r.sensor.chip_name.as_deref()?))).collect();
+    chips.dedup();
+    for (chip, chip_name) in chips {
+        w.sample("node_hwmon_chip_names", &[("chip", chip), ("chip_name", chip_name)], 1u64);
+    }
+    w.family("node_hwmon_sensor_label", "Label for given chip and sensor", Kind::Gauge);
+    for reading in readings {
+        let sensor = reading.sensor;
+        let Some(label) = &sensor.label else { continue };
+        let labels = [("chip", sensor.chip.as_str()), ("sensor", &sensor.sensor), ("label", label)];
+        w.sample("node_hwmon_sensor_label", &labels, 1u64);
+    }
+    w.family("node_hwmon_temp_celsius", "Hardware monitor for temperature (input)", Kind::Gauge);
+    for reading in readings {
+        let Some(celsius) = reading.celsius else { continue };
+        let labels = [("chip", reading.sensor.chip.as_str()), ("sensor", &reading.sensor.sensor)];
+        w.sample("node_hwmon_temp_celsius", &labels, shortest_f64(celsius));
     }
 }
 
@@ -344,8 +380,18 @@ fn write_agent(w: &mut Writer, agent: &AgentHealth) {
 mod tests {
     use super::*;
     use crate::collect::cpu::parse_proc_stat;
+    use crate::collect::temperature::hwmon_temps::HwmonSensor;
 
     fn render(comms: &[CommTotals], gpus: &[GpuReading], agent: &AgentHealth) -> String {
+        render_with_hwmon(comms, gpus, &[], agent)
+    }
+
+    fn render_with_hwmon(
+        comms: &[CommTotals],
+        gpus: &[GpuReading],
+        hwmon: &[HwmonReading<'_>],
+        agent: &AgentHealth,
+    ) -> String {
         let cpu = parse_proc_stat("cpu  10 0 0 0 0 0 0 0\ncpu0 4705 150 1120 16250 520 0 23 7\n");
         let memory = MemoryInfo { mem_total: 2048, mem_available: 1024, ..MemoryInfo::default() };
         let networks = [Network { name: "eth0".into(), received: 5_000_000_000, transmitted: 9 }];
@@ -370,6 +416,7 @@ mod tests {
                 networks: &networks,
                 filesystems: &filesystems,
                 gpus,
+                hwmon,
             },
             processes: ProcessFigures { comms, top: &top },
             agent,
@@ -457,6 +504,49 @@ mod tests {
         assert!(text.contains("\nsocktop_agent_cpu_source{source=\"proc\",reason=\"needs root\\nor CAP_BPF\"} 1\n"));
         assert!(text.contains("\nsocktop_agent_ebpf_errors_total{kind=\"map_full\"} 3\n"));
         assert!(text.contains("\nsocktop_agent_build_info{version=\"0.1.0\"} 1\n"));
+    }
+
+    #[test]
+    fn hwmon_temperatures_use_node_exporters_series() {
+        let sensor = |chip: &str, chip_name: Option<&str>, index: u32, label: Option<&str>| HwmonSensor {
+            chip: chip.into(),
+            chip_name: chip_name.map(Into::into),
+            sensor: format!("temp{index}"),
+            label: label.map(Into::into),
+            driver: chip_name.map(Into::into),
+            index,
+            input: std::path::PathBuf::new(),
+        };
+        let package = sensor("platform_coretemp_0", Some("coretemp"), 1, Some("Package id 0"));
+        let core = sensor("platform_coretemp_0", Some("coretemp"), 2, Some("Core \"0\""));
+        let nameless = sensor("hwmon9", None, 1, None);
+        let readings = [
+            HwmonReading { sensor: &package, celsius: Some(45.123) },
+            HwmonReading { sensor: &core, celsius: None },
+            HwmonReading { sensor: &nameless, celsius: Some(-5.5) },
+        ];
+        let text = render_with_hwmon(&[], &[], &readings, &AgentHealth::default());
+        assert_eq!(
+            lines_of(&text, "node_hwmon_chip_names{"),
+            [r#"node_hwmon_chip_names{chip="platform_coretemp_0",chip_name="coretemp"} 1"#]
+        );
+        assert_eq!(
+            lines_of(&text, "node_hwmon_sensor_label{"),
+            [
+                r#"node_hwmon_sensor_label{chip="platform_coretemp_0",sensor="temp1",label="Package id 0"} 1"#,
+                r#"node_hwmon_sensor_label{chip="platform_coretemp_0",sensor="temp2",label="Core \"0\""} 1"#,
+            ]
+        );
+        assert_eq!(
+            lines_of(&text, "node_hwmon_temp_celsius{"),
+            [
+                r#"node_hwmon_temp_celsius{chip="platform_coretemp_0",sensor="temp1"} 45.123"#,
+                r#"node_hwmon_temp_celsius{chip="hwmon9",sensor="temp1"} -5.5"#,
+            ],
+            "an unreadable input has no sample"
+        );
+        assert!(text.contains("# HELP node_hwmon_temp_celsius Hardware monitor for temperature (input)\n"));
+        assert!(!render(&[], &[], &AgentHealth::default()).contains("node_hwmon"), "no sensors, no families");
     }
 
     #[test]

@@ -79,7 +79,8 @@ impl PrometheusEncoder {
     }
 
     /// The text of `snapshots`, gzipped when `gzip`; `collection` is how long
-    /// getting them took. Reads schedstat files: run it off the async workers.
+    /// getting them took. Reads schedstat and hwmon files: run it off the async
+    /// workers.
     pub fn render(&self, snapshots: Snapshots, collection: Duration, gzip: bool) -> Bytes {
         let rendering = self.rendering(snapshots, collection);
         if !gzip {
@@ -109,6 +110,8 @@ impl PrometheusEncoder {
         let comms: Vec<_> = state.groups.totals().cloned().collect();
         let metrics = snapshots.metrics.value().as_ref().ok();
         let disks = snapshots.disks.value().as_ref().ok();
+        // Read here, once per metrics snapshot, so only scrapes pay for these files.
+        let hwmon = metrics.map(|m| m.hwmon_temps.read()).unwrap_or_default();
         let mut agent = self.health(listed.len() as u64, state.groups.schedstat_reads as u64);
         agent.scrape_seconds = (collection + started.elapsed()).as_secs_f64();
         let text = encode(&Scrape {
@@ -120,6 +123,7 @@ impl PrometheusEncoder {
                 networks: metrics.map_or(&[][..], |m| &m.networks),
                 filesystems: disks.map_or(&[][..], |d| &d.disks),
                 gpus: metrics.and_then(|m| m.gpus.as_deref()).unwrap_or_default(),
+                hwmon: &hwmon,
             },
             processes: ProcessFigures { comms: &comms, top: &top },
             agent: &agent,

@@ -7,9 +7,11 @@
 //! ACPI zone (`acpitz`), which on many boards is a motherboard sensor, not the CPU.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::hwmon::{self, SensorReadError};
+use super::hwmon_temps::{self, HwmonInputs, HwmonSensor, HwmonTemperatures};
 use crate::collect::probe::{JudgedAt, Probed, REPROBE_AFTER};
 
 /// A sensor found by discovery: its file, what it is, and how well it represents the
@@ -49,25 +51,21 @@ fn zone_score(zone_type: &str) -> Option<u32> {
     }
 }
 
-/// The CPU candidates of every hwmon chip, in hwmon order.
-fn hwmon_candidates(sys_root: &Path) -> Vec<Candidate> {
-    let mut found = Vec::new();
-    for (_, dir) in hwmon::numbered_entries(&sys_root.join("class/hwmon"), "hwmon") {
-        let Some(chip) = hwmon::chip_name(&dir) else {
-            continue;
-        };
-        for input in hwmon::temp_inputs(&dir) {
-            if let Some(score) = hwmon_score(&chip, input.label.as_deref()) {
-                let label = input.label.as_deref().unwrap_or("");
-                found.push(Candidate {
-                    description: format!("hwmon {chip} temp{} {label}", input.index),
-                    path: input.input,
-                    score,
-                });
-            }
-        }
-    }
-    found
+/// The CPU candidates among the hwmon inputs, in hwmon order.
+fn hwmon_candidates(inputs: &[HwmonSensor]) -> Vec<Candidate> {
+    inputs
+        .iter()
+        .filter_map(|input| {
+            let chip = input.driver.as_deref()?;
+            let score = hwmon_score(chip, input.label.as_deref())?;
+            let label = input.label.as_deref().unwrap_or("");
+            Some(Candidate {
+                description: format!("hwmon {chip} temp{} {label}", input.index),
+                path: input.input.clone(),
+                score,
+            })
+        })
+        .collect()
 }
 
 /// The CPU candidates among the thermal zones, in zone order.
@@ -86,8 +84,8 @@ fn zone_candidates(sys_root: &Path) -> Vec<Candidate> {
 }
 
 /// The best candidate that can be read now; the first one wins a tie.
-fn best_candidate(sys_root: &Path) -> Option<Candidate> {
-    let mut candidates = hwmon_candidates(sys_root);
+fn best_candidate(sys_root: &Path, hwmon_inputs: &[HwmonSensor]) -> Option<Candidate> {
+    let mut candidates = hwmon_candidates(hwmon_inputs);
     candidates.extend(zone_candidates(sys_root));
     // Stable sort: on a tie hwmon comes before zones and lower numbers first.
     candidates.sort_by_key(|c| std::cmp::Reverse(c.score));
@@ -100,13 +98,17 @@ fn best_candidate(sys_root: &Path) -> Option<Candidate> {
     })
 }
 
-/// The CPU package temperature sensor. Looked for when built; on a host without one
-/// (a VM, a container without `/sys/class/hwmon`) it is looked for again only every
-/// [`REPROBE_AFTER`], and reads touch no file in between.
+/// The CPU package temperature sensor, and every hwmon temperature input found by
+/// the same discovery (for the Prometheus scrape, which reads them itself). Looked
+/// for when built; on a host without a CPU sensor (a VM, a container without
+/// `/sys/class/hwmon`) it is looked for again only every [`REPROBE_AFTER`], and
+/// reads touch no file in between.
 #[derive(Debug)]
 pub struct CpuTemperature {
     sys_root: PathBuf,
     sensor: Probed<Candidate>,
+    /// Every hwmon temperature input, as of the last discovery.
+    hwmon: Arc<HwmonInputs>,
     judged: JudgedAt,
     read_failures: u64,
     /// Whether the last read failed, so a broken sensor warns once, not every poll.
@@ -120,9 +122,11 @@ impl CpuTemperature {
     }
 
     fn at(sys_root: &Path, now: Instant) -> Self {
+        let mut hwmon = Arc::default();
         Self {
             sys_root: sys_root.to_path_buf(),
-            sensor: Probed::first(now, REPROBE_AFTER, || find_sensor(sys_root)),
+            sensor: Probed::first(now, REPROBE_AFTER, || discover(sys_root, &mut hwmon)),
+            hwmon,
             judged: JudgedAt::default(),
             read_failures: 0,
             failing: false,
@@ -135,19 +139,30 @@ impl CpuTemperature {
         self.read_at(now)
     }
 
+    /// The hwmon temperature inputs as of the last discovery, to be read by whoever
+    /// renders them (reading here would cost every metrics request those files).
+    pub fn hwmon_temperatures(&self) -> HwmonTemperatures {
+        HwmonTemperatures::of(&self.hwmon)
+    }
+
     /// True when the next [`read`](Self::read) touches no file: no sensor, and the
     /// next search not due. A sensor read may wait (hwmon drivers query their chip
     /// over a bus), so with a sensor the answer is false.
     pub fn never_waits(&mut self) -> bool {
         let now = self.judged.judge();
-        self.sensor.is_idle_at(now)
+        self.sensor.is_idle_at(now) && !self.hwmon.moved()
     }
 
     /// When the sensor's file has vanished (a driver reload renumbers hwmon devices)
-    /// the sensor is searched again at once.
+    /// the sensor is searched again at once; so are all of them when a scrape found
+    /// one of the other hwmon inputs gone.
     fn read_at(&mut self, now: Instant) -> Option<f32> {
-        let sys_root = &self.sys_root;
-        let sensor = self.sensor.get(now, || find_sensor(sys_root))?;
+        let Self { sys_root, sensor, hwmon, .. } = self;
+        if hwmon.moved() {
+            tracing::info!("hwmon devices changed; looking for temperature sensors again");
+            sensor.probe(now, || discover(sys_root, hwmon));
+        }
+        let sensor = sensor.get(now, || discover(sys_root, hwmon))?;
         let result = match hwmon::read_millidegrees(&sensor.path) {
             Err(e) if e.is_gone() => self.rediscover_and_read(now, e),
             other => other,
@@ -175,8 +190,8 @@ impl CpuTemperature {
     }
 
     fn rediscover_and_read(&mut self, now: Instant, gone: SensorReadError) -> Result<f32, SensorReadError> {
-        let sys_root = &self.sys_root;
-        self.sensor.probe(now, || find_sensor(sys_root));
+        let Self { sys_root, sensor, hwmon, .. } = self;
+        sensor.probe(now, || discover(sys_root, hwmon));
         let Some(sensor) = self.sensor.found() else {
             return Err(gone);
         };
@@ -195,9 +210,12 @@ impl CpuTemperature {
     }
 }
 
-/// One search for the sensor, logged.
-fn find_sensor(sys_root: &Path) -> Option<Candidate> {
-    let found = best_candidate(sys_root);
+/// One search for the CPU sensor, logged; the hwmon inputs it walked through
+/// replace `hwmon_inputs`.
+fn discover(sys_root: &Path, hwmon_inputs: &mut Arc<HwmonInputs>) -> Option<Candidate> {
+    let inputs = hwmon_temps::discover(sys_root);
+    let found = best_candidate(sys_root, &inputs);
+    *hwmon_inputs = Arc::new(HwmonInputs::new(inputs));
     match &found {
         Some(sensor) => {
             tracing::debug!(sensor = %sensor.description, path = %sensor.path.display(), "CPU temperature sensor");
@@ -377,6 +395,27 @@ mod tests {
         write(dir.path(), "class/hwmon/hwmon7/temp1_label", "Tctl\n");
         assert_eq!(cpu.read_at(gone + Duration::from_secs(30)), None);
         assert_eq!(cpu.read_at(gone + REPROBE_AFTER), Some(50.0));
+    }
+
+    #[test]
+    fn hwmon_inputs_come_from_the_same_discovery_and_follow_a_renumbering() {
+        let dir = tempfile::tempdir().unwrap();
+        amd_desktop(dir.path());
+        let mut cpu = CpuTemperature::new(dir.path());
+        let sensors = |cpu: &CpuTemperature| -> Vec<(String, Option<f32>)> {
+            cpu.hwmon_temperatures().read().iter().map(|r| (r.sensor.chip.clone(), r.celsius)).collect()
+        };
+        let expected = [("nvme", 38.85), ("amdgpu", 52.0), ("k10temp", 49.875), ("k10temp", 47.25), ("k10temp", 45.0)];
+        assert_eq!(sensors(&cpu), expected.map(|(chip, celsius)| (chip.to_owned(), Some(celsius))));
+        // The nvme driver reloaded: hwmon0 is gone, the chip is back as hwmon8.
+        fs::remove_dir_all(dir.path().join("class/hwmon/hwmon0")).unwrap();
+        write(dir.path(), "class/hwmon/hwmon8/name", "nvme\n");
+        write(dir.path(), "class/hwmon/hwmon8/temp1_input", "39000\n");
+        assert_eq!(sensors(&cpu)[0], ("nvme".to_owned(), None), "a scrape finds it gone");
+        assert!(!cpu.never_waits(), "the next sample discovers again");
+        assert_eq!(cpu.read(), Some(49.875));
+        assert_eq!(sensors(&cpu).last(), Some(&("nvme".to_owned(), Some(39.0))));
+        assert!(cpu.sensor_path().unwrap().ends_with("hwmon2/temp1_input"));
     }
 
     #[test]

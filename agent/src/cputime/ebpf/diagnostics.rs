@@ -1,11 +1,11 @@
 //! Looking inside the eBPF source, for tests and measurements only (the
-//! `testing` feature): loading a chosen twin, whether a process has an entry, and
-//! the programs' run statistics.
+//! `testing` feature): loading a chosen twin or a small map, whether a process has
+//! an entry, and the programs' run statistics.
 
 use std::path::Path;
 use std::time::Duration;
 
-use agent_common::cputime::{PROGRAM_REPAIR_IDLE, PROGRAM_REPAIR_TICK, PROGRAM_RESYNC};
+use agent_common::cputime::{MAX_PROCESSES, PROGRAM_REPAIR_IDLE, PROGRAM_REPAIR_TICK, PROGRAM_RESYNC};
 use aya::maps::MapError;
 use aya::programs::ProgramError;
 
@@ -28,10 +28,20 @@ pub fn load_with_memory(kind: AttachKind, memory: MapMemory) -> Result<EbpfCpuTi
     load_on_host(kind, Some(memory))
 }
 
+/// Loads and attaches one twin of the program with a process map of `capacity`
+/// entries, to see it full on a host with more processes.
+pub fn load_with_capacity(kind: AttachKind, capacity: u32) -> Result<EbpfCpuTime, EbpfLoadError> {
+    load_on_host_with(kind, None, capacity)
+}
+
 fn load_on_host(kind: AttachKind, memory: Option<MapMemory>) -> Result<EbpfCpuTime, EbpfLoadError> {
+    load_on_host_with(kind, memory, MAX_PROCESSES)
+}
+
+fn load_on_host_with(kind: AttachKind, memory: Option<MapMemory>, capacity: u32) -> Result<EbpfCpuTime, EbpfLoadError> {
     let proc_root = Path::new(HOST_PROC);
     let clock = HostClock::from_proc(proc_root).map_err(|error| EbpfLoadError::HostClock(error.to_string()))?;
-    load_with(kind, memory, proc_root, clock)
+    load_with(kind, memory, capacity, proc_root, clock)
 }
 
 /// Run statistics of the attached program (while `kernel.bpf_stats_enabled` is on).
@@ -53,6 +63,11 @@ impl EbpfCpuTime {
     /// Whether the kernel deletes the entries of exited processes itself.
     pub fn kernel_cleanup(&self) -> bool {
         self.kernel_cleanup
+    }
+
+    /// Whether a map-full episode is open (see `map_full`).
+    pub fn map_full_episode_open(&self) -> bool {
+        self.map_full.is_open()
     }
 
     /// Whether the map holds an entry for `tgid`.

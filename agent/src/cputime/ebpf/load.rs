@@ -17,7 +17,8 @@ use aya::{
     programs::{BtfTracePoint, Iter, PerfEvent, ProgramError, RawTracePoint},
 };
 
-use super::blind::{BlindPids, listed_pids};
+use super::blind::{BlindPids, ProcStats, listed_pids};
+use super::map_full::MapFull;
 use super::source::EbpfCpuTime;
 use crate::cputime::btf::{self, ProcessOffsets, TaskOffsets};
 use crate::host::clock::{HostClock, monotonic_ns};
@@ -133,10 +134,10 @@ pub enum EbpfLoadError {
 /// with the process map allocated on demand unless the kernel wants it
 /// preallocated. `proc_root` is the procfs the agent reads (`--proc-root`).
 pub fn load(proc_root: &Path, clock: HostClock) -> Result<EbpfCpuTime, EbpfLoadError> {
-    match load_with(AttachKind::BtfTracePoint, None, proc_root, clock) {
+    match load_with(AttachKind::BtfTracePoint, None, MAX_PROCESSES, proc_root, clock) {
         Err(btf_error) if !matches!(btf_error, EbpfLoadError::NotPermitted | EbpfLoadError::ForeignPidNamespace) => {
             tracing::debug!("tp_btf program unavailable ({btf_error}); trying raw_tp");
-            load_with(AttachKind::RawTracePoint, None, proc_root, clock).map_err(|raw_error| {
+            load_with(AttachKind::RawTracePoint, None, MAX_PROCESSES, proc_root, clock).map_err(|raw_error| {
                 tracing::debug!("raw_tp program unavailable: {raw_error}");
                 btf_error
             })
@@ -145,9 +146,12 @@ pub fn load(proc_root: &Path, clock: HostClock) -> Result<EbpfCpuTime, EbpfLoadE
     }
 }
 
+/// [`load`] with the twin, and the process map's memory and capacity, chosen
+/// (tests load a map too small for the host, to see it full).
 pub(super) fn load_with(
     kind: AttachKind,
     memory: Option<MapMemory>,
+    capacity: u32,
     proc_root: &Path,
     clock: HostClock,
 ) -> Result<EbpfCpuTime, EbpfLoadError> {
@@ -175,7 +179,7 @@ pub(super) fn load_with(
             cpu_id_bound(&list).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("{list:?}")))
         })
         .map_err(EbpfLoadError::PossibleCpus)?;
-    let (mut ebpf, memory) = load_object(loader, offsets, process_offsets, possible_cpus, memory)?;
+    let (mut ebpf, memory) = load_object(loader, offsets, process_offsets, possible_cpus, memory, capacity)?;
     // Read for the prefill below and, with the iterator, for the pids it skips.
     let proc_dir =
         ProcDir::open(proc_root).inspect_err(|error| tracing::debug!("opening {}: {error}", proc_root.display())).ok();
@@ -189,11 +193,12 @@ pub(super) fn load_with(
         let repair_on_ticks = load_tick_repair(&mut ebpf);
         Ok::<_, EbpfLoadError>((kernel_cleanup, iterator, repair_on_ticks))
     })?;
-    let mut source = EbpfCpuTime::new(ebpf, kind, iterator, memory)?;
+    let mut source = EbpfCpuTime::new(ebpf, kind, iterator, memory, MapFull::new(capacity, clock))?;
     source.kernel_cleanup = kernel_cleanup;
     source.repair_on_ticks = repair_on_ticks;
+    source.proc_stats = ProcStats::new(proc_dir);
     if iterator {
-        match BlindPids::find(&mut source, proc_dir, clock) {
+        match BlindPids::find(&mut source, clock) {
             Ok(blind) => source.blind = blind,
             Err(error) => {
                 source.iterator = false;
@@ -273,6 +278,7 @@ fn load_object(
     process: Option<ProcessOffsets>,
     possible_cpus: u32,
     memory: Option<MapMemory>,
+    capacity: u32,
 ) -> Result<(Ebpf, MapMemory), EbpfLoadError> {
     // The globals below are borrowed for as long as the loader lives.
     let mut loader: EbpfLoader<'_> = loader;
@@ -298,7 +304,7 @@ fn load_object(
         let (used, unused) = memory.maps();
         loader
             .override_global(PREALLOCATED_GLOBAL, memory.global(), true)
-            .map_max_entries(used, MAX_PROCESSES)
+            .map_max_entries(used, capacity)
             .map_max_entries(unused, 1);
         let mut ebpf = loader.load(object()).map_err(|error| match &error {
             EbpfError::MapError(MapError::CreateError { io_error, .. }) if is_eperm(io_error) => {
@@ -313,7 +319,7 @@ fn load_object(
         Some(memory) => Ok((load(memory)?, memory)),
         None => match load(MapMemory::OnDemand) {
             Err(EbpfLoadError::Verifier { log, .. }) if log.contains("preallocated") => {
-                let kib = u64::from(MAX_PROCESSES) * 8 * u64::from(possible_cpus) / 1024;
+                let kib = u64::from(capacity) * 8 * u64::from(possible_cpus) / 1024;
                 tracing::info!("the verifier wants a preallocated process map (Linux < 6.1): {kib} KiB");
                 Ok((load(MapMemory::Preallocated)?, MapMemory::Preallocated))
             }

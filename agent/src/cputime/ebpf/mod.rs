@@ -7,16 +7,18 @@
 //!
 //! One file per job: [`load`] checks privileges, loads and attaches the programs;
 //! [`source`] is the runtime source the agent reads; [`blind`] reads from /proc the
-//! processes the kernel's task iterator does not visit; `diagnostics` (tests and
-//! measurements only, behind the `testing` feature) looks inside.
+//! processes the kernel's task iterator does not visit; [`map_full`] decides which
+//! processes are read from /proc while the program's map is full; `diagnostics`
+//! (tests and measurements only, behind the `testing` feature) looks inside.
 
 mod blind;
 #[cfg(any(test, feature = "testing"))]
 mod diagnostics;
 mod load;
+mod map_full;
 mod source;
 
 #[cfg(any(test, feature = "testing"))]
-pub use diagnostics::{ProgramStats, load_kind, load_with_memory};
+pub use diagnostics::{ProgramStats, load_kind, load_with_capacity, load_with_memory};
 pub use load::{AttachKind, EbpfLoadError, MapMemory, load};
 pub use source::{EbpfCpuTime, ErrorCounts};

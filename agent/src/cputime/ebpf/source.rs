@@ -10,8 +10,8 @@ use std::{
 
 use agent_common::cputime::{
     ERR_COUNT, ERR_EXIT_LOST, ERR_MAP_FULL, ERR_MISMATCH, ERR_READ_TASK, ERRORS_MAP, EXITS_MAP, EXITS_WANTED_MAP,
-    ExitRecord, IDLE_TRACEPOINT, MAX_PROCESSES, PROCESS_TIME_MAP, PROGRAM_PROCESSES, PROGRAM_REPAIR_IDLE,
-    PROGRAM_REPAIR_TICK, PROGRAM_RESYNC, ProcessTime, RESYNC_PERIOD_NS, TICK_SETTLE_NS, TICK_TRACEPOINT,
+    ExitRecord, IDLE_TRACEPOINT, PROCESS_TIME_MAP, PROGRAM_PROCESSES, PROGRAM_REPAIR_IDLE, PROGRAM_REPAIR_TICK,
+    PROGRAM_RESYNC, ProcessTime, RESYNC_PERIOD_NS, TICK_SETTLE_NS, TICK_TRACEPOINT,
 };
 use aya::{
     Ebpf,
@@ -24,8 +24,9 @@ use aya::{
     util::online_cpus,
 };
 
-use super::blind::BlindPids;
+use super::blind::{BlindPids, ProcStats};
 use super::load::{AttachKind, EbpfLoadError, MapMemory};
+use super::map_full::MapFull;
 use crate::cputime::attribution::Exit;
 use crate::cputime::{CpuSourceKind, CpuTimeError, CpuTimeSource, ProcessRecord, ScannedCpu};
 use crate::host::clock::monotonic_ns;
@@ -100,6 +101,11 @@ pub struct EbpfCpuTime {
     /// Processes the task iterator does not visit although /proc lists them;
     /// listings read these from /proc instead.
     pub(super) blind: BlindPids,
+    /// Reads the stat files of the blind processes and of those the program could
+    /// not count.
+    pub(super) proc_stats: ProcStats,
+    /// Which processes are read from /proc because the map was full.
+    pub(super) map_full: MapFull,
 }
 
 impl EbpfCpuTime {
@@ -108,6 +114,7 @@ impl EbpfCpuTime {
         attach: AttachKind,
         iterator: bool,
         memory: MapMemory,
+        map_full: MapFull,
     ) -> Result<Self, EbpfLoadError> {
         let take = |ebpf: &mut Ebpf, map| ebpf.take_map(map).ok_or(EbpfLoadError::Missing(map));
         let (times_map, _) = memory.maps();
@@ -137,6 +144,8 @@ impl EbpfCpuTime {
             retained_once: false,
             iterator_output: Vec::new(),
             blind: BlindPids::default(),
+            proc_stats: ProcStats::default(),
+            map_full,
         })
     }
 
@@ -265,9 +274,33 @@ impl EbpfCpuTime {
     /// Cumulative on-CPU ns of process `tgid` since the program was attached, at
     /// the instant of the call; 0 if it has not run since.
     pub fn process_ns(&self, tgid: u32) -> Result<u64, MapError> {
+        Ok(self.entry(tgid)?.map_or(0, |copies| sum_at(&copies, monotonic_ns())))
+    }
+
+    /// The CPU time of process `tgid`, whose utime + stime in /proc are
+    /// `proc_ticks`: from the map, or from /proc when the map-full rule says so.
+    fn reading_ns(&mut self, tgid: u32, proc_ticks: u64) -> Result<u64, MapError> {
         let copies = self.entry(tgid)?;
-        let now = monotonic_ns();
-        Ok(copies.map_or(0, |copies| copies.iter().fold(0u64, |total, time| total.wrapping_add(time.at(now)))))
+        if self.map_full.active() && self.map_full.reads_from_proc(tgid, || copies.is_some()) {
+            return Ok(self.map_full.proc_ns(proc_ticks));
+        }
+        Ok(copies.map_or(0, |copies| sum_at(&copies, monotonic_ns())))
+    }
+
+    /// Puts the iterator's `records` of processes on /proc (see `map_full`) on their
+    /// /proc totals. A record with time has an entry: only one read as 0 may lack one.
+    fn read_uncounted_from_proc(&mut self, records: &mut [ProcessRecord]) {
+        for record in records {
+            let (tgid, times) = (record.tgid, &self.times);
+            let has_entry = || record.cpu_ns != 0 || !matches!(times.get(&tgid, 0), Err(MapError::KeyNotFound));
+            if !self.map_full.reads_from_proc(tgid, has_entry) {
+                continue;
+            }
+            // Gone since the iterator saw it: its record goes with the next listing.
+            if let Some(ticks) = self.proc_stats.read(tgid, |stat| stat.utime + stat.stime) {
+                record.cpu_ns = self.map_full.proc_ns(ticks);
+            }
+        }
     }
 
     /// Every process with its cumulative CPU time, from one pass of the task
@@ -300,12 +333,16 @@ impl EbpfCpuTime {
             out.sort_unstable_by_key(|record| record.tgid);
         }
         let visited = out.len();
-        let mut blind = std::mem::take(&mut self.blind);
-        blind.append_missing(out, visited, |pid| self.process_ns(pid).unwrap_or(0));
-        self.blind = blind;
+        if self.map_full.active() {
+            self.read_uncounted_from_proc(out);
+        }
+        let (blind, mut stats) = (std::mem::take(&mut self.blind), std::mem::take(&mut self.proc_stats));
+        blind.append_missing(&mut stats, out, visited, |pid, ticks| self.reading_ns(pid, ticks).unwrap_or(0));
+        (self.blind, self.proc_stats) = (blind, stats);
         if out.len() > visited {
             out.sort_unstable_by_key(|record| record.tgid);
         }
+        self.map_full.listed(out.len());
         Ok(())
     }
 
@@ -330,20 +367,15 @@ impl EbpfCpuTime {
         })
     }
 
-    /// Logs failures the program counted since the last report.
+    /// Logs failures the program counted since the last report, and opens or
+    /// closes a map-full episode (logged once each), before a reading.
     fn report_errors(&mut self) {
         let counts = match self.error_counts() {
             Ok(counts) => counts,
             Err(error) => return tracing::warn!("reading the eBPF error counters: {error}"),
         };
         let new = |now: u64, before: u64| now.saturating_sub(before);
-        let full = new(counts.map_full, self.reported.map_full);
-        if full > 0 {
-            tracing::warn!(
-                "eBPF process map: {full} switch-ins not counted (the map is full at {MAX_PROCESSES} entries, \
-                 or the kernel had no memory for a new one)"
-            );
-        }
+        self.map_full.observe(counts.map_full);
         let unread = new(counts.read_task, self.reported.read_task);
         if unread > 0 {
             tracing::warn!("eBPF program could not read {unread} task ids; their time is not counted");
@@ -393,13 +425,13 @@ impl CpuTimeSource for EbpfCpuTime {
             // leave a CPU unseen by the tracepoint are charged late.
             tracing::warn!("attaching resync failed: {error}");
         }
+        self.report_errors();
         for proc in procs {
             let ns = self
-                .process_ns(proc.pid)
+                .reading_ns(proc.pid, proc.ticks)
                 .map_err(|error| CpuTimeError::Map { map: PROCESS_TIME_MAP, source: Box::new(error) })?;
             out.push(ns);
         }
-        self.report_errors();
         Ok(())
     }
 
@@ -429,9 +461,8 @@ impl CpuTimeSource for EbpfCpuTime {
         if let Err(error) = self.resume_resync() {
             tracing::warn!("attaching resync failed: {error}");
         }
-        let listed = self.list_processes(out).map_err(CpuTimeError::Iterator);
         self.report_errors();
-        Some(listed)
+        Some(self.list_processes(out).map_err(CpuTimeError::Iterator))
     }
 
     fn active(&mut self) {
@@ -449,6 +480,7 @@ impl CpuTimeSource for EbpfCpuTime {
     /// (or the dead one's last switch is a moment away), and deleting it mid-slice
     /// would leave the slice's end unmatched. It goes at a later scan.
     fn retain_live(&mut self, live: &[u32]) {
+        self.map_full.retain_live(live);
         if self.kernel_cleanup && self.retained_once {
             return;
         }
@@ -469,4 +501,9 @@ impl CpuTimeSource for EbpfCpuTime {
             }
         }
     }
+}
+
+/// A process's cumulative on-CPU ns at `now_ns`: its copies summed over CPUs.
+fn sum_at(copies: &PerCpuValues<ProcessTime>, now_ns: u64) -> u64 {
+    copies.iter().fold(0u64, |total, time| total.wrapping_add(time.at(now_ns)))
 }
