@@ -2,9 +2,12 @@
 //! earlier commit, so the eBPF programs' cost can be measured side by side with
 //! the object that commit embedded. The earlier tree is exported with
 //! `git archive` under `.bench/` (no worktree, nothing added to the repository)
-//! and built into the same target directory, so it reuses the compiled
-//! dependencies; each built example is copied out right away, since both builds
-//! would leave theirs at the same path.
+//! and built into a target directory of its own: cargo names a workspace's own
+//! crates' artifacts by their path inside the workspace, so the two trees' crates
+//! would share artifact names in one target directory, and the exported files,
+//! dated from their commit, would look older than this tree's artifacts and be
+//! taken as built. Each example is copied out of its target directory, so a
+//! measurement never runs what a later build replaced.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -13,8 +16,9 @@ use anyhow::{Context, bail, ensure};
 
 /// Builds this tree's example and returns a copy of it under `.bench/`.
 pub fn current(root: &Path) -> anyhow::Result<PathBuf> {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
     let copy = root.join(".bench/ebpf-cost/current/ebpf_cost");
-    build(root, root, &copy)?;
+    build(root, &target, &copy)?;
     Ok(copy)
 }
 
@@ -29,8 +33,8 @@ pub fn at_commit(root: &Path, commit: &str) -> anyhow::Result<PathBuf> {
     if !tree.join("Cargo.toml").is_file() {
         export(root, commit, &tree)?;
     }
-    eprintln!("bench: building the ebpf_cost example of {commit} (release, once)");
-    build(root, &tree, &copy)?;
+    eprintln!("bench: building the ebpf_cost example of {commit} (release, with its dependencies, once)");
+    build(&tree, &folder.join("target"), &copy)?;
     Ok(copy)
 }
 
@@ -53,13 +57,11 @@ fn export(root: &Path, commit: &str, tree: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Builds the example of the workspace at `tree` into this workspace's target
-/// directory and copies it to `copy`.
-fn build(root: &Path, tree: &Path, copy: &Path) -> anyhow::Result<()> {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+/// Builds the example of the workspace at `tree` into `target` and copies it to `copy`.
+fn build(tree: &Path, target: &Path, copy: &Path) -> anyhow::Result<()> {
     let output = Command::new(crate::cargo())
         .current_dir(tree)
-        .env("CARGO_TARGET_DIR", &target)
+        .env("CARGO_TARGET_DIR", target)
         .args(["build", "--release", "--package", "socktop_agent", "--example", "ebpf_cost"])
         .args(["--message-format", "json-render-diagnostics"])
         .stderr(Stdio::inherit())
