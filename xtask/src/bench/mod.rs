@@ -491,8 +491,11 @@ async fn interrupts(plan: &Plan, binaries: &Binaries, table: &mut Table) -> anyh
 /// different order each repeat.
 async fn closure(plan: &Plan, binaries: &Binaries, cpus: usize, table: &mut Table) -> anyhow::Result<()> {
     let with_proc = Binaries { ours_ebpf: false, ..binaries.clone() };
-    let runs: [(&Binaries, Which); 3] =
-        [(binaries, Which::Ours), (&with_proc, Which::Ours), (binaries, Which::Original)];
+    let runs: [(&str, &Binaries, Which); 3] = [
+        ("ours (eBPF run)", binaries, Which::Ours),
+        ("ours (/proc run)", &with_proc, Which::Ours),
+        ("original", binaries, Which::Original),
+    ];
     let mut closures: [Vec<closure::Closure>; 3] = Default::default();
     let mut modes: [Option<String>; 3] = Default::default();
     let windows = plan.closure_windows;
@@ -502,8 +505,8 @@ async fn closure(plan: &Plan, binaries: &Binaries, cpus: usize, table: &mut Tabl
         let shift = repeat % turns.len();
         turns.rotate_left(shift);
         for turn in turns {
-            let (binaries, which) = runs[turn];
-            progress(format_args!("closure under a fork loop, run {turn}, {}/{}", repeat + 1, plan.repeats));
+            let (name, binaries, which) = runs[turn];
+            progress(format_args!("closure under a fork loop, {name}, {}/{}", repeat + 1, plan.repeats));
             let agent = Agent::start(binaries, which, Caches::Off, Sensors::Off).await?;
             tokio::time::sleep(SETTLE).await;
             closures[turn].push(closure::under_fork_loop(&agent, cpus, windows, window).await?);
@@ -530,11 +533,10 @@ async fn closure(plan: &Plan, binaries: &Binaries, cpus: usize, table: &mut Tabl
     let seconds = |closures: &[closure::Closure], pick: fn(&closure::Closure) -> f64| {
         Summary::of(&closures.iter().map(pick).collect::<Vec<_>>()).map_or_else(|| "n/a".to_owned(), |s| s.show())
     };
-    let names = ["ours (eBPF run)", "ours (/proc run)", "original"];
-    let spans = names
+    let spans = runs
         .iter()
         .zip(&closures)
-        .map(|(name, runs)| {
+        .map(|((name, ..), runs)| {
             format!("{name} {} of {} CPU-s", seconds(runs, |c| c.rows_cpu_s), seconds(runs, |c| c.busy_cpu_s))
         })
         .collect::<Vec<_>>()
