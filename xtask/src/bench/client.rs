@@ -1,11 +1,11 @@
 //! A minimal WebSocket client for the bench: one request, one answer, timed, with
-//! the answer's size on the wire, or the processes list's rows decoded. Both agents understand the plain commands
-//! (`get_metrics`, `get_disks`, `get_processes`); the original ignores JSON ones.
-
-use std::net::Ipv4Addr;
-use std::time::{Duration, Instant};
+//! the answer's size on the wire, or the processes list's rows decoded. Both agents
+//! understand the plain commands (`get_metrics`, `get_disks`, `get_processes`); the
+//! original ignores JSON ones.
 
 use std::io::Read as _;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use flate2::read::GzDecoder;
