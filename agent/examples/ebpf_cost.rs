@@ -2,7 +2,10 @@
 //! (`kernel.bpf_stats_enabled`, through BPF_ENABLE_STATS), attaches the programs,
 //! drives context switches by ping-ponging a byte between two threads, then between
 //! two processes, then process exits with a shell loop running `/bin/true`, and
-//! prints the programs' average run time and the switch rate.
+//! prints the programs' average run time and the switch rate. Under the exits the
+//! ring of exit records is drained as the agent drains it, so every exit pays for a
+//! written record, not for a full ring's refusal; the records read and lost are
+//! printed.
 //!
 //! Usage: `cargo xtask ebpf-cost [--seconds N]` (root).
 
@@ -34,34 +37,65 @@ fn main() -> anyhow::Result<()> {
     source.resume_resync().context("attaching resync")?;
     println!("attached: {:?}", source.attach_kind());
     let duration = Duration::from_secs(seconds);
-    measure(&source, "two threads of one process", || ping_pong_threads(duration, None))?;
+    measure(&mut source, "two threads of one process", |_| ping_pong_threads(duration, None))?;
     // Pinned apart, every switch is to or from the idle task: the dearest kind.
     let allowed = allowed_cpus()?;
     if let [first, second, ..] = allowed[..] {
-        let load = || ping_pong_threads(duration, Some((first, second)));
-        measure(&source, "two threads of one process, one on each of two CPUs", load)?;
+        let load = |_: &mut _| ping_pong_threads(duration, Some((first, second)));
+        measure(&mut source, "two threads of one process, one on each of two CPUs", load)?;
         set_affinity(&allowed)?;
     }
-    measure(&source, "two processes", || ping_pong_processes(duration))?;
-    measure(&source, "process exits", || fork_loop(duration))?;
+    measure(&mut source, "two processes", |_| ping_pong_processes(duration))?;
+    let mut exits = ExitRecords::default();
+    measure(&mut source, "process exits", |source| fork_loop(source, duration, &mut exits))?;
+    println!("  exit records: {} read, {} lost (ring full)", exits.read, exits.lost);
     Ok(())
 }
 
+/// How often the fork loop's exit records are drained: well before the ring fills
+/// (it holds some 9,000 records; the loop ends a few thousand processes a second).
+const DRAIN_EVERY: Duration = Duration::from_millis(100);
+
 /// A shell running `/bin/true` back to back for `duration`: a process exit each
-/// time, for the `sched_process_free` program's cost per exit (exit records on, as
-/// while a client reads). Returns the number of processes run.
-fn fork_loop(duration: Duration) -> anyhow::Result<u64> {
+/// time, for the `sched_process_free` program's cost per exit, with exit records on
+/// as while a client reads, and drained meanwhile into `exits`. Returns the number
+/// of processes run.
+fn fork_loop(source: &mut ebpf::EbpfCpuTime, duration: Duration, exits: &mut ExitRecords) -> anyhow::Result<u64> {
     let script = format!("n=0; while [ $SECONDS -lt {} ]; do /bin/true; n=$((n+1)); done; echo $n", duration.as_secs());
-    let output = Command::new("bash").args(["-c", &script]).output().context("running the fork loop")?;
-    String::from_utf8_lossy(&output.stdout).trim().parse().context("reading the fork loop's count")
+    let lost_before = source.error_counts()?.exit_lost;
+    let mut shell =
+        Command::new("bash").args(["-c", &script]).stdout(Stdio::piped()).spawn().context("starting the fork loop")?;
+    while shell.try_wait()?.is_none() {
+        std::thread::sleep(DRAIN_EVERY);
+        source.take_exit_records(|_| exits.read += 1);
+    }
+    // The last exits reach the ring an RCU grace period after their reaping.
+    std::thread::sleep(DRAIN_EVERY);
+    source.take_exit_records(|_| exits.read += 1);
+    exits.lost = source.error_counts()?.exit_lost - lost_before;
+    let mut count = String::new();
+    shell.stdout.take().context("the fork loop's stdout")?.read_to_string(&mut count)?;
+    count.trim().parse().context("reading the fork loop's count")
+}
+
+/// Exit records the fork loop's processes produced.
+#[derive(Default)]
+struct ExitRecords {
+    read: u64,
+    /// Refused by a full ring (`ERR_EXIT_LOST`).
+    lost: u64,
 }
 
 /// Runs `load` and prints the switch rate and the programs' cost while it ran.
-fn measure(source: &ebpf::EbpfCpuTime, label: &str, load: impl FnOnce() -> anyhow::Result<u64>) -> anyhow::Result<()> {
+fn measure(
+    source: &mut ebpf::EbpfCpuTime,
+    label: &str,
+    load: impl FnOnce(&mut ebpf::EbpfCpuTime) -> anyhow::Result<u64>,
+) -> anyhow::Result<()> {
     let before = source.program_stats()?;
     let switches_before = context_switches()?;
     let started = Instant::now();
-    let round_trips = load()?;
+    let round_trips = load(source)?;
     let elapsed = started.elapsed().as_secs_f64();
     let switches = context_switches()? - switches_before;
     let after = source.program_stats()?;

@@ -18,7 +18,7 @@ use std::{
 };
 
 use socktop_agent::{
-    collect::processes::ProcessScanner,
+    collect::{cpu::parse_proc_stat, processes::ProcessScanner},
     cputime::{CpuTimeSource, SharedCpuSource, attribution::ChildrenMode, ebpf, proc::ProcCpuTime},
     host::clock::HostClock,
 };
@@ -70,14 +70,10 @@ fn shown_for(rows: &[(u32, u64)], pid: u32) -> u64 {
     rows.iter().find(|(row_pid, _)| *row_pid == pid).map_or(0, |(_, ns)| *ns)
 }
 
-/// Busy ns of the whole machine from `/proc/stat`: user, nice, system, irq and
-/// softirq (guest time is inside user and nice; steal is not ours).
+/// Busy ns of the whole machine from `/proc/stat` (see `CpuTicks::busy`).
 fn busy_ns() -> u64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap();
-    let fields: Vec<u64> =
-        stat.lines().next().unwrap().split_ascii_whitespace().skip(1).map(|f| f.parse().unwrap()).collect();
-    let ticks = fields[0] + fields[1] + fields[2] + fields[5] + fields[6];
-    ticks * (1_000_000_000 / procfs::ticks_per_second())
+    parse_proc_stat(&stat).all.busy() * (1_000_000_000 / procfs::ticks_per_second())
 }
 
 /// A child killed when the test ends, passing or not.

@@ -262,8 +262,18 @@ impl Agent {
 
     /// What our agent says about its per-process CPU source ("proc" or "ebpf").
     pub fn cpu_source(&self) -> Option<String> {
+        self.logged("cpu source: ")
+    }
+
+    /// Where our agent shows exited processes' time ("attribute" or "own").
+    pub fn cpu_children(&self) -> Option<String> {
+        self.logged("cpu children: ")
+    }
+
+    /// The word after the first `key` in the agent's log.
+    fn logged(&self, key: &str) -> Option<String> {
         let log = std::fs::read_to_string(&self.log).ok()?;
-        let at = log.find("cpu source: ")? + "cpu source: ".len();
+        let at = log.find(key)? + key.len();
         Some(log[at..].split_whitespace().next()?.to_owned())
     }
 

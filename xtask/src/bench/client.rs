@@ -1,14 +1,19 @@
 //! A minimal WebSocket client for the bench: one request, one answer, timed, with
-//! the answer's size on the wire. Both agents understand the plain commands
-//! (`get_metrics`, `get_disks`, `get_processes`); the original ignores JSON ones.
+//! the answer's size on the wire, or the processes list's rows decoded. Both agents
+//! understand the plain commands (`get_metrics`, `get_disks`, `get_processes`); the
+//! original ignores JSON ones.
 
+use std::io::Read as _;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use flate2::read::GzDecoder;
 use futures_util::{SinkExt, StreamExt};
+use prost::Message as _;
+use socktop_agent::protocol::pb;
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Bytes, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// The requests the bench sends, as the real client spells them.
@@ -30,6 +35,12 @@ impl Kind {
         }
     }
 }
+
+/// The real client's polling intervals (PROTOCOL.md, "Client behaviour"): metrics
+/// every 500 ms, processes every 2 s, disks every 5 s.
+pub const METRICS_EVERY: Duration = Duration::from_millis(500);
+pub const PROCESSES_EVERY_N_METRICS: usize = 4;
+pub const DISKS_EVERY_N_METRICS: usize = 10;
 
 /// One answer: how long it took, how many bytes it was on the wire, and whether
 /// it was an error answer (`{"error":...}`) rather than the data asked for.
@@ -66,20 +77,40 @@ impl Client {
     /// Sends one request and waits for its answer.
     pub async fn ask(&mut self, kind: Kind) -> anyhow::Result<Reply> {
         let started = Instant::now();
-        let answer = tokio::time::timeout(ANSWER_TIMEOUT, self.round_trip(kind)).await;
-        let (payload, is_error) =
-            answer.with_context(|| format!("no answer to {} within {ANSWER_TIMEOUT:?}", kind.request()))??;
-        Ok(Reply { elapsed: started.elapsed(), wire_bytes: wire_bytes(payload), is_error })
+        let answer = self.answer(kind).await?;
+        // Error answers are JSON text frames.
+        let is_error = answer.is_text() && answer.starts_with(b"{\"error\"");
+        Ok(Reply { elapsed: started.elapsed(), wire_bytes: wire_bytes(answer.len()), is_error })
     }
 
-    /// The payload length of the answer, and whether it is an error answer (error
-    /// answers are JSON text frames).
-    async fn round_trip(&mut self, kind: Kind) -> anyhow::Result<(usize, bool)> {
+    /// The rows of one `get_processes` answer (protobuf, gzipped when large; both
+    /// agents frame it so).
+    pub async fn processes(&mut self) -> anyhow::Result<Vec<pb::Process>> {
+        let answer = self.answer(Kind::Processes).await?;
+        anyhow::ensure!(!answer.is_text(), "a text answer to get_processes: {}", String::from_utf8_lossy(&answer));
+        let mut encoded = Vec::new();
+        let protobuf: &[u8] = if answer.starts_with(&GZIP_MAGIC) {
+            GzDecoder::new(&answer[..]).read_to_end(&mut encoded).context("gunzipping get_processes")?;
+            &encoded
+        } else {
+            &answer
+        };
+        let list = pb::Processes::decode(protobuf).context("decoding get_processes")?;
+        Ok(list.rows)
+    }
+
+    /// Sends one request and returns its answer's payload.
+    async fn answer(&mut self, kind: Kind) -> anyhow::Result<Answer> {
+        let answer = tokio::time::timeout(ANSWER_TIMEOUT, self.round_trip(kind)).await;
+        answer.with_context(|| format!("no answer to {} within {ANSWER_TIMEOUT:?}", kind.request()))?
+    }
+
+    async fn round_trip(&mut self, kind: Kind) -> anyhow::Result<Answer> {
         self.ws.send(Message::text(kind.request())).await.context("sending")?;
         loop {
             match self.ws.next().await {
-                Some(Ok(Message::Text(text))) => return Ok((text.len(), text.starts_with("{\"error\""))),
-                Some(Ok(Message::Binary(bytes))) => return Ok((bytes.len(), false)),
+                Some(Ok(Message::Text(text))) => return Ok(Answer::Text(text.into())),
+                Some(Ok(Message::Binary(bytes))) => return Ok(Answer::Binary(bytes)),
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
                 Some(Ok(Message::Close(_))) | None => bail!("the agent closed the connection"),
                 Some(Err(e)) => return Err(e).context("reading the answer"),
@@ -91,6 +122,31 @@ impl Client {
         let _ = self.ws.close(None).await;
     }
 }
+
+/// An answer's payload, as it came.
+enum Answer {
+    Text(Bytes),
+    Binary(Bytes),
+}
+
+impl Answer {
+    fn is_text(&self) -> bool {
+        matches!(self, Answer::Text(_))
+    }
+}
+
+impl std::ops::Deref for Answer {
+    type Target = Bytes;
+
+    fn deref(&self) -> &Bytes {
+        match self {
+            Answer::Text(bytes) | Answer::Binary(bytes) => bytes,
+        }
+    }
+}
+
+/// The first bytes of a gzip member (RFC 1952 §2.3.1).
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
 /// Bytes of a server frame carrying `payload` bytes: the payload plus the frame
 /// header (RFC 6455 §5.2: 2 bytes, +2 or +8 for the extended length; server

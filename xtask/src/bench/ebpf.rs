@@ -1,21 +1,24 @@
-//! The eBPF CPU accounting's own cost per `sched_switch`: a figure only our agent
-//! has (the original counts from /proc), measured by the agent's `ebpf_cost`
-//! example, the same one `cargo xtask ebpf-cost` runs (kernel BPF run-time
-//! statistics over a ping-pong of context switches). Where it cannot run (no
-//! example, no BPF, not root), the table says why instead of showing a figure.
+//! The eBPF programs' own cost, a figure only our agent has (the original counts
+//! from /proc): the agent's `ebpf_cost` example (the same one `cargo xtask
+//! ebpf-cost` runs) measures, with the kernel's BPF run-time statistics, the
+//! `sched_switch` program's run time per context switch under ping-pong loads and
+//! the `sched_process_free` program's per process exit under a fork loop. The
+//! example built from an earlier commit measures the object that commit embedded,
+//! in the same run, runs alternating, so the table shows both side by side. Where
+//! it cannot run (no BPF, not root, no such commit), a note says why instead of
+//! showing a figure.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, ensure};
 
 use super::agent::{cpu_set, run_on};
+use super::cost_example;
 use super::report::{Row, Section, Summary, Table};
 
-/// Seconds of each context-switch load the example measures over.
+/// Seconds of each load the example measures over.
 const SECONDS: &str = "3";
-/// Runs of the example, for a median and a range.
-const RUNS: usize = 3;
 
 /// Where the example's two threads (or processes) may run. The bench itself is
 /// pinned to CPU 0, which the example would inherit.
@@ -37,93 +40,114 @@ impl Cpus {
     }
 }
 
-pub fn add_row(root: &Path, table: &mut Table) {
-    if !root.join("agent/examples/ebpf_cost.rs").is_file() {
-        table.notes.push("eBPF cost per sched_switch: not measured, this tree has no `ebpf_cost` example yet.".into());
-        return;
-    }
+/// The programs' cost with this tree's object against `previous`'s, `runs` runs
+/// of each, in a table whose second column is the previous object.
+pub fn table(root: &Path, previous: &str, runs: usize, table: &mut Table) {
+    let current = match cost_example::current(root) {
+        Ok(binary) => binary,
+        Err(e) => return table.notes.push(format!("eBPF programs' cost: not measured ({e:#}).")),
+    };
+    let previous_binary = cost_example::at_commit(root, previous)
+        .inspect_err(|e| table.notes.push(format!("The object of {previous}: not measured ({e:#}).")))
+        .ok();
     for cpus in [Cpus::One, Cpus::All] {
-        let mut runs = Vec::new();
-        for _ in 0..RUNS {
-            match measure(root, cpus) {
-                Ok(loads) => runs.push(loads),
-                Err(e) => {
-                    table.notes.push(format!("eBPF cost per sched_switch: not measured ({e:#})."));
-                    return;
+        let (mut ours, mut before) = (Vec::new(), Vec::new());
+        for run in 0..runs {
+            super::progress(format_args!("eBPF programs' cost, {}, {}/{runs}", cpus.label(), run + 1));
+            // Alternating, so neither object always runs first.
+            let mut order = [Some(&current), previous_binary.as_ref()];
+            if run % 2 == 1 {
+                order.reverse();
+            }
+            for binary in order.into_iter().flatten() {
+                match measure(binary, cpus) {
+                    Ok(loads) if *binary == current => ours.push(loads),
+                    Ok(loads) => before.push(loads),
+                    Err(e) => return table.notes.push(format!("eBPF programs' cost: not measured ({e:#}).")),
                 }
             }
         }
-        add_loads(&runs, cpus, table);
+        add_loads(&ours, &before, cpus, table);
     }
 }
 
-/// One row of cost and one of switch rate per load, over the runs.
-fn add_loads(runs: &[Vec<LoadCost>], cpus: Cpus, table: &mut Table) {
-    let Some(first) = runs.first() else { return };
-    for (index, load) in first.iter().enumerate() {
-        let figures: Vec<&LoadCost> = runs.iter().filter_map(|run| run.get(index)).collect();
-        let summary = |pick: fn(&LoadCost) -> f64| Summary::of(&figures.iter().map(|f| pick(f)).collect::<Vec<_>>());
-        let load = format!("{}, {}", load.label, cpus.label());
+/// One row of cost and one of switch rate per load, over the runs; the exit
+/// program's cost where the load had exits.
+fn add_loads(ours: &[Vec<LoadCost>], before: &[Vec<LoadCost>], cpus: Cpus, table: &mut Table) {
+    let Some(first) = ours.first() else { return };
+    for load in first {
+        let runs_of = |runs: &[Vec<LoadCost>]| -> Vec<LoadCost> {
+            runs.iter().filter_map(|run| run.iter().find(|l| l.label == load.label)).cloned().collect()
+        };
+        let (mine, theirs) = (runs_of(ours), runs_of(before));
+        let summary = |loads: &[LoadCost], pick: fn(&LoadCost) -> Option<f64>| {
+            Summary::of(&loads.iter().filter_map(pick).collect::<Vec<_>>())
+        };
+        let pair = |pick: fn(&LoadCost) -> Option<f64>| (vec![summary(&mine, pick)], vec![summary(&theirs, pick)]);
+        let label = format!("{}, {}", load.label, cpus.label());
+        let (ours, original) = pair(|f| Some(f.ns_per_run));
         table.push(Row {
             section: Section::Ebpf,
-            label: format!("eBPF `sched_switch` program, run time per context switch, ping-pong {load}"),
+            label: format!("`sched_switch` program, run time per context switch, {label}"),
             unit: "ns",
-            ours: vec![summary(|f| f.ns_per_run)],
-            original: vec![None],
+            ours,
+            original,
         });
+        let (ours, original) = pair(|f| Some(f.switches_per_second));
         table.push(Row {
             section: Section::Ebpf,
-            label: format!("context switches during that load ({load})"),
+            label: format!("context switches during that load ({label})"),
             unit: "/s",
-            ours: vec![summary(|f| f.switches_per_second)],
-            original: vec![None],
+            ours,
+            original,
         });
-        if figures.iter().all(|f| f.exit_ns_per_run.is_some()) {
+        // The fork loop's load: other loads see a process exit now and then.
+        if load.exit_records.is_some() {
+            let (ours, original) = pair(|f| f.exit_ns_per_run);
             table.push(Row {
                 section: Section::Ebpf,
-                label: format!("eBPF `sched_process_free` program (exit record), run time per process exit ({load})"),
+                label: format!("`sched_process_free` program (exit record), run time per process exit ({label})"),
                 unit: "ns",
-                ours: vec![summary(|f| f.exit_ns_per_run.unwrap_or_default())],
-                original: vec![None],
+                ours,
+                original,
             });
+            let (read, lost) =
+                mine.iter().filter_map(|f| f.exit_records).fold((0, 0), |(r, l), (read, lost)| (r + read, l + lost));
+            table.notes.push(format!(
+                "Exit records under the fork loop ({}, {} run(s)): {read} read, {lost} lost (ring full).",
+                cpus.label(),
+                mine.len()
+            ));
         }
     }
 }
 
-/// One load of the example and what the `sched_switch` program cost under it.
-#[derive(Debug, PartialEq)]
+/// One load of the example and what the programs cost under it.
+#[derive(Debug, Clone, PartialEq)]
 struct LoadCost {
     label: String,
     switches_per_second: f64,
     ns_per_run: f64,
     /// The `sched_process_free` program's run time per run, under a load of exits.
     exit_ns_per_run: Option<f64>,
+    /// Exit records read and lost during that load.
+    exit_records: Option<(u64, u64)>,
 }
 
-/// Runs the example once on `cpus` and reads its figures for each load.
-fn measure(root: &Path, cpus: Cpus) -> anyhow::Result<Vec<LoadCost>> {
-    let cargo = crate::cargo();
-    let mut command = Command::new(cargo);
-    command.current_dir(root).args([
-        "run",
-        "--release",
-        "--quiet",
-        "--package",
-        "socktop_agent",
-        "--example",
-        "ebpf_cost",
-        "--",
-        SECONDS,
-    ]);
+/// Runs the example `binary` once on `cpus` and reads its figures for each load.
+fn measure(binary: &PathBuf, cpus: Cpus) -> anyhow::Result<Vec<LoadCost>> {
+    let mut command = Command::new(binary);
+    command.arg(SECONDS);
     if let Cpus::All = cpus {
         // SAFETY: sysconf has no preconditions.
         let online = usize::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }).unwrap_or(1).max(1);
         run_on(&mut command, cpu_set(0..online));
     }
-    let output = command.output().context("running the ebpf_cost example")?;
+    let output = command.output().with_context(|| format!("running {}", binary.display()))?;
     ensure!(
         output.status.success(),
-        "ebpf_cost failed ({}): {}",
+        "{} failed ({}): {}",
+        binary.display(),
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
@@ -133,11 +157,13 @@ fn measure(root: &Path, cpus: Cpus) -> anyhow::Result<Vec<LoadCost>> {
     Ok(loads)
 }
 
-/// From the example's blocks:
+/// From the example's blocks (the exit records line only after the fork loop's):
 /// ```text
 /// load (two processes): 900 ping-pong round trips in 3.00 s
 ///   context switches: 4000 (1333/s, all CPUs)
 ///   sched_switch_btf: 4000 runs, 97.0 ns per run
+///   process_free_btf: 1 runs, 900.0 ns per run
+///   exit records: 5000 read, 0 lost (ring full)
 /// ```
 fn parse_loads(output: &str) -> Vec<LoadCost> {
     let mut loads = Vec::new();
@@ -152,13 +178,20 @@ fn parse_loads(output: &str) -> Vec<LoadCost> {
             }
         } else if line.starts_with("sched_switch") {
             if let (Some((label, Some(switches_per_second))), Some(ns_per_run)) = (current.take(), ns_per_run(line)) {
-                loads.push(LoadCost { label, switches_per_second, ns_per_run, exit_ns_per_run: None });
+                let load =
+                    LoadCost { label, switches_per_second, ns_per_run, exit_ns_per_run: None, exit_records: None };
+                loads.push(load);
             }
         } else if line.starts_with("process_free")
             && !line.contains(": 0 runs")
             && let Some(load) = loads.last_mut()
         {
             load.exit_ns_per_run = ns_per_run(line);
+        } else if let Some(rest) = line.strip_prefix("exit records: ")
+            && let Some(load) = loads.last_mut()
+        {
+            let mut numbers = rest.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse().ok());
+            load.exit_records = numbers.next().zip(numbers.next());
         }
     }
     loads
@@ -187,7 +220,8 @@ mod tests {
                       load (process exits): 2000 round trips (or processes) in 3.00 s\n\
                       \x20 context switches: 9000 (3000/s, all CPUs)\n\
                       \x20 sched_switch_btf: 9000 runs, 120.5 ns per run\n\
-                      \x20 process_free_btf: 2000 runs, 310.5 ns per run\n";
+                      \x20 process_free_btf: 2000 runs, 310.5 ns per run\n\
+                      \x20 exit records: 1990 read, 10 lost (ring full)\n";
         assert_eq!(
             parse_loads(output),
             vec![
@@ -195,19 +229,22 @@ mod tests {
                     label: "two threads of one process".into(),
                     switches_per_second: 1333.0,
                     ns_per_run: 97.5,
-                    exit_ns_per_run: None
+                    exit_ns_per_run: None,
+                    exit_records: None
                 },
                 LoadCost {
                     label: "two processes".into(),
                     switches_per_second: 1000.0,
                     ns_per_run: 88.0,
-                    exit_ns_per_run: None
+                    exit_ns_per_run: None,
+                    exit_records: None
                 },
                 LoadCost {
                     label: "process exits".into(),
                     switches_per_second: 3000.0,
                     ns_per_run: 120.5,
-                    exit_ns_per_run: Some(310.5)
+                    exit_ns_per_run: Some(310.5),
+                    exit_records: Some((1990, 10))
                 },
             ]
         );

@@ -6,6 +6,9 @@ use std::fmt;
 pub struct Machine {
     pub cpu_model: String,
     pub cores: usize,
+    /// Online CPUs (`cpuN` lines of `/proc/stat`): the whole machine the agents'
+    /// CPU shares are of, whatever CPUs the bench may use.
+    pub online_cpus: usize,
     pub kernel: String,
     pub mem_gib: f64,
     pub processes: usize,
@@ -28,6 +31,7 @@ impl Machine {
         Machine {
             cpu_model,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            online_cpus: online_cpus(),
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned(),
             mem_gib: mem_kib / (1024.0 * 1024.0),
             processes: process_count(),
@@ -43,6 +47,11 @@ impl fmt::Display for Machine {
             self.cores, self.cpu_model, self.mem_gib, self.kernel, self.processes
         )
     }
+}
+
+fn online_cpus() -> usize {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    socktop_agent::collect::cpu::parse_proc_stat(&stat).cores.len().max(1)
 }
 
 /// The 1, 5 and 15 minute load averages, as `uptime` shows them.

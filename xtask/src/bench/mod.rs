@@ -2,17 +2,23 @@
 //! 1.60.1, on this machine, in one run. It builds ours in release, installs the
 //! original when missing, starts both on loopback ports (caches off, then on),
 //! measures idle CPU, resident memory, CPU time per request with more and more
-//! processes on the host, round-trip latency under 1 to 500 polling clients and
-//! answer sizes, and prints one Markdown table; then the Prometheus scrape cost
-//! against node_exporter and process-exporter in a second one ([`scrape`]). Every
+//! processes on the host, round-trip latency under 1 to 500 polling clients, answer
+//! sizes, the whole machine's interrupts while one client polls each agent alone
+//! ([`interrupts`]) and how much of a fork loop's busy time the processes list
+//! accounts for ([`closure`]), and prints one Markdown table; then the eBPF
+//! programs' cost beside the previous object's ([`ebpf`]) and the Prometheus scrape
+//! cost against node_exporter and process-exporter, each in a table of its own. Every
 //! phase is bounded in time; agents and helper processes are stopped on the way
 //! out, Ctrl-C included.
 
 // The soak reuses the agent handling and the client.
 pub(crate) mod agent;
 pub(crate) mod client;
+mod closure;
+mod cost_example;
 mod crowd;
 mod ebpf;
+mod interrupts;
 mod machine;
 mod phases;
 mod report;
@@ -49,6 +55,11 @@ pub struct BenchArgs {
     /// the agent); off forces its /proc source, the original's method.
     #[arg(long, default_value = "on", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
     ebpf: bool,
+    /// The commit whose eBPF object the programs' cost is measured beside (its
+    /// `ebpf_cost` example is built from a `git archive` of it under .bench/): the
+    /// object before the exit records and the tick repair.
+    #[arg(long, default_value = "67671f7")]
+    previous_ebpf: String,
     /// Run only these phases (comma-separated).
     #[arg(long, value_delimiter = ',', value_enum)]
     only: Vec<Phase>,
@@ -67,7 +78,14 @@ enum Phase {
     Sensors,
     /// Round-trip latency under concurrent clients.
     Latency,
-    /// The eBPF program's cost per context switch.
+    /// The whole machine's interrupts per second while one client polls each agent
+    /// alone at the real client's intervals, and with no agent.
+    Interrupts,
+    /// Under a fork loop, the processes list's rows against the machine's busy
+    /// time: ours with eBPF and with /proc, and the original.
+    Closure,
+    /// The eBPF programs' cost per context switch and per process exit, beside the
+    /// previous object's.
     Ebpf,
     /// Prometheus scrape cost against node_exporter + process-exporter.
     Scrape,
@@ -83,13 +101,25 @@ struct Plan {
     rss_requests: usize,
     crowds: [usize; 3],
     clients: [usize; 3],
+    interrupt_window: Duration,
+    closure_windows: u32,
     phases: Vec<Phase>,
 }
 
 impl Plan {
     fn new(args: &BenchArgs) -> Plan {
         let phases = if args.only.is_empty() {
-            vec![Phase::Idle, Phase::Rss, Phase::Cpu, Phase::Sensors, Phase::Latency, Phase::Ebpf, Phase::Scrape]
+            vec![
+                Phase::Idle,
+                Phase::Rss,
+                Phase::Cpu,
+                Phase::Sensors,
+                Phase::Latency,
+                Phase::Interrupts,
+                Phase::Closure,
+                Phase::Ebpf,
+                Phase::Scrape,
+            ]
         } else {
             args.only.clone()
         };
@@ -103,6 +133,8 @@ impl Plan {
             rss_requests: if quick { 1_000 } else { 10_000 },
             crowds: [0, 1_000, 5_000],
             clients: [1, 50, 500],
+            interrupt_window: Duration::from_secs(if quick { 3 } else { 30 }),
+            closure_windows: if quick { 3 } else { 10 },
             phases,
         }
     }
@@ -129,19 +161,21 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let machine = Machine::read();
     let pinning = agent::Pinning::client_on_first_cpu(machine.cores)?;
     let binaries = Binaries { ours, original, ours_ebpf: args.ebpf, logs, pinning };
+    let online_cpus = machine.online_cpus;
 
     let load_before = machine::load();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     // The measurement runs on this (the main) thread, which the helper processes'
     // parent-death signal is tied to (see agent::die_with_parent).
-    let mut table = runtime.block_on(async {
+    let table = runtime.block_on(async {
         tokio::select! {
-            table = measure(&plan, &binaries) => table,
+            table = measure(&plan, &binaries, online_cpus) => table,
             _ = tokio::signal::ctrl_c() => bail!("interrupted; the agents and helper processes were stopped"),
         }
     })?;
+    let mut programs = Table { other: format!("previous object ({})", args.previous_ebpf), ..Table::default() };
     if plan.runs(Phase::Ebpf) {
-        ebpf::add_row(&root, &mut table);
+        ebpf::table(&root, &args.previous_ebpf, plan.repeats, &mut programs);
     }
 
     println!("## socktop_agent (ours) vs socktop_agent {} (original)\n", agent::ORIGINAL_VERSION);
@@ -158,6 +192,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if !table.rows.is_empty() {
         println!("\n{}", table.render());
     }
+    if plan.runs(Phase::Ebpf) {
+        println!("\n### eBPF programs: this object vs the one of {}\n\n{}", args.previous_ebpf, programs.render());
+    }
     if plan.runs(Phase::Scrape) {
         let scrapes = runtime.block_on(async {
             tokio::select! {
@@ -170,7 +207,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn measure(plan: &Plan, binaries: &Binaries) -> anyhow::Result<Table> {
+async fn measure(plan: &Plan, binaries: &Binaries, online_cpus: usize) -> anyhow::Result<Table> {
     let mut table = Table::default();
     if plan.runs(Phase::Idle) {
         idle(plan, binaries, &mut table).await?;
@@ -192,6 +229,12 @@ async fn measure(plan: &Plan, binaries: &Binaries) -> anyhow::Result<Table> {
         for caches in [Caches::On, Caches::Off] {
             latency(plan, binaries, caches, &mut table).await?;
         }
+    }
+    if plan.runs(Phase::Interrupts) {
+        interrupts(plan, binaries, &mut table).await?;
+    }
+    if plan.runs(Phase::Closure) {
+        closure(plan, binaries, online_cpus, &mut table).await?;
     }
     Ok(table)
 }
@@ -383,6 +426,129 @@ async fn latency(plan: &Plan, binaries: &Binaries, caches: Caches, table: &mut T
     Ok(())
 }
 
+/// Extra idle processes while the interrupts are counted.
+const INTERRUPTS_CROWD: usize = 1_000;
+
+/// The whole machine's interrupts per second while one client polls each agent at
+/// the real client's intervals, each agent alone (caches on), with a crowd of idle
+/// processes; and with no agent at all, the machine's own rate. The three take
+/// turns, in a different order each repeat.
+async fn interrupts(plan: &Plan, binaries: &Binaries, table: &mut Table) -> anyhow::Result<()> {
+    progress(format_args!("starting {} idle processes", thousands(INTERRUPTS_CROWD)));
+    let _crowd = Crowd::spawn(INTERRUPTS_CROWD)?;
+    let (mut all, mut local_timer) = (Pair::default(), Pair::default());
+    let (mut baseline_all, mut baseline_local_timer) = (Vec::new(), Vec::new());
+    let window = plan.interrupt_window;
+    for repeat in 0..plan.repeats {
+        let mut turns = [None, Some(Which::Ours), Some(Which::Original)];
+        let shift = repeat % turns.len();
+        turns.rotate_left(shift);
+        for which in turns {
+            let name = which.map_or("no agent", Which::name);
+            progress(format_args!("interrupts, {name}, {} s window {}/{}", window.as_secs(), repeat + 1, plan.repeats));
+            let agent = match which {
+                Some(which) => Some(Agent::start(binaries, which, Caches::On, Sensors::Off).await?),
+                None => None,
+            };
+            tokio::time::sleep(SETTLE).await;
+            let rate = interrupts::while_watched(agent.as_ref(), window).await?;
+            match which {
+                Some(which) => {
+                    all.push(which, rate.all_per_s);
+                    if let Some(local) = rate.local_timer_per_s {
+                        local_timer.push(which, local);
+                    }
+                }
+                None => {
+                    baseline_all.push(rate.all_per_s);
+                    baseline_local_timer.extend(rate.local_timer_per_s);
+                }
+            }
+        }
+    }
+    let watched = format!(
+        "one client polling at the real client's intervals, host + {} idle processes, {} s",
+        thousands(INTERRUPTS_CROWD),
+        window.as_secs()
+    );
+    table.push(all.row(Section::Interrupts, format!("interrupts of the whole machine, {watched}"), "/s"));
+    if !local_timer.ours.is_empty() {
+        table.push(local_timer.row(Section::Interrupts, format!("… of which local timer (LOC), {watched}"), "/s"));
+    }
+    let show = |samples: &[f64]| Summary::of(samples).map_or_else(|| "n/a".to_owned(), |s| s.show());
+    table.notes.push(format!(
+        "Interrupts: each agent ran alone (caches on) while counted; metrics every 500 ms, processes every 2 s, \
+         disks every 5 s. With no agent and no client, over the same windows: {}/s, local timer {}/s.",
+        show(&baseline_all),
+        show(&baseline_local_timer)
+    ));
+    Ok(())
+}
+
+/// Under a fork loop, how much of the machine's busy time the rows of
+/// `get_processes` (caches off, one request a second) account for: ours with its
+/// eBPF source, ours with its /proc source, the original; each agent alone, in a
+/// different order each repeat.
+async fn closure(plan: &Plan, binaries: &Binaries, cpus: usize, table: &mut Table) -> anyhow::Result<()> {
+    let with_proc = Binaries { ours_ebpf: false, ..binaries.clone() };
+    let runs: [(&str, &Binaries, Which); 3] = [
+        ("ours (eBPF run)", binaries, Which::Ours),
+        ("ours (/proc run)", &with_proc, Which::Ours),
+        ("original", binaries, Which::Original),
+    ];
+    let mut closures: [Vec<closure::Closure>; 3] = Default::default();
+    let mut modes: [Option<String>; 3] = Default::default();
+    let windows = plan.closure_windows;
+    let window = Duration::from_secs(1);
+    for repeat in 0..plan.repeats {
+        let mut turns = [0, 1, 2];
+        let shift = repeat % turns.len();
+        turns.rotate_left(shift);
+        for turn in turns {
+            let (name, binaries, which) = runs[turn];
+            progress(format_args!("closure under a fork loop, {name}, {}/{}", repeat + 1, plan.repeats));
+            let agent = Agent::start(binaries, which, Caches::Off, Sensors::Off).await?;
+            tokio::time::sleep(SETTLE).await;
+            closures[turn].push(closure::under_fork_loop(&agent, cpus, windows, window).await?);
+            if which == Which::Ours {
+                let source = agent.cpu_source().unwrap_or_else(|| "unknown".into());
+                let children = agent.cpu_children().unwrap_or_else(|| "unknown".into());
+                modes[turn] = Some(format!("source {source}, `--cpu-children {children}`"));
+            }
+            // The loop's last processes and the agent's exit, out of the next run.
+            drop(agent);
+            tokio::time::sleep(SETTLE).await;
+        }
+    }
+    let percent = |closures: &[closure::Closure]| closures.iter().map(closure::Closure::percent).collect::<Vec<_>>();
+    let original = percent(&closures[2]);
+    let what = format!(
+        "rows of `get_processes` over {windows} × 1 s windows under a fork loop, share of the machine's busy time"
+    );
+    for turn in [0, 1] {
+        let mode = modes[turn].as_deref().unwrap_or("unknown");
+        let label = format!("{what}; ours: {mode}");
+        table.push(Row::single(Section::Closure, label, "%", &percent(&closures[turn]), &original));
+    }
+    let seconds = |closures: &[closure::Closure], pick: fn(&closure::Closure) -> f64| {
+        Summary::of(&closures.iter().map(pick).collect::<Vec<_>>()).map_or_else(|| "n/a".to_owned(), |s| s.show())
+    };
+    let spans = runs
+        .iter()
+        .zip(&closures)
+        .map(|((name, ..), runs)| {
+            format!("{name} {} of {} CPU-s", seconds(runs, |c| c.rows_cpu_s), seconds(runs, |c| c.busy_cpu_s))
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    table.notes.push(format!(
+        "Closure: a shell runs `/bin/true` back to back; busy time is user + nice + system + irq + softirq of \
+         /proc/stat over the same windows; a row's CPU-seconds are its `cpu_usage` (% of the {cpus} CPUs) times \
+         the interval between answers. Rows against busy, median: {spans}."
+    ));
+    Ok(())
+}
+
 /// How long after its last scrape and client the agent is idle again.
 const IDLE_AGAIN: Duration = Duration::from_secs(8);
 
@@ -394,7 +560,7 @@ const SCRAPE_CROWD: usize = 1_000;
 /// idle RSS before and after the scrapes. The "original" column of this table
 /// holds the two exporters together.
 async fn prometheus(plan: &Plan, binaries: &Binaries) -> anyhow::Result<Table> {
-    let mut table = Table { other: "node_exporter + process-exporter", ..Table::default() };
+    let mut table = Table { other: "node_exporter + process-exporter".to_owned(), ..Table::default() };
     progress(format_args!("starting {} idle processes", thousands(SCRAPE_CROWD)));
     let _crowd = Crowd::spawn(SCRAPE_CROWD)?;
     let ours = Agent::start(binaries, Which::Ours, Caches::Off, Sensors::Off).await?;

@@ -8,7 +8,7 @@ use anyhow::Context;
 use tokio::time::MissedTickBehavior;
 
 use super::agent::Agent;
-use super::client::{Client, Kind};
+use super::client::{Client, Kind, METRICS_EVERY, PROCESSES_EVERY_N_METRICS};
 use super::report::quantile;
 
 /// CPU use of each agent over `window` with no client, in % of one CPU. The
@@ -92,10 +92,6 @@ pub struct Latency {
     /// Clients that failed (could not connect, or an answer timed out).
     pub failed_clients: usize,
 }
-
-/// The real client's polling intervals (PROTOCOL.md, "Client behaviour").
-const METRICS_EVERY: Duration = Duration::from_millis(500);
-const PROCESSES_EVERY_N_METRICS: usize = 4;
 
 /// `clients` clients, each polling metrics every 500 ms and processes every 2 s on
 /// its own connection, for `run`. Starts are spread over one interval, as real

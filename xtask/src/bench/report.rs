@@ -23,7 +23,7 @@ impl Summary {
         Some(Summary { median, min: first, max: last })
     }
 
-    fn show(&self) -> String {
+    pub fn show(&self) -> String {
         if number(self.min) == number(self.max) {
             number(self.median)
         } else {
@@ -57,10 +57,12 @@ fn number(value: f64) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Section {
     Idle,
+    Interrupts,
     Memory,
     Cpu,
     Latency,
     Size,
+    Closure,
     Ebpf,
 }
 
@@ -108,12 +110,12 @@ pub struct Table {
     pub rows: Vec<Row>,
     pub notes: Vec<String>,
     /// What the second column holds.
-    pub other: &'static str,
+    pub other: String,
 }
 
 impl Default for Table {
     fn default() -> Self {
-        Self { rows: Vec::new(), notes: Vec::new(), other: "original" }
+        Self { rows: Vec::new(), notes: Vec::new(), other: "original".to_owned() }
     }
 }
 
@@ -123,7 +125,7 @@ impl Table {
     }
 
     pub fn render(&self) -> String {
-        let other = self.other;
+        let other = &self.other;
         let mut out = format!("| figure | unit | ours | {other} | ours / {other} |\n|---|---|---:|---:|---:|\n");
         let mut rows: Vec<&Row> = self.rows.iter().collect();
         rows.sort_by_key(|row| row.section);
