@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::bench::client::{Client, Kind};
+use crate::bench::client::{Client, DISKS_EVERY_N_METRICS, Kind, METRICS_EVERY, PROCESSES_EVERY_N_METRICS};
 
-/// The real client's intervals.
+/// The real client's intervals, as the bench's clients keep them.
 const SCHEDULE: [(Kind, Duration); 3] = [
-    (Kind::Metrics, Duration::from_millis(500)),
-    (Kind::Processes, Duration::from_millis(2000)),
-    (Kind::Disks, Duration::from_millis(5000)),
+    (Kind::Metrics, METRICS_EVERY),
+    (Kind::Processes, METRICS_EVERY.saturating_mul(PROCESSES_EVERY_N_METRICS as u32)),
+    (Kind::Disks, METRICS_EVERY.saturating_mul(DISKS_EVERY_N_METRICS as u32)),
 ];
 
 #[derive(Default)]
