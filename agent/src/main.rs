@@ -19,6 +19,7 @@ use socktop_agent::protocol::agent_info::AgentInfo;
 use socktop_agent::service::Service;
 
 fn main() -> anyhow::Result<()> {
+    socktop_agent::host::heap::restart_without_thread_caches();
     socktop_agent::host::heap::configure();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
