@@ -202,16 +202,15 @@ pub struct CommCpu {
     next_counted: Vec<Counted>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 struct Counted {
     pid: u32,
+    /// The index in `totals` of the name it was counted under. Processes carry
+    /// the `Arc` of their name's total ([`CommCpu::name_of`]), so a steady scan
+    /// finds each process's total by comparing pointers, without hashing names.
+    slot: u32,
     start_time_ns: u64,
     cpu_ns: u64,
-    /// The name it was counted under, and its index in `totals`: the scanner
-    /// shares one `Arc` per name until the process's comm changes, so a steady
-    /// scan finds each process's total without hashing its name.
-    name: Arc<str>,
-    slot: usize,
 }
 
 impl CommCpu {
@@ -223,6 +222,17 @@ impl CommCpu {
     pub fn release(&mut self) {
         self.next_counted = Vec::new();
         self.counted.shrink_to_fit();
+    }
+
+    /// The text of a process's `comm`, shared: the `Arc` its name's total is kept
+    /// under, so every process of one name holds the same one (no allocation per
+    /// process, and [`CommCpu::count`] finds the total by pointer). A name past the
+    /// cap gets an `Arc` of its own.
+    pub fn name_of(&mut self, comm: &[u8]) -> Arc<str> {
+        let text = comm_name(comm);
+        let slot = self.slot_of(&text);
+        let (name, _) = &self.totals[slot];
+        if **name == *text { Arc::clone(name) } else { Arc::from(text) }
     }
 
     /// Counts one scan: `listed` sorted by pid, `exits` the processes that exited
@@ -242,7 +252,7 @@ impl CommCpu {
             while previous.next_if(|c| c.pid < process.pid).is_some() {}
             let before = previous.next_if(|c| c.pid == process.pid);
             let slot = match &before {
-                Some(c) if Arc::ptr_eq(&c.name, &process.name) => c.slot,
+                Some(c) if Arc::ptr_eq(&self.totals[c.slot as usize].0, &process.name) => c.slot as usize,
                 _ => self.slot_of(&process.name),
             };
             let already = (before.filter(|c| self.rate.is_same_process(c.start_time_ns, process.start_time_ns)))
@@ -254,8 +264,8 @@ impl CommCpu {
                 // A source reading lower than before (it never should) is not
                 // counted again up to where it was.
                 cpu_ns: process.cpu_ns.max(already),
-                name: Arc::clone(&process.name),
-                slot,
+                // At most MAX_COUNTED_NAMES + 1 slots.
+                slot: slot as u32,
             });
         }
         drop(previous);

@@ -32,7 +32,7 @@ use crate::cputime::rate::RateRule;
 use crate::cputime::{CpuSourceKind, CpuTimeSource, ProcessRecord, ScannedCpu, SharedCpuSource, cpu_percent};
 use crate::host::clock::{self, HostClock};
 use crate::host::procfs::{self, KeptFile, ProcDir};
-use crate::host::stat::{comm_name, parse_stat};
+use crate::host::stat::parse_stat;
 pub use snapshot::{ProcessSample, ProcessesSnapshot};
 
 use super::{Collect, CollectError};
@@ -120,8 +120,8 @@ struct Tracked {
     /// CPU ns of the children it reaped (/proc `cutime` + `cstime`; 0 from the
     /// iterator, whose source records exits instead).
     children_ns: u64,
-    /// `comm` as read, and as the text the snapshot carries.
-    comm: Vec<u8>,
+    /// `comm` as the text the snapshot carries, shared by every process of that
+    /// name ([`CommCpu::name_of`]).
     name: Arc<str>,
     rss_bytes: u64,
 }
@@ -135,24 +135,30 @@ impl Tracked {
             cpu_ns: None,
             ppid: 0,
             children_ns: 0,
-            comm: Vec::new(),
             name: Arc::from(""),
             rss_bytes: 0,
         }
     }
 
     /// Takes this scan's reading of the process.
-    fn update(&mut self, rate: &RateRule, start_time_ns: u64, ppid: u32, comm: &[u8], rss_bytes: u64) {
+    fn update(
+        &mut self,
+        rate: &RateRule,
+        start_time_ns: u64,
+        ppid: u32,
+        comm: &[u8],
+        rss_bytes: u64,
+        names: &mut CommCpu,
+    ) {
         self.ppid = ppid;
         if self.cpu_ns.is_none() || !rate.is_same_process(start_time_ns, self.start_time_ns) {
             // A new process, or a reused pid: its CPU history starts now.
             self.cpu_ns = None;
         }
         self.start_time_ns = start_time_ns;
-        if comm != self.comm.as_slice() {
-            self.comm.clear();
-            self.comm.extend_from_slice(comm);
-            self.name = Arc::from(comm_name(comm));
+        // A name that is not UTF-8 reads as changed on every scan: looked up again.
+        if comm != self.name.as_bytes() {
+            self.name = names.name_of(comm);
         }
         self.rss_bytes = rss_bytes;
     }
@@ -269,6 +275,7 @@ impl ProcessScanner {
                 record.ppid,
                 comm_bytes(&record.comm),
                 self.clock.pages_to_bytes(record.rss_pages),
+                &mut self.comm_cpu,
             );
             tracked.children_ns = 0;
             self.cpu_ns.push(record.cpu_ns);
@@ -366,7 +373,8 @@ impl ProcessScanner {
             return if length == 0 { Read::Vanished } else { Read::Unparsable };
         };
         let start_time_ns = self.clock.ticks_to_ns(stat.start_time);
-        tracked.update(&self.rate, start_time_ns, stat.ppid, stat.comm, self.clock.pages_to_bytes(stat.rss_pages));
+        let rss_bytes = self.clock.pages_to_bytes(stat.rss_pages);
+        tracked.update(&self.rate, start_time_ns, stat.ppid, stat.comm, rss_bytes, &mut self.comm_cpu);
         tracked.children_ns = self.clock.ticks_to_ns(stat.cutime + stat.cstime);
         self.cpu_scanned.push(ScannedCpu { pid: tracked.pid, ticks: stat.utime + stat.stime });
         Read::Ok
