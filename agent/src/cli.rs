@@ -93,7 +93,9 @@ pub struct Cli {
     #[arg(long, env = "SOCKTOP_PROMETHEUS_TOP_PROCESSES", default_value_t = PrometheusLimits::default().top_processes)]
     pub prometheus_top_processes: usize,
 
-    /// Async worker threads [default: one per CPU, at most 4].
+    /// Async worker threads [default: 0: the connections are served on one
+    /// thread; collecting and rendering always run on a pool of threads that
+    /// exit when unused].
     #[arg(long, env = "SOCKTOP_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
 }
