@@ -144,6 +144,8 @@ fn the_token_is_required_as_a_query_or_a_bearer_header() {
     assert_eq!(status("/metrics", &[("Authorization", "Bearer wrong")]), 401);
     assert_eq!(status("/metrics?token=s3%20cret", &[]), 200);
     assert_eq!(status("/metrics", &[("Authorization", "Bearer s3 cret")]), 200);
+    // The scheme's name is case-insensitive.
+    assert_eq!(status("/metrics", &[("Authorization", "bearer s3 cret")]), 200);
     // A Bearer header is what is checked when one is sent.
     assert_eq!(status("/metrics?token=s3%20cret", &[("Authorization", "Bearer wrong")]), 401);
 }

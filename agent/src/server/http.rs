@@ -83,12 +83,9 @@ async fn route(
 /// `authorization` setting sends it, as `Authorization: Bearer TOKEN`.
 async fn metrics(request: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
     let headers = request.headers();
-    let bearer = headers
-        .get(hyper::header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
+    let bearer = headers.get(hyper::header::AUTHORIZATION).and_then(|value| value.to_str().ok()).and_then(bearer_token);
     let authorized = match bearer {
-        Some(token) => shared.auth.allows_token(token.trim()),
+        Some(token) => shared.auth.allows_token(token),
         None => shared.auth.allows(request.uri().query()),
     };
     if !authorized {
@@ -110,6 +107,13 @@ async fn metrics(request: &Request<Incoming>, shared: &Shared) -> Response<Full<
         response_headers.insert(hyper::header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
     }
     response
+}
+
+/// The token of an `Authorization: Bearer TOKEN` value; None for another scheme.
+/// The scheme's name is case-insensitive (RFC 9110, 11.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("Bearer").then(|| token.trim())
 }
 
 /// Whether an `Accept-Encoding` value lists gzip without refusing it (`;q=0`).
@@ -218,6 +222,16 @@ fn token_from_query(query: &str) -> Option<Cow<'_, str>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bearer_token_is_found_whatever_the_schemes_case() {
+        assert_eq!(bearer_token("Bearer s3 cret"), Some("s3 cret"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("BEARER   abc "), Some("abc"));
+        assert_eq!(bearer_token("Basic dXNlcjpwYXNz"), None);
+        assert_eq!(bearer_token("Bearer"), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
+    }
 
     #[test]
     fn no_configured_token_allows_everyone() {
