@@ -99,6 +99,21 @@ impl Agent {
         Ok((Self::spawn(command, args, &[])?, dir))
     }
 
+    /// Starts the agent as user `nobody` from a copy of the binary given the file
+    /// capabilities `caps` (`setcap` syntax, `cap_bpf,cap_perfmon+ep`): the kernel
+    /// runs it in secure-execution mode. Needs root.
+    pub fn start_with_file_capabilities(caps: &str, args: &[&str]) -> anyhow::Result<(Agent, tempfile::TempDir)> {
+        let dir = tempfile::tempdir()?;
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        let binary = dir.path().join("socktop_agent");
+        std::fs::copy(agent_binary(), &binary)?;
+        let status = Command::new("setcap").arg(caps).arg(&binary).status().context("running setcap")?;
+        anyhow::ensure!(status.success(), "setcap {caps} failed: {status}");
+        let mut command = Command::new("setpriv");
+        command.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(&binary);
+        Ok((Self::spawn(command, args, &[])?, dir))
+    }
+
     /// Starts the agent under `strace`, recording every file-related system call of
     /// every thread into `trace`.
     pub fn start_traced(trace: &std::path::Path, args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<Agent> {

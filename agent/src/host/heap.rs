@@ -7,12 +7,17 @@ use std::ffi::OsString;
 const TUNABLES: &str = "GLIBC_TUNABLES";
 /// The tunable that sizes each thread's cache of freed small blocks.
 const TCACHE_COUNT: &str = "glibc.malloc.tcache_count";
+/// Set for the restarted agent only, so that it restarts at most once whatever
+/// glibc makes of `GLIBC_TUNABLES`.
+const RESTARTED: &str = "SOCKTOP_AGENT_HEAP_RESTARTED";
 
 /// Restarts the agent in place (same pid, arguments and environment) with glibc's
 /// per-thread caches of freed blocks (tcache) off, unless `GLIBC_TUNABLES`
-/// already sets their size (the user's choice, or this restart done). Call first
-/// thing in `main`; returns when nothing is to be done or the exec failed (then
-/// the agent runs with the caches, as before).
+/// already sets their size (the user's choice), this is the restarted agent, or
+/// it runs in secure-execution mode (setuid, or file capabilities such as
+/// `setcap cap_bpf,cap_perfmon+ep`: glibc then drops the tunable, and restarting
+/// would only loop). Call first thing in `main`; returns when nothing is to be
+/// done or the exec failed (then the agent runs with the caches).
 ///
 /// Why: a thread keeps up to 7 freed blocks of each size up to 1 KiB for itself,
 /// and a busy agent leaves each of its threads' caches full of blocks scattered
@@ -28,6 +33,15 @@ pub fn restart_without_thread_caches() {
     {
         use std::os::unix::process::CommandExt;
 
+        if std::env::var_os(RESTARTED).is_some() {
+            // SAFETY: first thing in `main`: no other thread runs yet.
+            unsafe { std::env::remove_var(RESTARTED) };
+            return;
+        }
+        // SAFETY: getauxval only reads the auxiliary vector the kernel passed.
+        if unsafe { libc::getauxval(libc::AT_SECURE) } != 0 {
+            return;
+        }
         let current = std::env::var_os(TUNABLES);
         let Some(tunables) = with_tcache_off(current.as_deref()) else { return };
         // By its path, not /proc/self/exe: the kernel names the process (its
@@ -40,7 +54,12 @@ pub fn restart_without_thread_caches() {
         };
         let mut args = std::env::args_os();
         let arg0 = args.next().unwrap_or_else(|| program.clone().into_os_string());
-        let error = std::process::Command::new(&program).arg0(arg0).args(args).env(TUNABLES, tunables).exec();
+        let error = std::process::Command::new(&program)
+            .arg0(arg0)
+            .args(args)
+            .env(TUNABLES, tunables)
+            .env(RESTARTED, "1")
+            .exec();
         // Logging starts later; say it plainly on stderr.
         eprintln!("socktop_agent: could not restart with glibc's thread caches off ({error}); they stay on");
     }

@@ -70,3 +70,32 @@ async fn ebpf_runs_as_an_unprivileged_user_with_only_the_units_capabilities() {
         agent.log().into_iter().filter(|l| l.contains("WARN") || l.contains("failed")).collect();
     assert!(failures.is_empty(), "{failures:?}");
 }
+
+/// The value of `AT_SECURE` in the auxiliary vector the kernel gave `pid`.
+fn secure_execution(pid: u32) -> bool {
+    const AT_SECURE: u64 = 23;
+    let auxv = std::fs::read(format!("/proc/{pid}/auxv")).expect("auxv");
+    let words: Vec<u64> = auxv.chunks_exact(8).map(|w| u64::from_ne_bytes(w.try_into().unwrap())).collect();
+    words.chunks_exact(2).any(|pair| pair[0] == AT_SECURE && pair[1] != 0)
+}
+
+/// With file capabilities the kernel runs the agent in secure-execution mode, where
+/// glibc drops `GLIBC_TUNABLES`: the agent must not restart itself for its
+/// allocator setting there (it used to, without end), and serves as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_file_capabilities_the_agent_starts_once_and_serves() {
+    if !running_as_root() {
+        return eprintln!("skipping: needs root to set file capabilities");
+    }
+    let (agent, _dir) = Agent::start_with_file_capabilities("cap_bpf,cap_perfmon+ep", &["--processes-ttl-ms", "0"])
+        .expect("agent starts");
+    assert!(secure_execution(agent.pid()), "the kernel did not run it in secure-execution mode");
+    let environment =
+        String::from_utf8_lossy(&std::fs::read(format!("/proc/{}/environ", agent.pid())).unwrap()).replace('\0', "\n");
+    assert!(!environment.contains("tcache_count=0"), "it restarted itself:\n{environment}");
+    let source = agent.wait_for_log("cpu source: ", Duration::from_secs(5)).expect("source logged");
+    if !source.contains("cpu source: ebpf") {
+        assert!(!ebpf_required(), "eBPF required but, with file capabilities: {source}");
+    }
+    assert_busy_and_idle_match_the_kernel(&agent).await;
+}
