@@ -78,13 +78,10 @@ impl Agent {
     /// (names as systemd writes them, `CAP_BPF`), ambient as a unit grants them and
     /// with the bounding set cut to them. Not root: plainly, as the current user.
     pub fn start_unprivileged_with(caps: &[&str], args: &[&str]) -> anyhow::Result<(Agent, tempfile::TempDir)> {
-        let dir = tempfile::tempdir()?;
         if !running_as_root() {
-            return Ok((Self::start(args, &[])?, dir));
+            return Ok((Self::start(args, &[])?, tempfile::tempdir()?));
         }
-        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-        let binary = dir.path().join("socktop_agent");
-        std::fs::copy(agent_binary(), &binary)?;
+        let (dir, binary) = binary_copy_for_nobody()?;
         let set: String = std::iter::once("-all".to_owned())
             .chain(caps.iter().map(|cap| format!("+{}", setpriv_name(cap))))
             .collect::<Vec<_>>()
@@ -103,10 +100,7 @@ impl Agent {
     /// capabilities `caps` (`setcap` syntax, `cap_bpf,cap_perfmon+ep`): the kernel
     /// runs it in secure-execution mode. Needs root.
     pub fn start_with_file_capabilities(caps: &str, args: &[&str]) -> anyhow::Result<(Agent, tempfile::TempDir)> {
-        let dir = tempfile::tempdir()?;
-        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-        let binary = dir.path().join("socktop_agent");
-        std::fs::copy(agent_binary(), &binary)?;
+        let (dir, binary) = binary_copy_for_nobody()?;
         let status = Command::new("setcap").arg(caps).arg(&binary).status().context("running setcap")?;
         anyhow::ensure!(status.success(), "setcap {caps} failed: {status}");
         let mut command = Command::new("setpriv");
@@ -247,6 +241,16 @@ fn setpriv_name(cap: &str) -> String {
     cap.trim_start_matches("CAP_").to_ascii_lowercase()
 }
 
+/// A copy of the agent's binary in a new folder that user `nobody` can reach (the
+/// build folder may not be), for starting it as that user.
+fn binary_copy_for_nobody() -> anyhow::Result<(tempfile::TempDir, PathBuf)> {
+    let dir = tempfile::tempdir()?;
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let binary = dir.path().join("socktop_agent");
+    std::fs::copy(agent_binary(), &binary)?;
+    Ok((dir, binary))
+}
+
 pub fn running_as_root() -> bool {
     let uid = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
     uid.is_ok_and(|uid| uid == "0")
@@ -320,6 +324,13 @@ pub mod host {
         let meminfo = std::fs::read_to_string("/proc/meminfo").expect("meminfo");
         let line = meminfo.lines().find(|l| l.starts_with("MemTotal:")).expect("MemTotal");
         line.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()).expect("MemTotal value") * 1024
+    }
+
+    /// The environment `pid` was started (or last exec'd) with, a variable a line:
+    /// the kernel's copy in /proc/PID/environ, whatever the process made of it since.
+    pub fn environment(pid: u32) -> String {
+        let bytes = std::fs::read(format!("/proc/{pid}/environ")).expect("environ");
+        String::from_utf8_lossy(&bytes).replace('\0', "\n")
     }
 
     /// Pids currently in /proc.

@@ -315,12 +315,13 @@ async fn when_the_last_client_leaves_the_per_process_files_are_closed() {
 /// (`host/heap.rs`), under its own name; a user's own size for them is kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_runs_with_glibcs_thread_caches_off_unless_the_user_sized_them() {
-    let environment = |pid: u32| -> Vec<String> {
-        let bytes = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
-        bytes.split(|&b| b == 0).map(|v| String::from_utf8_lossy(v).into_owned()).collect()
+    let tunables = |pid: u32| {
+        host::environment(pid)
+            .lines()
+            .filter(|v| v.starts_with("GLIBC_TUNABLES="))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
     };
-    let tunables =
-        |pid: u32| environment(pid).into_iter().filter(|v| v.starts_with("GLIBC_TUNABLES=")).collect::<Vec<_>>();
 
     let agent = Agent::start(&[], &[]).unwrap();
     // The process the harness started, now running the restarted image: its
@@ -337,7 +338,7 @@ async fn the_agent_runs_with_glibcs_thread_caches_off_unless_the_user_sized_them
     let agent = Agent::start(&[], &sized).unwrap();
     // glibc splits the variable in place as it parses it (in /proc/PID/environ
     // its ':' become NULs): look for the settings themselves.
-    let settings = environment(agent.pid()).join("\n");
+    let settings = host::environment(agent.pid());
     assert!(
         settings.contains("GLIBC_TUNABLES=glibc.malloc.arena_max=2\nglibc.malloc.tcache_count=3\n")
             && !settings.contains("tcache_count=0"),

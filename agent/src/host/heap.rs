@@ -69,9 +69,8 @@ pub fn restart_without_thread_caches() {
 /// sizes them.
 fn with_tcache_off(current: Option<&std::ffi::OsStr>) -> Option<OsString> {
     let off = format!("{TCACHE_COUNT}=0");
-    match current {
+    match current.filter(|current| !current.is_empty()) {
         None => Some(OsString::from(off)),
-        Some(current) if current.is_empty() => Some(OsString::from(off)),
         Some(current) => {
             let sets_it = current
                 .to_string_lossy()

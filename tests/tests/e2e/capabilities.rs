@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use e2e::{Agent, running_as_root, unit};
+use e2e::{Agent, host, running_as_root, unit};
 
 use super::{assert_busy_and_idle_match_the_kernel, ebpf_required};
 
@@ -75,7 +75,8 @@ async fn ebpf_runs_as_an_unprivileged_user_with_only_the_units_capabilities() {
 fn secure_execution(pid: u32) -> bool {
     const AT_SECURE: u64 = 23;
     let auxv = std::fs::read(format!("/proc/{pid}/auxv")).expect("auxv");
-    let words: Vec<u64> = auxv.chunks_exact(8).map(|w| u64::from_ne_bytes(w.try_into().unwrap())).collect();
+    let words: Vec<u64> =
+        auxv.chunks_exact(8).map(|w| u64::from_ne_bytes(w.try_into().expect("8-byte words"))).collect();
     words.chunks_exact(2).any(|pair| pair[0] == AT_SECURE && pair[1] != 0)
 }
 
@@ -90,8 +91,7 @@ async fn with_file_capabilities_the_agent_starts_once_and_serves() {
     let (agent, _dir) = Agent::start_with_file_capabilities("cap_bpf,cap_perfmon+ep", &["--processes-ttl-ms", "0"])
         .expect("agent starts");
     assert!(secure_execution(agent.pid()), "the kernel did not run it in secure-execution mode");
-    let environment =
-        String::from_utf8_lossy(&std::fs::read(format!("/proc/{}/environ", agent.pid())).unwrap()).replace('\0', "\n");
+    let environment = host::environment(agent.pid());
     assert!(!environment.contains("tcache_count=0"), "it restarted itself:\n{environment}");
     let source = agent.wait_for_log("cpu source: ", Duration::from_secs(5)).expect("source logged");
     if !source.contains("cpu source: ebpf") {
