@@ -1,0 +1,84 @@
+//! The `sched_process_free` programs: the final total of a process that exited.
+
+use agent_common::cputime::{ERR_EXIT_LOST, ExitRecord};
+use aya_ebpf::{
+    macros::{btf_tracepoint, raw_tracepoint},
+    programs::{BtfTracePointContext, RawTracePointContext},
+};
+
+use crate::{
+    counters::process_cpu_ns,
+    globals::TASK_START_TIME_OFFSET,
+    maps::{EXITS, EXITS_WANTED, count_error, process_time},
+    task::{BtfTask, RawTask, Task, comm, parent_tgid, task_ids},
+};
+
+#[btf_tracepoint(function = "sched_process_free")]
+pub fn process_free_btf(ctx: BtfTracePointContext) -> u32 {
+    on_free(BtfTask(ctx.arg(FREED_ARG)));
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sched_process_free")]
+pub fn process_free_raw(ctx: RawTracePointContext) -> u32 {
+    on_free(RawTask(ctx.arg(FREED_ARG)));
+    0
+}
+
+/// Index of the task among `sched_process_free`'s arguments:
+/// `TP_PROTO(struct task_struct *p)` in include/trace/events/sched.h.
+pub(crate) const FREED_ARG: usize = 0;
+
+/// A task's memory is being freed, an RCU grace period after it was reaped. When
+/// it led its thread group the whole process is gone (a leader is reaped only once
+/// its other threads are), so its total is final: while user space reads, it goes
+/// to the `EXITS` ring with the process's ids, start time and parent, so that the
+/// time it ran since the last processes scan is not lost with it; then its entry
+/// goes, so user space need not walk the map for the dead. A thread that execs
+/// takes over the leader's pid, and the old leader is freed under the thread's old
+/// pid, so the process keeps its entry.
+///
+/// This runs once per exit, off the `sched_switch` path. The free, rather than
+/// `sched_process_exit`, because the exit tracepoint fires before the task's last
+/// stretch of kernel work and its last switch, which the total must include.
+#[inline(always)]
+pub(crate) fn on_free<T: Task>(task: T) {
+    let Some((tid, tgid)) = task_ids(task) else {
+        return;
+    };
+    if tid != tgid {
+        return;
+    }
+    if exits_wanted() {
+        record_exit(task, tgid);
+    }
+    // Absent already when the process never ran since loading.
+    let _ = process_time().remove(tgid);
+}
+
+/// Whether user space reads `EXITS` now.
+#[inline(always)]
+pub(crate) fn exits_wanted() -> bool {
+    EXITS_WANTED.get(0).is_some_and(|wanted| *wanted != 0)
+}
+
+/// Writes the exit record of process `tgid`, led by `task`; counts it in
+/// `ERR_EXIT_LOST` when the ring is full. A process that never ran since loading
+/// has nothing to hand on.
+#[inline(always)]
+pub(crate) fn record_exit<T: Task>(task: T, tgid: u32) {
+    let cpu_ns = process_cpu_ns(tgid);
+    if cpu_ns == 0 {
+        return;
+    }
+    let record = ExitRecord {
+        tgid,
+        ppid: parent_tgid(task),
+        start_time_ns: task.field::<u64>(TASK_START_TIME_OFFSET.load()).unwrap_or(0),
+        cpu_ns,
+        comm: comm(task).unwrap_or_default(),
+    };
+    if EXITS.output::<ExitRecord>(&record, 0).is_err() {
+        count_error(ERR_EXIT_LOST);
+    }
+}
