@@ -93,8 +93,26 @@ pub const TASK_REAL_PARENT_OFFSET_GLOBAL: &str = "TASK_REAL_PARENT_OFFSET";
 /// Global: byte offsets in `struct mm_struct` of the file, anon and shmem page
 /// counters that make up the resident set (`[u32; 3]`), from BTF.
 pub const MM_RSS_OFFSETS_GLOBAL: &str = "MM_RSS_OFFSETS";
+/// Global (u32): non-zero makes the iterator read the [`MM_RSS_OFFSETS_GLOBAL`]
+/// counters with the probe-read helper instead of plain loads. Until Linux 6.2 they
+/// are `atomic_long_t`, a typedef'd struct in an array, which the verifier of those
+/// kernels cannot walk through (`Type 'atomic_long_t' is not a struct`).
+pub const RSS_BY_PROBE_GLOBAL: &str = "RSS_BY_PROBE";
+/// Global (u32): non-zero where the kernel has the `bpf_map_lookup_percpu_elem`
+/// helper (Linux >= 5.19), with which the iterator and the exit programs sum a
+/// process's per-CPU copies. Where it is zero they write [`CPU_NS_UNSUMMED`] and
+/// user space sums the copies from the map.
+pub const PERCPU_LOOKUP_GLOBAL: &str = "PERCPU_LOOKUP";
+/// `cpu_ns` of a [`ProcessRecord`] or [`ExitRecord`] whose program could not sum the
+/// per-CPU copies (see [`PERCPU_LOOKUP_GLOBAL`]): user space reads the entry. An
+/// exit record with it leaves the entry in the map for user space to delete.
+pub const CPU_NS_UNSUMMED: u64 = u64::MAX;
 /// The perf-event program that re-checks each CPU's running task.
 pub const PROGRAM_RESYNC: &str = "resync";
+/// The same program counting in the preallocated map only. Linux 5.10 checks every
+/// map a perf-event program names, dead branches included, and refuses the one
+/// allocated on demand; this twin names only its preallocated twin.
+pub const PROGRAM_RESYNC_PREALLOC: &str = "resync_prealloc";
 /// CPU-clock period of `PROGRAM_RESYNC` on each CPU: bounds how long a switch the
 /// tracepoint did not report can go unnoticed.
 pub const RESYNC_PERIOD_NS: u64 = 2_000_000;

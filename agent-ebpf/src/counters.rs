@@ -1,23 +1,28 @@
 //! Reading and updating a process's per-CPU counters (`ProcessTime`).
 
-use agent_common::cputime::{ERR_MAP_FULL, MAX_CPUS, ProcessTime};
+use agent_common::cputime::{CPU_NS_UNSUMMED, ERR_MAP_FULL, MAX_CPUS, ProcessTime};
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_ktime_get_ns, generated::bpf_map_lookup_percpu_elem},
 };
 
 use crate::{
-    globals::POSSIBLE_CPUS,
-    maps::{count_error, process_time},
+    globals::{PERCPU_LOOKUP, POSSIBLE_CPUS},
+    maps::{TimeMap, count_error, process_time},
 };
 
 /// `EEXIST` from include/uapi/asm-generic/errno-base.h, negated as helpers return it.
 pub(crate) const NEG_EEXIST: i32 = -17;
 
 /// `tgid`'s cumulative on-CPU ns now: its copies summed over CPUs; 0 without an
-/// entry.
+/// entry. `CPU_NS_UNSUMMED` on a kernel without `bpf_map_lookup_percpu_elem`
+/// (before 5.19), where user space sums the copies: `PERCPU_LOOKUP` is read-only,
+/// so the verifier of such a kernel never sees the call it does not know.
 #[inline(always)]
 pub(crate) fn process_cpu_ns(tgid: u32) -> u64 {
+    if PERCPU_LOOKUP.load() == 0 {
+        return CPU_NS_UNSUMMED;
+    }
     let map = core::ptr::from_ref(process_time()).cast_mut().cast();
     let key = (&raw const tgid).cast();
     let mut total = 0u64;
@@ -39,6 +44,7 @@ pub(crate) fn process_cpu_ns(tgid: u32) -> u64 {
     // The clock (~30 ns here) is read only for a process with a thread on a CPU,
     // as it was before the copies were per CPU.
     if running > 0 {
+        // SAFETY: a helper call without arguments.
         total = total.wrapping_add(running.wrapping_mul(unsafe { bpf_ktime_get_ns() }));
     }
     total
@@ -46,18 +52,18 @@ pub(crate) fn process_cpu_ns(tgid: u32) -> u64 {
 
 /// Ends a running slice of `tgid` at `at`.
 #[inline(always)]
-pub(crate) fn close_slice(tgid: u32, at: u64) {
+pub(crate) fn close_slice<M: TimeMap>(tgid: u32, at: u64) {
     // No entry: it was deleted because the process is gone. Recreating it here
     // would close a slice it never opened, so the slice's tail is dropped instead.
-    if let Some(time) = process_time().get_ptr_mut(tgid) {
+    if let Some(time) = M::map().get_ptr_mut(tgid) {
         add(time, ProcessTime::close_delta(at));
     }
 }
 
 /// Adds a finished stretch of `ns` to `tgid`.
 #[inline(always)]
-pub(crate) fn charge(tgid: u32, ns: u64) {
-    if !update_or_insert(tgid, ProcessTime::finished_delta(ns)) {
+pub(crate) fn charge<M: TimeMap>(tgid: u32, ns: u64) {
+    if !update_or_insert::<M>(tgid, ProcessTime::finished_delta(ns)) {
         count_error(ERR_MAP_FULL);
     }
 }
@@ -66,15 +72,15 @@ pub(crate) fn charge(tgid: u32, ns: u64) {
 /// (the other CPUs' copies start at zero). False when it cannot be inserted: the
 /// map is full, or, allocated on demand, the kernel had no memory at hand.
 #[inline(always)]
-pub(crate) fn update_or_insert(tgid: u32, delta: u64) -> bool {
-    if let Some(time) = process_time().get_ptr_mut(tgid) {
+pub(crate) fn update_or_insert<M: TimeMap>(tgid: u32, delta: u64) -> bool {
+    if let Some(time) = M::map().get_ptr_mut(tgid) {
         add(time, delta);
         return true;
     }
-    match process_time().insert(tgid, ProcessTime(delta), u64::from(BPF_NOEXIST)) {
+    match M::map().insert(tgid, ProcessTime(delta), u64::from(BPF_NOEXIST)) {
         Ok(()) => true,
         // Another CPU inserted the same process between our lookup and insert.
-        Err(NEG_EEXIST) => match process_time().get_ptr_mut(tgid) {
+        Err(NEG_EEXIST) => match M::map().get_ptr_mut(tgid) {
             Some(time) => {
                 add(time, delta);
                 true

@@ -1,6 +1,6 @@
 //! The `sched_process_free` programs: the final total of a process that exited.
 
-use agent_common::cputime::{ERR_EXIT_LOST, ExitRecord};
+use agent_common::cputime::{CPU_NS_UNSUMMED, ERR_EXIT_LOST, ExitRecord};
 use aya_ebpf::{
     macros::{btf_tracepoint, raw_tracepoint},
     programs::{BtfTracePointContext, RawTracePointContext},
@@ -34,7 +34,9 @@ pub(crate) const FREED_ARG: usize = 0;
 /// its other threads are), so its total is final: while user space reads, it goes
 /// to the `EXITS` ring with the process's ids, start time and parent, so that the
 /// time it ran since the last processes scan is not lost with it; then its entry
-/// goes, so user space need not walk the map for the dead. A thread that execs
+/// goes, so user space need not walk the map for the dead (where the program cannot
+/// sum the entry, before Linux 5.19, user space sums and deletes it on reading the
+/// record; see `PERCPU_LOOKUP`). A thread that execs
 /// takes over the leader's pid, and the old leader is freed under the thread's old
 /// pid, so the process keeps its entry.
 ///
@@ -49,8 +51,8 @@ pub(crate) fn on_free<T: Task>(task: T) {
     if tid != tgid {
         return;
     }
-    if exits_wanted() {
-        record_exit(task, tgid);
+    if exits_wanted() && record_exit(task, tgid) == Recorded::EntryLeftForUserSpace {
+        return;
     }
     // Absent already when the process never ran since loading.
     let _ = process_time().remove(tgid);
@@ -62,14 +64,27 @@ pub(crate) fn exits_wanted() -> bool {
     EXITS_WANTED.get(0).is_some_and(|wanted| *wanted != 0)
 }
 
+/// What became of an exit record.
+#[derive(PartialEq, Eq)]
+pub(crate) enum Recorded {
+    /// Written with its total, or not written (nothing to hand on, or the ring was
+    /// full): the entry may go.
+    Done,
+    /// Written without its total (`CPU_NS_UNSUMMED`): user space reads the entry,
+    /// then deletes it.
+    EntryLeftForUserSpace,
+}
+
 /// Writes the exit record of process `tgid`, led by `task`; counts it in
 /// `ERR_EXIT_LOST` when the ring is full. A process that never ran since loading
 /// has nothing to hand on.
 #[inline(always)]
-pub(crate) fn record_exit<T: Task>(task: T, tgid: u32) {
+pub(crate) fn record_exit<T: Task>(task: T, tgid: u32) -> Recorded {
     let cpu_ns = process_cpu_ns(tgid);
-    if cpu_ns == 0 {
-        return;
+    // Unsummed, the lookup of this CPU's copy tells whether there is an entry.
+    let unsummed = cpu_ns == CPU_NS_UNSUMMED;
+    if cpu_ns == 0 || (unsummed && process_time().get_ptr(tgid).is_none()) {
+        return Recorded::Done;
     }
     let record = ExitRecord {
         tgid,
@@ -80,5 +95,7 @@ pub(crate) fn record_exit<T: Task>(task: T, tgid: u32) {
     };
     if EXITS.output::<ExitRecord>(&record, 0).is_err() {
         count_error(ERR_EXIT_LOST);
+        return Recorded::Done;
     }
+    if unsummed { Recorded::EntryLeftForUserSpace } else { Recorded::Done }
 }

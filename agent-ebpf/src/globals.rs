@@ -44,3 +44,11 @@ pub(crate) static POSSIBLE_CPUS: Global<u32> = Global::new(0);
 /// user space where the verifier refuses the latter (see `process_time`).
 #[unsafe(no_mangle)]
 pub(crate) static PREALLOCATED: Global<u32> = Global::new(0);
+/// Non-zero: read `mm_struct`'s resident-page counters with the probe-read helper
+/// (before Linux 6.2, see `RSS_BY_PROBE_GLOBAL` in agent-common).
+#[unsafe(no_mangle)]
+pub(crate) static RSS_BY_PROBE: Global<u32> = Global::new(0);
+/// Non-zero: the kernel has `bpf_map_lookup_percpu_elem` (Linux >= 5.19); zero makes
+/// `process_cpu_ns` leave the sum to user space.
+#[unsafe(no_mangle)]
+pub(crate) static PERCPU_LOOKUP: Global<u32> = Global::new(0);

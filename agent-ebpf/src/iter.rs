@@ -5,8 +5,8 @@ use aya_ebpf::{bindings::seq_file, helpers::generated::bpf_seq_write};
 
 use crate::{
     counters::process_cpu_ns,
-    globals::{MM_RSS_OFFSETS, TASK_MM_OFFSET, TASK_START_TIME_OFFSET},
-    task::{BtfTask, Task, comm, parent_tgid, task_ids},
+    globals::{MM_RSS_OFFSETS, RSS_BY_PROBE, TASK_MM_OFFSET, TASK_START_TIME_OFFSET},
+    task::{BtfTask, RawTask, Task, comm, parent_tgid, task_ids},
 };
 
 /// `struct bpf_iter__task` (kernel/bpf/task_iter.c): the context of an `iter/task`
@@ -75,6 +75,16 @@ pub(crate) fn rss_pages(task: BtfTask) -> u64 {
     // The loaded pointer is typed `struct mm_struct *` to the verifier.
     let Some(mm) = task.pointee(TASK_MM_OFFSET.load()) else { return 0 };
     let offsets = MM_RSS_OFFSETS.load();
+    if RSS_BY_PROBE.load() != 0 {
+        // Before Linux 6.2 (see `RSS_BY_PROBE`): the same reads through the helper.
+        return sum_counters(RawTask(mm.0), offsets);
+    }
+    sum_counters(mm, offsets)
+}
+
+/// The three counters at `offsets` in `mm`, each negative read as 0, added up.
+#[inline(always)]
+fn sum_counters<T: Task>(mm: T, offsets: [u32; 3]) -> u64 {
     let counter = |offset: u32| mm.field::<i64>(offset).map_or(0, |pages| pages.max(0) as u64);
     counter(offsets[0]) + counter(offsets[1]) + counter(offsets[2])
 }

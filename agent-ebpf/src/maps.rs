@@ -29,6 +29,35 @@ pub(crate) fn process_time() -> &'static PerCpuHashMap<u32, ProcessTime> {
     if PREALLOCATED.load() != 0 { &PROCESS_TIME_PREALLOC } else { &PROCESS_TIME }
 }
 
+/// The process map a program's code names. Linux 5.10 checks every map a program
+/// references before it prunes dead branches, and refuses a perf-event program
+/// that so much as names the map allocated on demand; so the repair code is
+/// generic over this, and `resync_prealloc` is built naming only the preallocated
+/// map. Everything else counts in [`Selected`].
+pub(crate) trait TimeMap {
+    fn map() -> &'static PerCpuHashMap<u32, ProcessTime>;
+}
+
+/// The map user space selected (`PREALLOCATED`, see [`process_time`]).
+pub(crate) struct Selected;
+
+impl TimeMap for Selected {
+    #[inline(always)]
+    fn map() -> &'static PerCpuHashMap<u32, ProcessTime> {
+        process_time()
+    }
+}
+
+/// The preallocated map only.
+pub(crate) struct PreallocatedOnly;
+
+impl TimeMap for PreallocatedOnly {
+    #[inline(always)]
+    fn map() -> &'static PerCpuHashMap<u32, ProcessTime> {
+        &PROCESS_TIME_PREALLOC
+    }
+}
+
 #[map]
 pub(crate) static CPU_SLOT: PerCpuArray<CpuSlot> = PerCpuArray::with_max_entries(1, 0);
 #[map]

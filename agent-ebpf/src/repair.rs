@@ -10,7 +10,7 @@ use aya_ebpf::{
 use agent_common::cputime::CpuSlot;
 
 use crate::{
-    maps::CPU_SLOT,
+    maps::{CPU_SLOT, PreallocatedOnly, Selected, TimeMap},
     switch::{account_unseen_switch, last_update, read_task, switch_in, unseen_since},
     task::RawTask,
 };
@@ -22,7 +22,7 @@ use crate::{
 /// context the kernel keeps this program from nesting in itself.
 #[raw_tracepoint(tracepoint = "hrtimer_expire_entry")]
 pub fn repair_tick(_ctx: RawTracePointContext) -> u32 {
-    repair_current();
+    repair_current::<Selected>();
     0
 }
 
@@ -31,7 +31,7 @@ pub fn repair_tick(_ctx: RawTracePointContext) -> u32 {
 /// as the tick, stopped on an idle CPU, would not see it.
 #[raw_tracepoint(tracepoint = "cpu_idle")]
 pub fn repair_idle(_ctx: RawTracePointContext) -> u32 {
-    repair_current();
+    repair_current::<Selected>();
     0
 }
 
@@ -40,7 +40,15 @@ pub fn repair_idle(_ctx: RawTracePointContext) -> u32 {
 /// waking them, which the two above do not.
 #[perf_event]
 pub fn resync(_ctx: PerfEventContext) -> u32 {
-    repair_current();
+    repair_current::<Selected>();
+    0
+}
+
+/// `resync` for kernels that let a perf-event program name only preallocated maps
+/// (see `TimeMap`); the loader picks it with the preallocated process map.
+#[perf_event]
+pub fn resync_prealloc(_ctx: PerfEventContext) -> u32 {
+    repair_current::<PreallocatedOnly>();
     0
 }
 
@@ -50,7 +58,8 @@ pub fn resync(_ctx: PerfEventContext) -> u32 {
 /// This also picks up a task that was already running when the program was
 /// attached and never leaves its CPU.
 #[inline(always)]
-pub(crate) fn repair_current() {
+pub(crate) fn repair_current<M: TimeMap>() {
+    // SAFETY: a helper call without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let Some(slot) = CPU_SLOT.get_ptr_mut(0) else {
         return;
@@ -62,12 +71,13 @@ pub(crate) fn repair_current() {
     if current as u32 == slot.tid {
         return;
     }
+    // SAFETY: a helper call without arguments; the task is read through probe reads.
     let task = RawTask(unsafe { bpf_get_current_task() } as *const u8);
     let since = unseen_since(slot);
     // The running task's count is as of the scheduler's last update (at the latest
     // its last tick): its slice here starts at that update, so that what it ran
     // since then counts as running time from this reading on.
     let start = last_update(task, slot.clock_offset_ns).map_or(now, |at| at.max(since).min(now));
-    account_unseen_switch(slot, task, (current >> 32) as u32, since, start);
-    *slot = CpuSlot { clock_offset_ns: slot.clock_offset_ns, ..switch_in(read_task(task), start, now) };
+    account_unseen_switch::<M, _>(slot, task, (current >> 32) as u32, since, start);
+    *slot = CpuSlot { clock_offset_ns: slot.clock_offset_ns, ..switch_in::<M>(read_task(task), start, now) };
 }

@@ -11,7 +11,7 @@ use aya_ebpf::{
 use crate::{
     counters::{add, charge, close_slice, update_or_insert},
     globals::{LOADED_AT_NS, TASK_EXEC_START_OFFSET},
-    maps::{CPU_SLOT, count_error, process_time},
+    maps::{CPU_SLOT, Selected, TimeMap, count_error, process_time},
     task::{BtfTask, RawTask, Task, last_slice_ns, runtime_ns, task_ids},
 };
 
@@ -63,14 +63,14 @@ pub(crate) fn on_switch<T: Task>(prev: T, next: T) {
             *slot = CpuSlot { anchor_ns, clock_offset_ns, ..next_slot };
             return;
         }
-        close_slice(slot.tgid, end);
+        close_slice::<Selected>(slot.tgid, end);
     } else if current_tid != slot.tid {
-        account_unseen_switch(slot, prev, current_tgid, unseen_since(slot), start);
+        account_unseen_switch::<Selected, _>(slot, prev, current_tgid, unseen_since(slot), start);
     } else if slot.tgid != 0 {
         // `prev`'s run time could not be read: the slice ends now by the clock.
-        close_slice(slot.tgid, start);
+        close_slice::<Selected>(slot.tgid, start);
     }
-    *slot = CpuSlot { clock_offset_ns, ..switch_in(incoming, start, anchor_ns) };
+    *slot = CpuSlot { clock_offset_ns, ..switch_in::<Selected>(incoming, start, anchor_ns) };
 }
 
 /// Longest stretch of counted run time over which slice starts are chained before
@@ -104,6 +104,7 @@ pub(crate) fn chained_start(slot: &CpuSlot, end: u64) -> Option<u64> {
 /// idle task is skipped (not every kernel stamps it): the previous offset stays.
 #[inline(always)]
 pub(crate) fn read_clock<T: Task>(slot: &CpuSlot, next: T, incoming: &Option<Incoming>) -> (u64, u64, u64) {
+    // SAFETY: a helper call without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let stamped = incoming.as_ref().is_some_and(|incoming| incoming.slot.tid != 0);
     let offset = match next.field::<u64>(TASK_EXEC_START_OFFSET.load()) {
@@ -182,16 +183,16 @@ pub(crate) fn switch_within_process(
 /// run is lost instead; `ERR_MISMATCH` says how often, and `resync` keeps such
 /// windows under `RESYNC_PERIOD_NS`.
 #[inline(always)]
-pub(crate) fn account_unseen_switch<T: Task>(slot: &CpuSlot, task: T, tgid: u32, since: u64, until: u64) {
+pub(crate) fn account_unseen_switch<M: TimeMap, T: Task>(slot: &CpuSlot, task: T, tgid: u32, since: u64, until: u64) {
     if slot.tgid != 0 {
         count_error(ERR_MISMATCH);
-        close_slice(slot.tgid, slot.start_ns);
+        close_slice::<M>(slot.tgid, slot.start_ns);
     }
     if tgid == 0 {
         return;
     }
     let slice = last_slice_ns(task).unwrap_or(0).min(until.saturating_sub(since));
-    charge(tgid, slice);
+    charge::<M>(tgid, slice);
 }
 
 /// The earliest a task running untraced on this CPU can have been picked: when the
@@ -205,7 +206,7 @@ pub(crate) fn unseen_since(slot: &CpuSlot) -> u64 {
 /// Opens a slice starting at `start` for the incoming task and returns what this CPU
 /// must remember; `anchor_ns` is the clock reading `start` is chained from.
 #[inline(always)]
-pub(crate) fn switch_in(incoming: Option<Incoming>, start: u64, anchor_ns: u64) -> CpuSlot {
+pub(crate) fn switch_in<M: TimeMap>(incoming: Option<Incoming>, start: u64, anchor_ns: u64) -> CpuSlot {
     let Some(Incoming { slot }) = incoming else {
         count_error(ERR_READ_TASK);
         return CpuSlot::default();
@@ -214,7 +215,7 @@ pub(crate) fn switch_in(incoming: Option<Incoming>, start: u64, anchor_ns: u64) 
     if slot.tid == 0 {
         return CpuSlot::default();
     }
-    if !update_or_insert(slot.tgid, ProcessTime::open_delta(start)) {
+    if !update_or_insert::<M>(slot.tgid, ProcessTime::open_delta(start)) {
         count_error(ERR_MAP_FULL);
         return CpuSlot::default();
     }

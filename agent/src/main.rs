@@ -55,7 +55,8 @@ fn main() -> anyhow::Result<()> {
     listener.set_nonblocking(true).context("making the listening socket non-blocking")?;
     // Everything that needed privileges beyond serving is done; no other thread runs yet.
     drop_unneeded_capabilities(cpu_source.kind());
-    let info = AgentInfo::new(&cli.config(), cpu_source.kind(), fallback_reason, tls.is_some());
+    let info = AgentInfo::new(&cli.config(), cpu_source.kind(), fallback_reason, tls.is_some())
+        .with_degraded(cpu_source.degraded());
     runtime.build().context("starting the async runtime")?.block_on(serve(cli, host, cpu_source, info, tls, listener))
 }
 

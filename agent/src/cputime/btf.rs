@@ -44,6 +44,27 @@ pub struct ProcessOffsets {
     /// Offsets inside `struct mm_struct` of the three 8-byte signed counters whose sum is the
     /// resident set in pages, as get_mm_rss() sums them: MM_FILEPAGES, MM_ANONPAGES, MM_SHMEMPAGES.
     pub rss_counters: [u32; 3],
+    /// How the iterator may read those counters on this kernel.
+    pub rss_read: RssRead,
+}
+
+/// How a program reads `mm_struct`'s resident-page counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RssRead {
+    /// Plain loads through the typed pointer, checked by the verifier against BTF:
+    /// the `struct percpu_counter rss_stat[]` of Linux >= 6.2.
+    Load,
+    /// The probe-read helper: before 6.2 each counter is an `atomic_long_t`, a
+    /// typedef'd struct in an array, and the verifiers of those kernels refuse a
+    /// load through it (`Type 'atomic_long_t' is not a struct`, seen on 6.1).
+    Probe,
+}
+
+/// Whether the kernel has the helper `bpf_map_lookup_percpu_elem` (Linux >= 5.19),
+/// told by its BTF: the enumerator `BPF_FUNC_map_lookup_percpu_elem` of `enum
+/// bpf_func_id` exists exactly where the kernel knows the helper.
+pub fn has_percpu_lookup(data: &[u8]) -> Result<bool, BtfError> {
+    Ok(Btf::parse(data)?.enumerator("BPF_FUNC_map_lookup_percpu_elem")?.is_some())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,12 +125,12 @@ pub fn parse_process_offsets(data: &[u8]) -> Result<ProcessOffsets, BtfError> {
         "task_struct.real_parent",
         "a pointer to struct task_struct",
     )?;
-    let rss = btf.rss_stat(mm_struct)?;
+    let (rss, rss_read) = btf.rss_stat(mm_struct)?;
     let mut rss_counters = [0; 3];
     for (slot, name) in rss_counters.iter_mut().zip(RSS_ENUMERATORS) {
         *slot = rss.offset(btf.counter_index(name, rss.len)?)?;
     }
-    Ok(ProcessOffsets { start_time, comm, mm, real_parent, rss_counters })
+    Ok(ProcessOffsets { start_time, comm, mm, real_parent, rss_counters, rss_read })
 }
 
 /// The `enum { MM_FILEPAGES, MM_ANONPAGES, MM_SWAPENTS, MM_SHMEMPAGES, NR_MM_COUNTERS }`
@@ -294,20 +315,24 @@ impl<'a> Btf<'a> {
         Ok((offset, pointee.ok_or_else(bad)?))
     }
 
-    /// Where `mm_struct.rss_stat` keeps its counters, in either of its layouts.
-    fn rss_stat(&self, mm: &TypeRec) -> Result<CounterArray, BtfError> {
+    /// Where `mm_struct.rss_stat` keeps its counters, in either of its layouts, and
+    /// how a program may read them there.
+    fn rss_stat(&self, mm: &TypeRec) -> Result<(CounterArray, RssRead), BtfError> {
         let bad = || BtfError::BadMember("mm_struct.rss_stat", "percpu_counter[] or struct mm_rss_stat");
         let (offset, type_id) = self.find_member(mm, "rss_stat")?.ok_or_else(bad)?;
         // Linux >= 6.2: `struct percpu_counter rss_stat[NR_MM_COUNTERS]`, the total in `count`.
         if let Some(array) = self.array(type_id)? {
-            return self.counter_array(offset, &array, "count", "mm_struct.rss_stat[].count");
+            let counters = self.counter_array(offset, &array, "count", "mm_struct.rss_stat[].count")?;
+            return Ok((counters, RssRead::Load));
         }
         // Before: `struct mm_rss_stat { atomic_long_t count[NR_MM_COUNTERS]; } rss_stat`,
         // atomic_long_t being a typedef of a struct holding `s64 counter`.
         let stat = self.resolve(type_id).filter(|t| t.kind() == KIND_STRUCT).ok_or_else(bad)?;
         let (count_offset, count_type) = self.find_member(stat, "count")?.ok_or_else(bad)?;
         let array = self.array(count_type)?.ok_or_else(bad)?;
-        self.counter_array(add(offset, count_offset)?, &array, "counter", "mm_struct.rss_stat.count[].counter")
+        let counters =
+            self.counter_array(add(offset, count_offset)?, &array, "counter", "mm_struct.rss_stat.count[].counter")?;
+        Ok((counters, RssRead::Probe))
     }
 
     /// An array at `start` of structs that each hold an 8-byte integer `field`.
@@ -678,8 +703,14 @@ mod tests {
     fn process_offsets_in_the_percpu_counter_layout() {
         let offsets = parse_process_offsets(&percpu_layout_btf(&KERNEL_LAYOUT)).unwrap();
         // rss_stat at 64 + 64 = 128; counter i at 128 + 40 * i + 8, i = 0, 1, 3.
-        let expected =
-            ProcessOffsets { start_time: 72, comm: 80, mm: 64, real_parent: 8, rss_counters: [136, 176, 256] };
+        let expected = ProcessOffsets {
+            start_time: 72,
+            comm: 80,
+            mm: 64,
+            real_parent: 8,
+            rss_counters: [136, 176, 256],
+            rss_read: RssRead::Load,
+        };
         assert_eq!(offsets, expected);
     }
 
@@ -687,7 +718,14 @@ mod tests {
     fn process_offsets_in_the_mm_rss_stat_layout() {
         let offsets = parse_process_offsets(&mm_rss_stat_layout_btf()).unwrap();
         // rss_stat.count at 8 + 16 = 24; counter i at 24 + 8 * i, i = 0, 1, 3.
-        let expected = ProcessOffsets { start_time: 8, comm: 24, mm: 16, real_parent: 0, rss_counters: [24, 32, 48] };
+        let expected = ProcessOffsets {
+            start_time: 8,
+            comm: 24,
+            mm: 16,
+            real_parent: 0,
+            rss_counters: [24, 32, 48],
+            rss_read: RssRead::Probe,
+        };
         assert_eq!(offsets, expected);
     }
 
@@ -777,6 +815,40 @@ mod tests {
             for len in 0..data.len() {
                 assert!(parse_process_offsets(&data[..len]).is_err(), "prefix of {len} bytes");
             }
+        }
+    }
+
+    /// A BTF with `enum bpf_func_id` holding `helpers` (value = position + 1).
+    fn func_id_btf(helpers: &[&'static str]) -> Vec<u8> {
+        let mut b = Builder::new();
+        let entries: Vec<u32> = helpers.iter().zip(1..).flat_map(|(&name, value)| [b.string(name), value]).collect();
+        b.push(KIND_ENUM, "bpf_func_id", 4, helpers.len() as u32, &entries);
+        b.build()
+    }
+
+    #[test]
+    fn the_percpu_lookup_helper_is_known_by_its_enumerator() {
+        let with = func_id_btf(&["BPF_FUNC_map_lookup_elem", "BPF_FUNC_map_lookup_percpu_elem"]);
+        assert!(has_percpu_lookup(&with).unwrap());
+        // Linux 5.10's last helpers: no percpu lookup.
+        let without = func_id_btf(&["BPF_FUNC_map_lookup_elem", "BPF_FUNC_bprm_opts_set", "BPF_FUNC_ima_inode_hash"]);
+        assert!(!has_percpu_lookup(&without).unwrap());
+        assert!(matches!(has_percpu_lookup(b"junk"), Err(BtfError::Malformed(_))));
+    }
+
+    #[test]
+    fn the_running_kernel_reports_the_percpu_lookup_helper_as_its_version_says() {
+        let Ok(data) = read(Path::new(VMLINUX_BTF)) else {
+            eprintln!("skipped: no readable {VMLINUX_BTF}");
+            return;
+        };
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+        let mut numbers = release.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u32>().ok());
+        let version = (numbers.next().unwrap(), numbers.next().unwrap());
+        // The helper came in 5.19; distributions backport, so only a mainline-new
+        // kernel must have it.
+        if version >= (5, 19) {
+            assert!(has_percpu_lookup(&data).unwrap(), "{release}");
         }
     }
 

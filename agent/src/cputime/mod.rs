@@ -70,6 +70,12 @@ pub trait CpuTimeSource: Send {
         None
     }
 
+    /// The eBPF features this kernel lacks, each with why (`feature: why`); the
+    /// source counts on without them. Empty for a source that lacks nothing.
+    fn degraded(&self) -> &[String] {
+        &[]
+    }
+
     /// Cumulative counts of what the source could not count, by cause (for the
     /// eBPF program: switches lost to a full map, ...). Empty when it has none.
     fn error_counts(&self) -> Vec<(&'static str, u64)> {

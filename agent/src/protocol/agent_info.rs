@@ -22,6 +22,10 @@ pub struct AgentInfo {
     pub cpu_source: &'static str,
     /// Why the CPU source is not eBPF; null when it is.
     pub cpu_source_reason: Option<String>,
+    /// The eBPF features this kernel lacks, each `feature: why` (e.g. the task
+    /// iterator, the tick repair); the eBPF source counts on without them. Empty
+    /// when none is missing, and for the /proc source.
+    pub cpu_source_degraded: Vec<String>,
     pub cpu_accounting: Accounting,
     pub collectors: Collectors,
     pub tls: bool,
@@ -85,6 +89,7 @@ impl AgentInfo {
             uptime_s: 0,
             cpu_source: cpu_source.as_str(),
             cpu_source_reason: fallback,
+            cpu_source_degraded: Vec::new(),
             cpu_accounting: Accounting {
                 scale: "share of the whole machine in percent, 0..100: CPU time between two samples \
                         over wall-clock time times the number of CPUs",
@@ -117,6 +122,11 @@ impl AgentInfo {
         }
     }
 
+    /// This description with the eBPF features the kernel lacks.
+    pub fn with_degraded(self, degraded: &[String]) -> Self {
+        AgentInfo { cpu_source_degraded: degraded.to_vec(), ..self }
+    }
+
     /// This description with the uptime of now.
     pub fn now(&self) -> AgentInfo {
         AgentInfo { uptime_s: self.started.elapsed().as_secs(), ..self.clone() }
@@ -136,6 +146,7 @@ mod tests {
         assert_eq!(json["tls"], false);
         assert_eq!(json["cpu_source"], "proc");
         assert_eq!(json["cpu_source_reason"], "not permitted");
+        assert_eq!(json["cpu_source_degraded"], serde_json::json!([]));
         assert_eq!(json["limits"]["gzip_threshold_bytes"], 768);
         assert!(!json.to_string().contains("s3cret-token"), "{json}");
     }

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use agent_common::cputime::{MAX_PROCESSES, PROGRAM_REPAIR_IDLE, PROGRAM_REPAIR_TICK, PROGRAM_RESYNC};
+use agent_common::cputime::{MAX_PROCESSES, PROGRAM_REPAIR_IDLE, PROGRAM_REPAIR_TICK};
 use aya::maps::MapError;
 use aya::programs::ProgramError;
 
@@ -83,8 +83,11 @@ impl EbpfCpuTime {
             let info = self.ebpf.program(name).ok_or(ProgramError::NotLoaded)?.info()?;
             Ok((name, ProgramStats { run_time: info.run_time(), run_count: info.run_count() }))
         };
-        let repair: &[&'static str] =
-            if self.repair_on_ticks { &[PROGRAM_REPAIR_TICK, PROGRAM_REPAIR_IDLE] } else { &[PROGRAM_RESYNC] };
+        let repair: &[&'static str] = if self.repair_on_ticks {
+            &[PROGRAM_REPAIR_TICK, PROGRAM_REPAIR_IDLE]
+        } else {
+            &[self.memory.resync_program()]
+        };
         [self.attach.program_name(), self.attach.free_program_name()]
             .iter()
             .chain(repair)

@@ -5,11 +5,12 @@ use std::{io, os::unix::fs::MetadataExt, path::Path};
 
 use agent_common::cputime::{
     FREE_TRACEPOINT, ITER_TARGET, LOADED_AT_GLOBAL, MAX_CPUS, MAX_PROCESSES, MM_RSS_OFFSETS_GLOBAL,
-    POSSIBLE_CPUS_GLOBAL, PREALLOCATED_GLOBAL, PROCESS_TIME_MAP, PROCESS_TIME_PREALLOC_MAP, PROGRAM_BTF,
-    PROGRAM_FREE_BTF, PROGRAM_FREE_RAW, PROGRAM_PROCESSES, PROGRAM_RAW, PROGRAM_REPAIR_IDLE, PROGRAM_REPAIR_TICK,
-    PROGRAM_RESYNC, ProcessTime, RESYNC_PERIOD_NS, TASK_COMM_OFFSET_GLOBAL, TASK_EXEC_START_OFFSET_GLOBAL,
-    TASK_MM_OFFSET_GLOBAL, TASK_PID_OFFSET_GLOBAL, TASK_PREV_SUM_EXEC_OFFSET_GLOBAL, TASK_REAL_PARENT_OFFSET_GLOBAL,
-    TASK_START_TIME_OFFSET_GLOBAL, TASK_SUM_EXEC_OFFSET_GLOBAL, TASK_TGID_OFFSET_GLOBAL, TRACEPOINT,
+    PERCPU_LOOKUP_GLOBAL, POSSIBLE_CPUS_GLOBAL, PREALLOCATED_GLOBAL, PROCESS_TIME_MAP, PROCESS_TIME_PREALLOC_MAP,
+    PROGRAM_BTF, PROGRAM_FREE_BTF, PROGRAM_FREE_RAW, PROGRAM_PROCESSES, PROGRAM_RAW, PROGRAM_REPAIR_IDLE,
+    PROGRAM_REPAIR_TICK, PROGRAM_RESYNC, PROGRAM_RESYNC_PREALLOC, ProcessTime, RESYNC_PERIOD_NS, RSS_BY_PROBE_GLOBAL,
+    TASK_COMM_OFFSET_GLOBAL, TASK_EXEC_START_OFFSET_GLOBAL, TASK_MM_OFFSET_GLOBAL, TASK_PID_OFFSET_GLOBAL,
+    TASK_PREV_SUM_EXEC_OFFSET_GLOBAL, TASK_REAL_PARENT_OFFSET_GLOBAL, TASK_START_TIME_OFFSET_GLOBAL,
+    TASK_SUM_EXEC_OFFSET_GLOBAL, TASK_TGID_OFFSET_GLOBAL, TRACEPOINT,
 };
 use aya::{
     Btf, Ebpf, EbpfError, EbpfLoader,
@@ -20,7 +21,8 @@ use aya::{
 use super::blind::{BlindPids, ProcStats, listed_pids};
 use super::map_full::MapFull;
 use super::source::EbpfCpuTime;
-use crate::cputime::btf::{self, ProcessOffsets, TaskOffsets};
+use super::verifier;
+use crate::cputime::btf::{self, ProcessOffsets, RssRead, TaskOffsets};
 use crate::host::clock::{HostClock, monotonic_ns};
 use crate::host::procfs::ProcDir;
 
@@ -77,6 +79,15 @@ impl MapMemory {
         }
     }
 
+    /// The `resync` twin that names only maps this memory allows (see the program's
+    /// `TimeMap`).
+    pub(super) fn resync_program(self) -> &'static str {
+        match self {
+            MapMemory::OnDemand => PROGRAM_RESYNC,
+            MapMemory::Preallocated => PROGRAM_RESYNC_PREALLOC,
+        }
+    }
+
     /// The value of the program's `PREALLOCATED` global (borrowed by the loader).
     fn global(self) -> &'static u32 {
         match self {
@@ -101,11 +112,11 @@ pub enum EbpfLoadError {
     Object(#[source] EbpfError),
     #[error("the embedded eBPF object has no {0}")]
     Missing(&'static str),
-    #[error("the verifier rejected {program}: {last_line}")]
+    #[error("the verifier rejected {program}: {reason}")]
     Verifier {
         program: &'static str,
-        /// The last line of the verifier log, which names the failing check.
-        last_line: String,
+        /// The verifier's own reason, picked out of its log (see `verifier::reason`).
+        reason: String,
         /// The whole verifier log.
         log: String,
         #[source]
@@ -162,24 +173,42 @@ pub(super) fn load_with(
     // they stay in that thread's malloc arena, apart from the long-lived state made
     // on this one, so freeing them returns the pages: mixed in one heap, the
     // long-lived pieces kept hundreds of KiB of it resident (idle RSS).
-    let (offsets, process_offsets, loader) = on_scratch_thread(|| {
+    let mut degraded = Degraded::default();
+    let (offsets, process_offsets, percpu_lookup, loader) = on_scratch_thread(|| {
         let vmlinux = btf::read(Path::new(btf::VMLINUX_BTF))?;
         let process_offsets = btf::parse_process_offsets(&vmlinux)
-            .inspect_err(|error| tracing::info!("processes are listed from /proc: {error}"))
+            .inspect_err(|error| degraded.note("task iterator", format!("processes are listed from /proc: {error}")))
             .ok();
         let offsets = btf::parse_task_offsets(&vmlinux)?;
+        let percpu_lookup = btf::has_percpu_lookup(&vmlinux)?;
+        if !percpu_lookup {
+            degraded.note(
+                "per-CPU sums",
+                "the kernel has no bpf_map_lookup_percpu_elem (Linux < 5.19): the agent sums each listed and \
+                 exited process's per-CPU counters from the map itself"
+                    .to_owned(),
+            );
+        }
         // `new` parses the kernel's BTF for CO-RE relocations, which Rust objects
         // do not have; it is dropped here, on this thread.
         let mut loader = EbpfLoader::new();
         loader.btf(None);
-        Ok::<_, EbpfLoadError>((offsets, process_offsets, loader))
+        Ok::<_, EbpfLoadError>((offsets, process_offsets, percpu_lookup, loader))
     })?;
     let possible_cpus = std::fs::read_to_string(POSSIBLE_CPUS_PATH)
         .and_then(|list| {
             cpu_id_bound(&list).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("{list:?}")))
         })
         .map_err(EbpfLoadError::PossibleCpus)?;
-    let (mut ebpf, memory) = load_object(loader, offsets, process_offsets, possible_cpus, memory, capacity)?;
+    let features = Features { possible_cpus, percpu_lookup };
+    let (mut ebpf, memory) = load_object(loader, offsets, process_offsets, features, memory, capacity)?;
+    if memory == MapMemory::Preallocated {
+        let kib = u64::from(capacity) * 8 * u64::from(possible_cpus) / 1024;
+        degraded.note(
+            "process map",
+            format!("preallocated ({kib} KiB): the verifier lets a perf-event program use no other (Linux < 6.1)"),
+        );
+    }
     // Read for the prefill below and, with the iterator, for the pids it skips.
     let proc_dir =
         ProcDir::open(proc_root).inspect_err(|error| tracing::debug!("opening {}: {error}", proc_root.display())).ok();
@@ -188,9 +217,9 @@ pub(super) fn load_with(
     }
     let (kernel_cleanup, iterator, repair_on_ticks) = on_scratch_thread(|| {
         let kernel_btf = Btf::from_sys_fs().map_err(|error| EbpfLoadError::KernelBtf(error.to_string()));
-        let kernel_cleanup = attach(&mut ebpf, kind, &kernel_btf)?;
-        let iterator = process_offsets.is_some() && load_iterator(&mut ebpf, &kernel_btf);
-        let repair_on_ticks = load_tick_repair(&mut ebpf);
+        let kernel_cleanup = attach(&mut ebpf, kind, &kernel_btf, &mut degraded)?;
+        let iterator = process_offsets.is_some() && load_iterator(&mut ebpf, &kernel_btf, &mut degraded);
+        let repair_on_ticks = load_tick_repair(&mut ebpf, &mut degraded);
         Ok::<_, EbpfLoadError>((kernel_cleanup, iterator, repair_on_ticks))
     })?;
     let mut source = EbpfCpuTime::new(ebpf, kind, iterator, memory, MapFull::new(capacity, clock))?;
@@ -202,19 +231,42 @@ pub(super) fn load_with(
             Ok(blind) => source.blind = blind,
             Err(error) => {
                 source.iterator = false;
-                tracing::info!("processes are listed from /proc: the task iterator failed: {error}");
+                degraded
+                    .note("task iterator", format!("processes are listed from /proc: the iterator failed: {error}"));
             }
         }
     }
+    source.degraded = degraded.0;
     // Prove now that `resync` attaches, so a failure falls back to /proc at start
     // rather than at the first request; then leave it off until a client connects.
     source.resume_resync().map_err(|source| EbpfLoadError::Program {
         action: "attaching",
-        program: PROGRAM_RESYNC,
+        program: if repair_on_ticks { PROGRAM_REPAIR_TICK } else { memory.resync_program() },
         source,
     })?;
     source.pause_resync();
     Ok(source)
+}
+
+/// The features a kernel lacks, each logged once as it is found, in one line:
+/// which feature and why; the source works on without them.
+#[derive(Default)]
+struct Degraded(Vec<String>);
+
+impl Degraded {
+    fn note(&mut self, feature: &str, why: String) {
+        tracing::info!("eBPF {feature}: {why}");
+        self.0.push(format!("{feature}: {why}"));
+    }
+}
+
+/// What the loader tells the programs about the host, besides struct offsets.
+#[derive(Clone, Copy)]
+struct Features {
+    /// `nr_cpu_ids`.
+    possible_cpus: u32,
+    /// Whether the kernel has `bpf_map_lookup_percpu_elem`.
+    percpu_lookup: bool,
 }
 
 /// Inserts an empty entry for every process in /proc into the map allocated on
@@ -276,16 +328,19 @@ fn load_object(
     loader: EbpfLoader<'static>,
     offsets: TaskOffsets,
     process: Option<ProcessOffsets>,
-    possible_cpus: u32,
+    features: Features,
     memory: Option<MapMemory>,
     capacity: u32,
 ) -> Result<(Ebpf, MapMemory), EbpfLoadError> {
     // The globals below are borrowed for as long as the loader lives.
     let mut loader: EbpfLoader<'_> = loader;
     let loaded_at = monotonic_ns();
+    let percpu_lookup = u32::from(features.percpu_lookup);
+    let rss_by_probe = u32::from(process.is_some_and(|process| process.rss_read == RssRead::Probe));
     loader
         .override_global(LOADED_AT_GLOBAL, &loaded_at, true)
-        .override_global(POSSIBLE_CPUS_GLOBAL, &possible_cpus, true)
+        .override_global(POSSIBLE_CPUS_GLOBAL, &features.possible_cpus, true)
+        .override_global(PERCPU_LOOKUP_GLOBAL, &percpu_lookup, true)
         .override_global(TASK_PID_OFFSET_GLOBAL, &offsets.pid, true)
         .override_global(TASK_TGID_OFFSET_GLOBAL, &offsets.tgid, true)
         .override_global(TASK_SUM_EXEC_OFFSET_GLOBAL, &offsets.sum_exec_runtime, true)
@@ -298,7 +353,8 @@ fn load_object(
             .override_global(TASK_COMM_OFFSET_GLOBAL, &process.comm, true)
             .override_global(TASK_MM_OFFSET_GLOBAL, &process.mm, true)
             .override_global(TASK_REAL_PARENT_OFFSET_GLOBAL, &process.real_parent, true)
-            .override_global(MM_RSS_OFFSETS_GLOBAL, &process.rss_counters, true);
+            .override_global(MM_RSS_OFFSETS_GLOBAL, &process.rss_counters, true)
+            .override_global(RSS_BY_PROBE_GLOBAL, &rss_by_probe, true);
     }
     let mut load = |memory: MapMemory| -> Result<Ebpf, EbpfLoadError> {
         let (used, unused) = memory.maps();
@@ -312,15 +368,14 @@ fn load_object(
             }
             _ => EbpfLoadError::Object(error),
         })?;
-        load_resync(&mut ebpf)?;
+        load_resync(&mut ebpf, memory)?;
         Ok(ebpf)
     };
     match memory {
         Some(memory) => Ok((load(memory)?, memory)),
         None => match load(MapMemory::OnDemand) {
             Err(EbpfLoadError::Verifier { log, .. }) if log.contains("preallocated") => {
-                let kib = u64::from(capacity) * 8 * u64::from(possible_cpus) / 1024;
-                tracing::info!("the verifier wants a preallocated process map (Linux < 6.1): {kib} KiB");
+                tracing::debug!("the verifier wants a preallocated process map (Linux < 6.1)");
                 Ok((load(MapMemory::Preallocated)?, MapMemory::Preallocated))
             }
             other => Ok((other?, MapMemory::OnDemand)),
@@ -331,11 +386,19 @@ fn load_object(
 /// Attaches the `sched_switch` program of `kind`, then its `sched_process_free`
 /// companion; returns whether the companion attached (without it, user space
 /// deletes the entries of dead processes, see `retain_live`).
-fn attach(ebpf: &mut Ebpf, kind: AttachKind, kernel_btf: &Result<Btf, EbpfLoadError>) -> Result<bool, EbpfLoadError> {
+fn attach(
+    ebpf: &mut Ebpf,
+    kind: AttachKind,
+    kernel_btf: &Result<Btf, EbpfLoadError>,
+    degraded: &mut Degraded,
+) -> Result<bool, EbpfLoadError> {
     attach_tracepoint(ebpf, kind, kind.program_name(), TRACEPOINT, kernel_btf)?;
     let freed = attach_tracepoint(ebpf, kind, kind.free_program_name(), FREE_TRACEPOINT, kernel_btf);
     if let Err(error) = &freed {
-        tracing::info!("entries of exited processes are deleted by scans: {error}");
+        degraded.note(
+            "exit records",
+            format!("entries of exited processes are deleted by scans, and their last slices go uncounted: {error}"),
+        );
     }
     Ok(freed.is_ok())
 }
@@ -367,7 +430,7 @@ fn attach_tracepoint(
 
 /// Loads the process iterator; false (logged) when the kernel refuses it, and the
 /// processes scan reads /proc instead. It needs kernel BTF and Linux >= 5.8.
-fn load_iterator(ebpf: &mut Ebpf, kernel_btf: &Result<Btf, EbpfLoadError>) -> bool {
+fn load_iterator(ebpf: &mut Ebpf, kernel_btf: &Result<Btf, EbpfLoadError>, degraded: &mut Degraded) -> bool {
     let loaded = (|| -> Result<(), Box<dyn std::error::Error>> {
         let btf = kernel_btf.as_ref().map_err(|error| error.to_string())?;
         let program: &mut Iter =
@@ -376,7 +439,7 @@ fn load_iterator(ebpf: &mut Ebpf, kernel_btf: &Result<Btf, EbpfLoadError>) -> bo
         Ok(())
     })();
     if let Err(error) = &loaded {
-        tracing::info!("processes are listed from /proc: the task iterator did not load: {error}");
+        degraded.note("task iterator", format!("processes are listed from /proc: {error}"));
     }
     loaded.is_ok()
 }
@@ -385,7 +448,7 @@ fn load_iterator(ebpf: &mut Ebpf, kernel_btf: &Result<Btf, EbpfLoadError>) -> bo
 /// scheduler tick's among them) and on idle entry, which wake no CPU; false
 /// (logged) when the kernel refuses them, and the `resync` timer does the repair
 /// instead.
-fn load_tick_repair(ebpf: &mut Ebpf) -> bool {
+fn load_tick_repair(ebpf: &mut Ebpf, degraded: &mut Degraded) -> bool {
     let loaded = [PROGRAM_REPAIR_TICK, PROGRAM_REPAIR_IDLE].into_iter().try_for_each(|name| {
         let program = ebpf.program_mut(name).ok_or(EbpfLoadError::Missing(name))?;
         let program: &mut RawTracePoint = program.try_into().map_err(|source| EbpfLoadError::Program {
@@ -397,16 +460,19 @@ fn load_tick_repair(ebpf: &mut Ebpf) -> bool {
     });
     if let Err(error) = &loaded {
         let period_ms = RESYNC_PERIOD_NS / 1_000_000;
-        tracing::info!("untraced switches are repaired by a {period_ms} ms timer on every CPU while watched: {error}");
+        degraded.note(
+            "tick repair",
+            format!("untraced switches are repaired by a {period_ms} ms timer on every CPU while watched: {error}"),
+        );
     }
     loaded.is_ok()
 }
 
-/// Loads the `resync` perf-event program; [`EbpfCpuTime::resume_resync`] attaches
-/// it on every online CPU, each `RESYNC_PERIOD_NS` of CPU clock (see the program
-/// for why).
-fn load_resync(ebpf: &mut Ebpf) -> Result<(), EbpfLoadError> {
-    let name = PROGRAM_RESYNC;
+/// Loads the `resync` perf-event program that suits the process map's `memory`;
+/// [`EbpfCpuTime::resume_resync`] attaches it on every online CPU, each
+/// `RESYNC_PERIOD_NS` of CPU clock (see the program for why).
+fn load_resync(ebpf: &mut Ebpf, memory: MapMemory) -> Result<(), EbpfLoadError> {
+    let name = memory.resync_program();
     let program = ebpf.program_mut(name).ok_or(EbpfLoadError::Missing(name))?;
     let program: &mut PerfEvent =
         program.try_into().map_err(|source| EbpfLoadError::Program { action: "selecting", program: name, source })?;
@@ -420,8 +486,9 @@ fn load_error(program: &'static str, error: ProgramError) -> EbpfLoadError {
         ProgramError::LoadError { io_error, .. } if is_eperm(&io_error) => EbpfLoadError::NotPermitted,
         ProgramError::LoadError { io_error, verifier_log } => {
             let log = verifier_log.to_string();
-            let last_line = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").to_owned();
-            EbpfLoadError::Verifier { program, last_line, log, source: io_error }
+            tracing::debug!("the verifier's log of {program}:\n{log}");
+            let reason = verifier::reason(&log).unwrap_or("(no reason in the log)").to_owned();
+            EbpfLoadError::Verifier { program, reason, log, source: io_error }
         }
         source => EbpfLoadError::Program { action: "loading", program, source },
     }

@@ -8,7 +8,8 @@
 //! One file per job: [`load`] checks privileges, loads and attaches the programs;
 //! [`source`] is the runtime source the agent reads; [`blind`] reads from /proc the
 //! processes the kernel's task iterator does not visit; [`map_full`] decides which
-//! processes are read from /proc while the program's map is full; `diagnostics`
+//! processes are read from /proc while the program's map is full; [`verifier`]
+//! picks the verifier's reason out of its log; `diagnostics`
 //! (tests and measurements only, behind the `testing` feature) looks inside.
 
 mod blind;
@@ -17,6 +18,7 @@ mod diagnostics;
 mod load;
 mod map_full;
 mod source;
+mod verifier;
 
 #[cfg(any(test, feature = "testing"))]
 pub use diagnostics::{ProgramStats, load_kind, load_with_capacity, load_with_memory};

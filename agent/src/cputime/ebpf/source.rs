@@ -9,9 +9,9 @@ use std::{
 };
 
 use agent_common::cputime::{
-    ERR_COUNT, ERR_EXIT_LOST, ERR_MAP_FULL, ERR_MISMATCH, ERR_READ_TASK, ERRORS_MAP, EXITS_MAP, EXITS_WANTED_MAP,
-    ExitRecord, IDLE_TRACEPOINT, PROCESS_TIME_MAP, PROGRAM_PROCESSES, PROGRAM_REPAIR_IDLE, PROGRAM_REPAIR_TICK,
-    PROGRAM_RESYNC, ProcessTime, RESYNC_PERIOD_NS, TICK_SETTLE_NS, TICK_TRACEPOINT,
+    CPU_NS_UNSUMMED, ERR_COUNT, ERR_EXIT_LOST, ERR_MAP_FULL, ERR_MISMATCH, ERR_READ_TASK, ERRORS_MAP, EXITS_MAP,
+    EXITS_WANTED_MAP, ExitRecord, IDLE_TRACEPOINT, PROCESS_TIME_MAP, PROGRAM_PROCESSES, PROGRAM_REPAIR_IDLE,
+    PROGRAM_REPAIR_TICK, ProcessTime, RESYNC_PERIOD_NS, TICK_SETTLE_NS, TICK_TRACEPOINT,
 };
 use aya::{
     Ebpf,
@@ -62,11 +62,7 @@ pub struct EbpfCpuTime {
     /// Owns the attached program; it stays attached as long as this lives.
     pub(super) ebpf: Ebpf,
     pub(super) times: PerCpuHashMap<MapData, u32, ProcessTime>,
-    /// How `times` gets its memory.
-    #[cfg_attr(
-        not(any(test, feature = "testing")),
-        expect(dead_code, reason = "kept for the test diagnostics, which report it")
-    )]
+    /// How `times` gets its memory, which decides the `resync` twin.
     pub(super) memory: MapMemory,
     pub(super) errors: PerCpuArray<MapData, u64>,
     /// Exit records of processes, written by the `sched_process_free` program while
@@ -106,6 +102,8 @@ pub struct EbpfCpuTime {
     pub(super) proc_stats: ProcStats,
     /// Which processes are read from /proc because the map was full.
     pub(super) map_full: MapFull,
+    /// The features this kernel lacks, each with why (see `load`).
+    pub(super) degraded: Vec<String>,
 }
 
 impl EbpfCpuTime {
@@ -146,6 +144,7 @@ impl EbpfCpuTime {
             blind: BlindPids::default(),
             proc_stats: ProcStats::default(),
             map_full,
+            degraded: Vec::new(),
         })
     }
 
@@ -189,14 +188,8 @@ impl EbpfCpuTime {
 
     /// Hands `each` the exit records written since the last call, oldest first,
     /// and frees their room in the ring.
-    pub fn take_exit_records(&mut self, mut each: impl FnMut(ExitRecord)) {
-        while let Some(item) = self.exits.next() {
-            if item.len() >= std::mem::size_of::<ExitRecord>() {
-                // SAFETY: the program writes whole `ExitRecord`s, plain integers
-                // (aya::Pod) valid for any bit pattern; read unaligned.
-                each(unsafe { item.as_ptr().cast::<ExitRecord>().read_unaligned() });
-            }
-        }
+    pub fn take_exit_records(&mut self, each: impl FnMut(ExitRecord)) {
+        drain_exits(&mut self.exits, each);
     }
 
     /// The repair on the scheduler tick and idle entry: kernel work done anyway.
@@ -217,7 +210,7 @@ impl EbpfCpuTime {
     fn attach_timer_repair(&mut self) -> Result<(), ProgramError> {
         let cpus = online_cpus().map_err(|(_, error)| ProgramError::IOError(error))?;
         let program: &mut PerfEvent =
-            self.ebpf.program_mut(PROGRAM_RESYNC).ok_or(ProgramError::NotLoaded)?.try_into()?;
+            self.ebpf.program_mut(self.memory.resync_program()).ok_or(ProgramError::NotLoaded)?.try_into()?;
         let mut links = Vec::new();
         for cpu in cpus {
             let config = PerfEventConfig::Software(SoftwareEvent::CpuClock);
@@ -260,7 +253,7 @@ impl EbpfCpuTime {
                 }
             }
             RepairLinks::Timer(links) => {
-                if let Some(program) = self.ebpf.program_mut(PROGRAM_RESYNC)
+                if let Some(program) = self.ebpf.program_mut(self.memory.resync_program())
                     && let Ok(program) = <&mut PerfEvent>::try_from(program)
                 {
                     for link in links {
@@ -327,6 +320,7 @@ impl EbpfCpuTime {
             // integers (aya::Pod), valid for any bit pattern; read unaligned.
             unsafe { bytes.as_ptr().cast::<ProcessRecord>().read_unaligned() }
         }));
+        self.sum_unsummed(out);
         // The kernel walks tasks in pid order; sorting guards the merge (and the
         // search below) against a kernel that does not.
         if !out.is_sorted_by_key(|record| record.tgid) {
@@ -344,6 +338,22 @@ impl EbpfCpuTime {
         }
         self.map_full.listed(out.len());
         Ok(())
+    }
+
+    /// Fills in the time of the records the iterator could not sum (a kernel without
+    /// `bpf_map_lookup_percpu_elem`): one map lookup each, which returns every CPU's
+    /// copy; 0 for a process without an entry, as the iterator would write.
+    fn sum_unsummed(&self, records: &mut [ProcessRecord]) {
+        let now = monotonic_ns();
+        for record in records.iter_mut().filter(|record| record.cpu_ns == CPU_NS_UNSUMMED) {
+            record.cpu_ns = match self.entry(record.tgid) {
+                Ok(copies) => copies.map_or(0, |copies| sum_at(&copies, now)),
+                Err(error) => {
+                    tracing::debug!("reading the eBPF entry of {}: {error}", record.tgid);
+                    0
+                }
+            };
+        }
     }
 
     /// Every CPU's copy of `tgid`'s entry; None without one.
@@ -408,6 +418,10 @@ impl CpuTimeSource for EbpfCpuTime {
         CpuSourceKind::Ebpf
     }
 
+    fn degraded(&self) -> &[String] {
+        &self.degraded
+    }
+
     fn error_counts(&self) -> Vec<(&'static str, u64)> {
         match EbpfCpuTime::error_counts(self) {
             Ok(c) => vec![("map_full", c.map_full), ("read_task", c.read_task), ("mismatch", c.mismatch)],
@@ -442,12 +456,13 @@ impl CpuTimeSource for EbpfCpuTime {
         if !self.kernel_cleanup {
             return false;
         }
-        self.take_exit_records(|record| {
+        let times = &mut self.times;
+        drain_exits(&mut self.exits, |record| {
             out.push(Exit {
                 pid: record.tgid,
                 start_time: record.start_time_ns,
                 ppid: record.ppid,
-                total_ns: record.cpu_ns,
+                total_ns: final_total(times, &record),
                 comm: record.comm,
             })
         });
@@ -501,6 +516,37 @@ impl CpuTimeSource for EbpfCpuTime {
             }
         }
     }
+}
+
+/// Hands `each` the records in the `exits` ring, oldest first, and frees their room.
+fn drain_exits(exits: &mut RingBuf<MapData>, mut each: impl FnMut(ExitRecord)) {
+    while let Some(item) = exits.next() {
+        if item.len() >= std::mem::size_of::<ExitRecord>() {
+            // SAFETY: the program writes whole `ExitRecord`s, plain integers
+            // (aya::Pod) valid for any bit pattern; read unaligned.
+            each(unsafe { item.as_ptr().cast::<ExitRecord>().read_unaligned() });
+        }
+    }
+}
+
+/// The final total of an exit `record`. One the program could not sum (before
+/// Linux 5.19) is summed here from the process's entry, which the program left for
+/// this, and the entry is deleted. Until then its pid could be reused by a process
+/// whose first slices would add to it; pids being handed out in increasing order up
+/// to `pid_max`, that needs the pids to wrap between an exit and the next scan.
+fn final_total(times: &mut PerCpuHashMap<MapData, u32, ProcessTime>, record: &ExitRecord) -> u64 {
+    if record.cpu_ns != CPU_NS_UNSUMMED {
+        return record.cpu_ns;
+    }
+    let total = match times.get(&record.tgid, 0) {
+        Ok(copies) => sum_at(&copies, monotonic_ns()),
+        Err(_) => 0,
+    };
+    match times.remove(&record.tgid) {
+        Ok(()) | Err(MapError::KeyNotFound) => {}
+        Err(error) => tracing::debug!("deleting the eBPF entry of {}: {error}", record.tgid),
+    }
+    total
 }
 
 /// A process's cumulative on-CPU ns at `now_ns`: its copies summed over CPUs.
