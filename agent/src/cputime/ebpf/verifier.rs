@@ -92,6 +92,18 @@ processed 0 insns (limit 1000000) max_states_per_insn 0 total_states 0 peak_stat
     }
 
     #[test]
+    fn linux_5_10_refusing_resync_for_the_map_allocated_on_demand() {
+        // The whole log of `resync` on Debian's 5.10.0-46 before `resync_prealloc`.
+        let log = "\
+perf_event programs can only use preallocated hash map
+verification time 204 usec
+stack depth 0
+processed 0 insns (limit 1000000) max_states_per_insn 0 total_states 0 peak_states 0 mark_read 0
+";
+        assert_eq!(reason(log), Some("perf_event programs can only use preallocated hash map"));
+    }
+
+    #[test]
     fn a_register_message_is_a_reason_but_its_state_is_not() {
         let log = "\
 12: (61) r2 = *(u32 *)(r3 +0)
