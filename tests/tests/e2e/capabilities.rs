@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use e2e::{Agent, host, running_as_root, unit};
 
-use super::{assert_busy_and_idle_match_the_kernel, ebpf_required};
+use super::cpu::{assert_busy_and_idle_match_the_kernel, ebpf_required};
 
 // Bits of the kernel's capability masks, from include/uapi/linux/capability.h.
 const CAP_PERFMON: u64 = 1 << 38;

@@ -17,11 +17,77 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use super::agent::{Agent, cpu_set, die_with_parent, run_on, ticks_per_second};
+use super::agent::{Agent, Binaries, Caches, Sensors, Which, cpu_set, die_with_parent, run_on, ticks_per_second};
 use super::client::Client;
+use super::report::{Row, Section, Summary, Table};
+use super::{Plan, SETTLE, progress};
 
 /// Lets the fork loop reach its pace before the first scan.
 const LOOP_SETTLE: Duration = Duration::from_millis(300);
+
+/// Under a fork loop, how much of the machine's busy time the rows of
+/// `get_processes` (caches off, one request a second) account for: ours with its
+/// eBPF source, ours with its /proc source, the original; each agent alone, in a
+/// different order each repeat.
+pub(super) async fn run(plan: &Plan, binaries: &Binaries, cpus: usize, table: &mut Table) -> anyhow::Result<()> {
+    let with_proc = Binaries { ours_ebpf: false, ..binaries.clone() };
+    let runs: [(&str, &Binaries, Which); 3] = [
+        ("ours (eBPF run)", binaries, Which::Ours),
+        ("ours (/proc run)", &with_proc, Which::Ours),
+        ("original", binaries, Which::Original),
+    ];
+    let mut closures: [Vec<Closure>; 3] = Default::default();
+    let mut modes: [Option<String>; 3] = Default::default();
+    let windows = plan.closure_windows;
+    let window = Duration::from_secs(1);
+    for repeat in 0..plan.repeats {
+        let mut turns = [0, 1, 2];
+        let shift = repeat % turns.len();
+        turns.rotate_left(shift);
+        for turn in turns {
+            let (name, binaries, which) = runs[turn];
+            progress(format_args!("closure under a fork loop, {name}, {}/{}", repeat + 1, plan.repeats));
+            let agent = Agent::start(binaries, which, Caches::Off, Sensors::Off).await?;
+            tokio::time::sleep(SETTLE).await;
+            closures[turn].push(under_fork_loop(&agent, cpus, windows, window).await?);
+            if which == Which::Ours {
+                let source = agent.cpu_source().unwrap_or_else(|| "unknown".into());
+                let children = agent.cpu_children().unwrap_or_else(|| "unknown".into());
+                modes[turn] = Some(format!("source {source}, `--cpu-children {children}`"));
+            }
+            // The loop's last processes and the agent's exit, out of the next run.
+            drop(agent);
+            tokio::time::sleep(SETTLE).await;
+        }
+    }
+    let percent = |closures: &[Closure]| closures.iter().map(Closure::percent).collect::<Vec<_>>();
+    let original = percent(&closures[2]);
+    let what = format!(
+        "rows of `get_processes` over {windows} × 1 s windows under a fork loop, share of the machine's busy time"
+    );
+    for turn in [0, 1] {
+        let mode = modes[turn].as_deref().unwrap_or("unknown");
+        let label = format!("{what}; ours: {mode}");
+        table.push(Row::single(Section::Closure, label, "%", &percent(&closures[turn]), &original));
+    }
+    let seconds = |closures: &[Closure], pick: fn(&Closure) -> f64| {
+        Summary::of(&closures.iter().map(pick).collect::<Vec<_>>()).map_or_else(|| "n/a".to_owned(), |s| s.show())
+    };
+    let spans = runs
+        .iter()
+        .zip(&closures)
+        .map(|((name, ..), runs)| {
+            format!("{name} {} of {} CPU-s", seconds(runs, |c| c.rows_cpu_s), seconds(runs, |c| c.busy_cpu_s))
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    table.notes.push(format!(
+        "Closure: a shell runs `/bin/true` back to back; busy time is user + nice + system + irq + softirq of \
+         /proc/stat over the same windows; a row's CPU-seconds are its `cpu_usage` (% of the {cpus} CPUs) times \
+         the interval between answers. Rows against busy, median: {spans}."
+    ));
+    Ok(())
+}
 
 /// One closure run: the rows' CPU time and the machine's busy time over the same windows.
 #[derive(Debug, Clone, Copy)]
