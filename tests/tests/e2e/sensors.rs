@@ -7,7 +7,6 @@ use std::time::Duration;
 use e2e::ws::ask;
 use e2e::{Agent, sysfs};
 
-use super::cpu::ebpf_required;
 use super::raw_client;
 
 /// Paths only the GPU and temperature collectors read.
@@ -29,19 +28,14 @@ async fn sensor_paths_touched(envs: &[(&str, &str)]) -> Vec<String> {
     trace.lines().filter(|l| SENSOR_PATHS.iter().any(|p| l.contains(p))).map(str::to_owned).collect()
 }
 
-/// Whether strace runs here; CI installs it, elsewhere the tests that need it skip.
-fn strace_available() -> bool {
-    let available = std::process::Command::new("strace").arg("-V").output().is_ok();
-    if !available {
-        assert!(!ebpf_required(), "CI installs strace");
-        eprintln!("skipping: no strace");
-    }
-    available
+/// Whether strace runs here; where it does not, `test` is recorded as skipped.
+fn strace_available(test: &str) -> bool {
+    testkit::skip::needs_program(test, "strace", &["-V"], "strace").is_some()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gpu_and_temperature_toggles_stop_all_sensor_access() {
-    if !strace_available() {
+    if !strace_available("gpu_and_temperature_toggles_stop_all_sensor_access") {
         return;
     }
     let on = sensor_paths_touched(&[]).await;
@@ -54,7 +48,7 @@ async fn gpu_and_temperature_toggles_stop_all_sensor_access() {
 /// socktop client's metrics requests (every 500 ms) never read them, a scrape does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hwmon_temperatures_are_read_by_scrapes_not_by_metrics_requests() {
-    if !strace_available() {
+    if !strace_available("hwmon_temperatures_are_read_by_scrapes_not_by_metrics_requests") {
         return;
     }
     let sys = tempfile::tempdir().expect("tempdir");
@@ -93,7 +87,7 @@ async fn hwmon_temperatures_are_read_by_scrapes_not_by_metrics_requests() {
 /// (a minute apart) a request touches no sensor file and does not load NVML.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn absent_sensors_are_not_searched_on_every_request() {
-    if !strace_available() {
+    if !strace_available("absent_sensors_are_not_searched_on_every_request") {
         return;
     }
     let sys = tempfile::tempdir().expect("tempdir");

@@ -154,7 +154,9 @@ const SETTLE: Duration = Duration::from_secs(1);
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let root = super::workspace_root();
     let plan = Plan::new(&args);
-    raise_fd_limit()?;
+    // Many clients need many sockets; the agents inherit the limit, so the
+    // original gets the same room as ours.
+    testkit::limits::raise_open_files_limit().context("raising the open-files limit")?;
     let ours = match &args.ours {
         Some(path) => path.clone(),
         None => agent::build_ours(&root)?,
@@ -288,23 +290,6 @@ impl Agents {
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
-
-/// Many clients need many sockets: raise the soft file-descriptor limit to the
-/// hard one (the agents inherit it, so the original gets the same room as ours).
-fn raise_fd_limit() -> anyhow::Result<()> {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return Err(std::io::Error::last_os_error()).context("getrlimit(RLIMIT_NOFILE)");
-        }
-        limit.rlim_cur = limit.rlim_max;
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-            return Err(std::io::Error::last_os_error()).context("setrlimit(RLIMIT_NOFILE)");
-        }
-    }
-    Ok(())
-}
 
 fn progress(what: std::fmt::Arguments<'_>) {
     eprintln!("bench: {what}");

@@ -12,9 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::agent::{
-    Agent, Binaries, Caches, Sensors, Which, cpu_time_of, die_with_parent, free_port, resident_parts_of, rss_of,
-};
+use super::agent::{Agent, Binaries, Caches, Sensors, Which, cpu_time_of, die_with_parent, resident_parts_of, rss_of};
 use super::client::Kind;
 use super::cpu::cpu_per_request;
 use super::crowd::Crowd;
@@ -99,7 +97,7 @@ pub(super) async fn run(plan: &Plan, binaries: &Binaries) -> anyhow::Result<Tabl
 }
 
 /// A scrape as Prometheus sends it: it accepts gzip.
-const SCRAPE_HEADERS: &str = "Accept: text/plain;version=0.0.4\r\nAccept-Encoding: gzip\r\n";
+const SCRAPE_HEADERS: &[(&str, &str)] = &[("Accept", "text/plain;version=0.0.4"), ("Accept-Encoding", "gzip")];
 
 /// One answer: its size on the wire, and its size as text.
 pub struct Scraped {
@@ -109,15 +107,14 @@ pub struct Scraped {
 /// `GET /metrics` of `port` on loopback, as Prometheus asks for it.
 pub async fn scrape(port: u16, gzip: bool) -> anyhow::Result<Scraped> {
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    let headers = if gzip { SCRAPE_HEADERS } else { "" };
-    let request = format!("GET /metrics HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n{headers}\r\n");
+    let headers: &[(&str, &str)] = if gzip { SCRAPE_HEADERS } else { &[] };
+    let request = testkit::http::request(&format!("127.0.0.1:{port}"), "/metrics", headers);
     stream.write_all(request.as_bytes()).await?;
     let mut raw = Vec::new();
     tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw)).await??;
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").context("no HTTP header in the answer")?;
-    let status = String::from_utf8_lossy(&raw[..split]).split_whitespace().nth(1).unwrap_or_default().to_owned();
-    ensure!(status == "200", "scrape of port {port} answered {status}");
-    Ok(Scraped { wire_bytes: raw.len() - split - 4 })
+    let answer = testkit::http::parse_response(&raw).context("not an HTTP answer")?;
+    ensure!(answer.status == 200, "scrape of port {port} answered {}", answer.status);
+    Ok(Scraped { wire_bytes: answer.wire_bytes })
 }
 
 /// A Prometheus exporter from Debian's packages, killed when dropped.
@@ -129,7 +126,7 @@ pub struct Exporter {
 impl Exporter {
     /// node_exporter with its default collectors.
     pub async fn node(logs: &Path) -> anyhow::Result<Exporter> {
-        let port = free_port()?;
+        let port = testkit::listen::unused_port()?;
         let mut command = Command::new("prometheus-node-exporter");
         command.arg(format!("--web.listen-address=127.0.0.1:{port}"));
         Self::start("node_exporter", command, port, logs).await
@@ -137,7 +134,7 @@ impl Exporter {
 
     /// process-exporter with one group per command name, as our per-name series.
     pub async fn process(logs: &Path) -> anyhow::Result<Exporter> {
-        let port = free_port()?;
+        let port = testkit::listen::unused_port()?;
         let config = logs.join("process-exporter.yml");
         std::fs::write(&config, "process_names:\n  - name: \"{{.Comm}}\"\n    cmdline:\n      - '.+'\n")?;
         let mut command = Command::new("prometheus-process-exporter");
