@@ -46,7 +46,15 @@ pub(crate) async fn assert_busy_and_idle_match_the_kernel(agent: &Agent) {
     let truth = busy_ns as f64 / wall.as_nanos() as f64 / host::cpus() as f64 * 100.0;
     let usage = |pid| processes.top_processes.iter().find(|p| p.pid == pid).expect("listed").cpu_usage as f64;
     assert!((usage(busy.pid()) - truth).abs() < 5.0, "busy {} vs kernel {truth:.1}", usage(busy.pid()));
-    assert!(usage(busy.pid()) > 20.0, "a busy loop must show: {}", usage(busy.pid()));
+    // On a host too busy for the loop to run, the comparison above proves little.
+    let share_needed = 20.0_f64.min(90.0 / host::cpus() as f64);
+    if truth < share_needed {
+        let needs = format!(
+            "a host with CPU to spare: the busy loop got {truth:.1}% of the machine by the kernel's count, \
+             {share_needed:.0}% needed"
+        );
+        return testkit::skip::skip(&testkit::skip::current_test(), &needs);
+    }
     assert!(usage(idle.pid()) < 0.5, "sleep shows {}", usage(idle.pid()));
 }
 

@@ -192,8 +192,12 @@ pub struct Agent {
 impl Agent {
     /// Starts one agent and waits until it accepts connections.
     pub async fn start(binaries: &Binaries, which: Which, caches: Caches, sensors: Sensors) -> anyhow::Result<Agent> {
-        // Neither agent says which port it got from port 0 in a form both share.
-        let port = testkit::listen::unused_port().context("finding an unused port")?;
+        // Ours binds a port the kernel chooses and logs it; the original cannot say
+        // which port it got, so it is given one nobody listens on now.
+        let port = match which {
+            Which::Ours => 0,
+            Which::Original => testkit::listen::unused_port().context("finding an unused port")?,
+        };
         let setting = format!("{}{}", caches.name().replace(' ', "-"), sensors.log_suffix());
         let log = binaries.logs.join(format!("{}-{setting}.log", which.name()));
         let mut command = match which {
@@ -236,11 +240,17 @@ impl Agent {
         self.child.id()
     }
 
+    /// Waits until the agent accepts connections; started on port 0, until it has
+    /// logged the port the kernel gave it.
     async fn wait_listening(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
         loop {
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            if self.port == 0 {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                self.port = log.lines().find_map(testkit::listen::parse_listening_port).unwrap_or(0);
+            }
+            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
+            if self.port != 0 && tokio::net::TcpStream::connect(addr).await.is_ok() {
                 return Ok(());
             }
             if let Some(status) = self.child.try_wait()? {
