@@ -5,7 +5,7 @@
 #
 #   bash deploy/test-package.sh target/debian/socktop-agent_VERSION_ARCH.deb
 #
-# With SOCKTOP_REQUIRE_EBPF=1 the installed agent must count CPU with eBPF.
+# With SOCKTOP_REQUIRE_ALL=1 the installed agent must count CPU with eBPF.
 set -euo pipefail
 
 deb=$(realpath "$1")
@@ -140,7 +140,7 @@ case "$shell" in */nologin | */false) ;; *) fail "socktop can log in ($shell)" ;
 echo "== the installed agent as the unit runs it: $(unit_values User), $(setpriv_caps)"
 start_like_the_unit
 grep -q 'cpu source: ' "$work/log" || fail "no cpu source logged"
-if [ "${SOCKTOP_REQUIRE_EBPF:-}" = 1 ]; then
+if [ "${SOCKTOP_REQUIRE_ALL:-}" = 1 ]; then
     grep -q 'cpu source: ebpf' "$work/log" || { cat "$work/log" >&2; fail "eBPF required"; }
     grep -q 'capabilities after start-up: kept CAP_PERFMON' "$work/log" || { cat "$work/log" >&2; fail "capabilities"; }
 fi

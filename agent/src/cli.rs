@@ -8,8 +8,8 @@ use std::time::Duration;
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Parser};
 
-use socktop_agent::config::{Collection, Config, Limits, PrometheusLimits, Token, Ttls};
-use socktop_agent::cputime::attribution::ChildrenMode;
+use crate::config::{Collection, Config, Limits, PrometheusLimits, Token, Ttls};
+use crate::cputime::attribution::ChildrenMode;
 
 /// On-demand host-metrics agent for the socktop TUI.
 ///
@@ -114,7 +114,7 @@ impl Cli {
             return Ok(Some(dir.clone()));
         }
         let env_path = |name| std::env::var_os(name).map(PathBuf::from);
-        socktop_agent::tls::default_dir(env_path("XDG_DATA_HOME"), env_path("HOME"))
+        crate::tls::default_dir(env_path("XDG_DATA_HOME"), env_path("HOME"))
             .map(Some)
             .ok_or_else(|| anyhow::anyhow!("TLS is on but neither XDG_DATA_HOME nor HOME is set; pass --tls-dir"))
     }

@@ -2,7 +2,6 @@
 //! runs the server until SIGINT or SIGTERM.
 
 mod capabilities;
-mod cli;
 
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -12,7 +11,7 @@ use clap::Parser;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
-use cli::Cli;
+use socktop_agent::cli::Cli;
 use socktop_agent::cputime::{self, CpuTimeSource};
 use socktop_agent::host::HostFacts;
 use socktop_agent::protocol::agent_info::AgentInfo;

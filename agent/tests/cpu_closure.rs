@@ -7,21 +7,21 @@
 //! fold: `getrusage` of this process and of the children it reaped.
 //!
 //! Loading the program needs root; without it the eBPF tests skip, unless
-//! `SOCKTOP_REQUIRE_EBPF=1` (CI) makes that a failure.
+//! `SOCKTOP_REQUIRE_ALL=1` (CI) makes that a failure.
 #![expect(clippy::unwrap_used, reason = "test helpers: a failed unwrap is a failed test")]
 
 use std::{
     path::PathBuf,
-    process::{Child, Command},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use socktop_agent::{
-    collect::{cpu::parse_proc_stat, processes::ProcessScanner},
+    collect::processes::ProcessScanner,
     cputime::{CpuTimeSource, SharedCpuSource, attribution::ChildrenMode, ebpf, proc::ProcCpuTime},
     host::clock::HostClock,
 };
+use testkit::closure::{ForkLoop, LOOP_SETTLE, Ledger};
 
 /// The tests burn CPU and measure the whole machine: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -33,11 +33,9 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 fn ebpf_or_skip() -> Option<Box<dyn CpuTimeSource>> {
     match ebpf::load(std::path::Path::new("/proc"), host_clock()) {
         Ok(source) => Some(Box::new(source)),
-        Err(error) if std::env::var("SOCKTOP_REQUIRE_EBPF").as_deref() == Ok("1") => {
-            panic!("SOCKTOP_REQUIRE_EBPF=1 but the eBPF program did not load: {error}")
-        }
         Err(error) => {
-            eprintln!("skipped: eBPF program not loaded ({error})");
+            let needs = format!("root and a kernel with BTF to load the eBPF program (here: {error})");
+            testkit::skip::skip(&testkit::skip::current_test(), &needs);
             None
         }
     }
@@ -70,44 +68,23 @@ fn shown_for(rows: &[(u32, u64)], pid: u32) -> u64 {
     rows.iter().find(|(row_pid, _)| *row_pid == pid).map_or(0, |(_, ns)| *ns)
 }
 
-/// Busy ns of the whole machine from `/proc/stat` (see `CpuTicks::busy`).
-fn busy_ns() -> u64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap();
-    parse_proc_stat(&stat).all.busy() * (1_000_000_000 / procfs::ticks_per_second())
-}
-
-/// A child killed when the test ends, passing or not.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A shell running `/bin/true` back to back for at most `seconds`.
-fn fork_loop(seconds: u32) -> Proc {
-    let script = format!("while [ $SECONDS -lt {seconds} ]; do /bin/true; done");
-    Proc(Command::new("bash").args(["-c", &script]).spawn().unwrap())
-}
-
 /// What the rows of `windows` consecutive scans `window` apart add up to, against
 /// the busy time of the machine over the same windows, under a fork loop.
 fn closure(source: Box<dyn CpuTimeSource>, windows: u32, window: Duration) -> (u64, u64) {
     let mut scanner = scanner(source, ChildrenMode::Attribute);
-    let _loop = fork_loop(windows + 3);
-    std::thread::sleep(Duration::from_millis(300));
+    let _loop = ForkLoop::start(window * (windows + 3), |_| {}).unwrap();
+    std::thread::sleep(LOOP_SETTLE);
     scan(&mut scanner);
-    let busy_before = busy_ns();
-    let mut shown = 0;
+    let mut ledger = Ledger::open().unwrap();
     let mut next = Instant::now();
     for _ in 0..windows {
         next += window;
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
-        shown += scan(&mut scanner).iter().map(|(_, ns)| ns).sum::<u64>();
+        let shown: u64 = scan(&mut scanner).iter().map(|(_, ns)| ns).sum();
+        ledger.add_rows(Duration::from_nanos(shown));
     }
-    (shown, busy_ns() - busy_before)
+    let closure = ledger.close().unwrap();
+    (closure.rows.as_nanos() as u64, closure.busy.as_nanos() as u64)
 }
 
 #[test]

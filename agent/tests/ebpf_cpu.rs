@@ -11,7 +11,7 @@
 //! children for them).
 //!
 //! Loading the program needs root; without it these tests skip, unless
-//! `SOCKTOP_REQUIRE_EBPF=1` (CI) makes that a failure.
+//! `SOCKTOP_REQUIRE_ALL=1` (CI) makes that a failure.
 #![expect(clippy::unwrap_used, reason = "test helpers: a failed unwrap is a failed test")]
 
 use std::{
@@ -50,11 +50,9 @@ fn load_or_skip(kind: AttachKind) -> Option<EbpfCpuTime> {
 fn loaded_or_skip(loaded: Result<EbpfCpuTime, EbpfLoadError>) -> Option<EbpfCpuTime> {
     match loaded {
         Ok(source) => Some(source),
-        Err(error) if std::env::var("SOCKTOP_REQUIRE_EBPF").as_deref() == Ok("1") => {
-            panic!("SOCKTOP_REQUIRE_EBPF=1 but the eBPF program did not load: {error}")
-        }
         Err(error) => {
-            eprintln!("skipped: eBPF program not loaded ({error})");
+            let needs = format!("root and a kernel with BTF to load the eBPF program (here: {error})");
+            testkit::skip::skip(&testkit::skip::current_test(), &needs);
             None
         }
     }
@@ -181,10 +179,7 @@ fn process_cpu_ns(pid: u32) -> i64 {
 /// utime + stime of `pid` in ticks, fields 14 and 15 of /proc/PID/stat (proc(5)),
 /// counted after the command name's closing parenthesis.
 fn stat_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    testkit::kernel::cpu_ticks(pid).unwrap()
 }
 
 /// One reading of a source and the truth around it.

@@ -4,8 +4,7 @@
 //! scrapes them, and a plain HTTP/1.0 GET for its query API and `/metrics`.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -152,7 +151,8 @@ impl Prometheus {
         let storage = tempfile::tempdir()?;
         let config = storage.path().join("prometheus.yml");
         std::fs::write(&config, scrape_config(targets, interval, params))?;
-        let port = free_port()?;
+        // Prometheus does not say which port it got from port 0.
+        let port = testkit::listen::unused_port()?;
         let log = std::fs::File::create(storage.path().join("prometheus.log"))?;
         let child = Command::new("prometheus")
             .arg(format!("--config.file={}", config.display()))
@@ -263,11 +263,6 @@ fn scrape_config(targets: &[String], interval: Duration, params: &[(&str, &str)]
     )
 }
 
-/// A port free on loopback now (the OS picks it; the caller binds it again).
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 fn percent_encode(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
@@ -277,38 +272,11 @@ fn percent_encode(text: &str) -> String {
         .collect()
 }
 
-/// An HTTP answer.
-#[derive(Debug)]
-pub struct HttpResponse {
-    pub status: u16,
-    /// Header names in lower case.
-    pub headers: BTreeMap<String, String>,
-    pub body: Vec<u8>,
-}
+pub use testkit::http::Response as HttpResponse;
 
-/// `GET path` on `address` (host:port) over HTTP/1.0, with `headers` added; the
-/// body is read to the end of the connection.
+/// `GET path` on `address` (host:port) over HTTP/1.0, with `headers` added.
 pub fn http_get(address: &str, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<HttpResponse> {
-    let mut stream = TcpStream::connect(address).with_context(|| format!("connecting to {address}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut request = format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n");
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes())?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").context("an HTTP header")?;
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = head.lines();
-    let status =
-        lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).context("status")?;
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    Ok(HttpResponse { status, headers, body: raw[split + 4..].to_vec() })
+    testkit::http::get(address, path, headers).with_context(|| format!("GET {path} from {address}"))
 }
 
 /// A program under a name of our choosing: the kernel names a process (its

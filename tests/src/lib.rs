@@ -161,7 +161,7 @@ impl Agent {
         let sink = Arc::clone(&log);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(port) = listening_port(&line) {
+                if let Some(port) = testkit::listen::parse_listening_port(&line) {
                     let _ = port_tx.send(port);
                 }
                 sink.lock().expect("log lock").push(line);
@@ -251,16 +251,7 @@ fn binary_copy_for_nobody() -> anyhow::Result<(tempfile::TempDir, PathBuf)> {
     Ok((dir, binary))
 }
 
-pub fn running_as_root() -> bool {
-    let uid = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
-    uid.is_ok_and(|uid| uid == "0")
-}
-
-fn listening_port(line: &str) -> Option<u16> {
-    let rest = &line[line.find("listening on ")?..];
-    let address = rest.split("://").nth(1)?.split('/').next()?;
-    address.rsplit(':').next()?.parse().ok()
-}
+pub use testkit::skip::running_as_root;
 
 /// A child process kept busy or idle on purpose, killed when dropped.
 pub struct Workload(Child);
@@ -293,7 +284,6 @@ impl Drop for Workload {
     }
 }
 
-/// Ground truth read straight from the kernel.
 /// Fake sysfs trees for `--sys-root`.
 pub mod sysfs {
     use std::os::unix::fs::symlink;
@@ -313,6 +303,7 @@ pub mod sysfs {
     }
 }
 
+/// Ground truth read straight from the kernel.
 pub mod host {
     /// Number of logical CPUs online.
     pub fn cpus() -> usize {
@@ -341,16 +332,12 @@ pub mod host {
     /// Nanoseconds a task has run on a CPU, from the scheduler
     /// (`/proc/PID/schedstat`, first field; the main thread of a process).
     pub fn on_cpu_ns(pid: u32) -> u64 {
-        let schedstat = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).expect("schedstat");
-        schedstat.split_whitespace().next().and_then(|ns| ns.parse().ok()).expect("schedstat run time")
+        testkit::kernel::on_cpu_ns(pid).expect("schedstat run time")
     }
 
     /// utime + stime of a process, in clock ticks.
     pub fn cpu_ticks(pid: u32) -> u64 {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-        let after_comm = &stat[stat.rfind(')').expect("comm") + 2..];
-        let fields: Vec<&str> = after_comm.split_whitespace().collect();
-        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+        testkit::kernel::cpu_ticks(pid).expect("utime and stime")
     }
 }
 

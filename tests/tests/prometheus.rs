@@ -56,8 +56,12 @@ const NODE_EXPORTER_CAMEL_CASE: [&str; 7] = [
 ];
 
 /// `promtool check metrics` parses the scrape and flags nothing but node_exporter's
-/// own camelCase names.
-fn assert_promtool_finds_nothing_of_ours(text: &str) {
+/// own camelCase names. Without promtool that part of `test` is skipped.
+fn assert_promtool_finds_nothing_of_ours(test: &str, text: &str) {
+    let what = format!("{test} (its promtool check)");
+    if testkit::skip::needs_program(&what, "promtool", &["--version"], "prometheus").is_none() {
+        return;
+    }
     let (status, said) = promtool_check(text);
     assert!(matches!(status, Some(0 | 3)), "promtool could not parse the scrape ({status:?}): {said}\n{text}");
     for finding in said.lines() {
@@ -84,7 +88,7 @@ fn the_scrape_passes_promtool_and_matches_the_kernel() {
     let (text, samples) = scrape(&agent, "/metrics", &[]);
     let after = proc_stat_cpu0();
 
-    assert_promtool_finds_nothing_of_ours(&text);
+    assert_promtool_finds_nothing_of_ours("the_scrape_passes_promtool_and_matches_the_kernel", &text);
 
     assert_eq!(samples["node_memory_MemTotal_bytes"], host::mem_total() as f64);
     let user = samples[r#"node_cpu_seconds_total{cpu="0",mode="user"}"#];
@@ -115,7 +119,7 @@ fn hwmon_temperatures_keep_node_exporters_chip_and_sensor_labels() {
     sysfs::fake_hwmon(sys.path(), "devices/pci0000:00/0000:00:01.3/0000:01:00.0/nvme/nvme0", "hwmon1", &nvme);
     let agent = Agent::start(&["--sys-root", sys.path().to_str().unwrap()], &[]).unwrap();
     let (text, samples) = scrape(&agent, "/metrics", &[]);
-    assert_promtool_finds_nothing_of_ours(&text);
+    assert_promtool_finds_nothing_of_ours("hwmon_temperatures_keep_node_exporters_chip_and_sensor_labels", &text);
     let hwmon: BTreeMap<&str, f64> =
         samples.iter().filter(|(k, _)| k.starts_with("node_hwmon_")).map(|(k, v)| (k.as_str(), *v)).collect();
     let expected = [
@@ -185,9 +189,27 @@ async fn scrapes_leave_the_websocket_protocol_as_it_was() {
 
 /// utime + stime of the children a process has waited for, in clock ticks.
 fn reaped_children_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    let fields: Vec<&str> = stat[stat.rfind(')').expect("comm") + 2..].split_whitespace().collect();
-    fields[13].parse::<u64>().expect("cutime") + fields[14].parse::<u64>().expect("cstime")
+    testkit::kernel::stat_times(pid).expect("cutime and cstime").reaped_children
+}
+
+/// The command prefix that gives a host a pid namespace (and /proc) of its own:
+/// `unshare` as root, or inside a user namespace of its own where the kernel lets
+/// an ordinary user make one; `None` where neither works here.
+fn pid_namespace_launcher() -> Option<Vec<&'static str>> {
+    let isolated = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"];
+    let candidates: [&[&str]; 2] = [&[], &["--user", "--map-root-user"]];
+    candidates.into_iter().find_map(|extra| {
+        let mut launcher = isolated.to_vec();
+        launcher.splice(1..1, extra.iter().copied());
+        let works = Command::new(launcher[0])
+            .args(&launcher[1..])
+            .arg("true")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        works.then_some(launcher)
+    })
 }
 
 fn unix_now() -> f64 {
@@ -208,9 +230,19 @@ impl Truth {
 
 #[test]
 fn a_real_prometheus_finds_each_hosts_own_processes() {
+    const TEST: &str = "a_real_prometheus_finds_each_hosts_own_processes";
+    if testkit::skip::needs_program(TEST, "prometheus", &["--version"], "prometheus").is_none() {
+        return;
+    }
     let (fleet, fallback) = Fleet::new(3);
     if let Some(reason) = &fallback {
-        eprintln!("network namespaces unavailable ({reason}); the three agents listen on loopback ports");
+        let what = format!("{TEST} (hosts in network namespaces of their own; it ran on loopback)");
+        testkit::skip::skip(&what, &format!("root and `ip` (Debian package iproute2): {reason}"));
+    }
+    let pid_namespace = pid_namespace_launcher();
+    if pid_namespace.is_none() {
+        let what = format!("{TEST} (hosts 0 and 2 in pid namespaces of their own)");
+        testkit::skip::skip(&what, "root or unprivileged user namespaces (`unshare`, Debian package util-linux)");
     }
     let names = tempfile::tempdir().unwrap();
     let busy_program = named_program(names.path(), "stpbusy", "/bin/sh").unwrap();
@@ -226,7 +258,7 @@ fn a_real_prometheus_finds_each_hosts_own_processes() {
         // default TTL a scrape may render a scan up to 1 s old).
         let mut args = vec!["--processes-ttl-ms", "0"];
         if index != 1 {
-            launcher.extend(["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"].map(String::from));
+            launcher.extend(pid_namespace.iter().flatten().map(|word| word.to_string()));
             args.extend(["--ebpf", "off"]);
         }
         let launcher: Vec<&str> = launcher.iter().map(String::as_str).collect();
@@ -274,7 +306,11 @@ fn a_real_prometheus_finds_each_hosts_own_processes() {
     // The busy loop: only host 1 has it, at the CPU time the kernel counted.
     // Evaluated at the last kernel reading, so the window lies within them.
     let end = truth.0.last().unwrap().0;
+    // Without pid namespaces every host sees the workloads: only host 1's series count.
+    let on_host_1_unless_shared =
+        |series: &e2e::fleet::Sample| pid_namespace.is_some() || series.labels.get("instance") == Some(&instances[1]);
     let range = prometheus.query_at("socktop_comm_cpu_seconds_total{comm=\"stpbusy\"}[10s]", Some(end)).unwrap();
+    let range: Vec<_> = range.into_iter().filter(on_host_1_unless_shared).collect();
     assert_eq!(range.len(), 1, "one instance has the busy loop: {range:?}");
     assert_eq!(range[0].labels["instance"], instances[1]);
     let points = &range[0].points;
@@ -289,9 +325,10 @@ fn a_real_prometheus_finds_each_hosts_own_processes() {
     assert!(kernel > 0.05, "the busy loop hardly ran ({kernel:.2} CPU): the host is overloaded");
     assert!((measured - kernel).abs() < 0.05, "Prometheus {measured:.3} CPU vs kernel {kernel:.3} CPU");
     let rate = prometheus.query_at("rate(socktop_comm_cpu_seconds_total{comm=\"stpbusy\"}[5s])", Some(end)).unwrap();
+    let rate: Vec<_> = rate.into_iter().filter(on_host_1_unless_shared).collect();
     assert_eq!(rate.len(), 1);
     assert!((rate[0].value - kernel).abs() < 0.2, "rate() {} vs kernel {kernel:.3}", rate[0].value);
-    for other in [0, 2] {
+    for other in [0, 2].into_iter().filter(|_| pid_namespace.is_some()) {
         let own = format!("socktop_comm_processes{{instance=\"{}\"}}", instances[other]);
         let own = prometheus.query(&own).unwrap();
         assert!(!own.is_empty() && own.len() < 10, "host {other} sees only its own processes: {own:?}");
@@ -304,6 +341,7 @@ fn a_real_prometheus_finds_each_hosts_own_processes() {
     // The fork loop's children, summed under their name on host 1.
     assert!(forker_done(), "the fork loop did not finish in 40 s");
     let children = prometheus.query("socktop_comm_cpu_seconds_total{comm=\"stpchild\"}").unwrap();
+    let children: Vec<_> = children.into_iter().filter(on_host_1_unless_shared).collect();
     let seen = children.iter().find(|s| s.labels["instance"] == instances[1]).map_or(0.0, |s| s.value);
     assert!(children.iter().all(|s| s.labels["instance"] == instances[1]), "{children:?}");
     eprintln!("fork loop: children used {children_seconds:.2} s of CPU (kernel); the agent counted {seen:.2} s");
@@ -312,8 +350,10 @@ fn a_real_prometheus_finds_each_hosts_own_processes() {
     // With the eBPF source, every child's final time comes from its exit record,
     // also for children born and gone between two scrapes. With the /proc source
     // (an agent that could not load the program) only listed children count.
-    let require_ebpf = std::env::var("SOCKTOP_REQUIRE_EBPF").is_ok_and(|v| v == "1");
-    assert!(!require_ebpf || source == "ebpf", "host 1 runs on the {source} source");
+    if source != "ebpf" {
+        let what = format!("{TEST} (the exit records of the eBPF source)");
+        testkit::skip::skip(&what, &format!("root and a kernel with BTF (host 1 ran on the {source} source)"));
+    }
     if source == "ebpf" {
         assert!(
             seen >= 0.8 * children_seconds - 0.1,

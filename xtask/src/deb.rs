@@ -1,6 +1,6 @@
 //! `cargo xtask deb`: the Debian package. Writes the man page and the shell
-//! completions from the agent's own clap definition (the file `--help` comes from,
-//! compiled in here as well), then runs `cargo deb`, which takes the rest from
+//! completions from the agent's own clap definition (the agent library's `cli`, which
+//! `--help` comes from), then runs `cargo deb`, which takes the rest from
 //! `[package.metadata.deb]` in `agent/Cargo.toml` and the unit and maintainer
 //! scripts in `deploy/`.
 
@@ -10,9 +10,7 @@ use anyhow::{Context, Result, ensure};
 use clap::CommandFactory;
 use clap_complete::Shell;
 
-#[path = "../../agent/src/cli.rs"]
-#[expect(dead_code, reason = "only the definition is used here, not the parsed values")]
-mod cli;
+use socktop_agent::cli;
 
 const BINARY: &str = "socktop_agent";
 

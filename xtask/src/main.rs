@@ -3,6 +3,7 @@
 
 mod bench;
 mod build_ebpf;
+mod ci;
 mod deb;
 mod ebpf_cost;
 mod soak;
@@ -28,6 +29,8 @@ enum Command {
     Deb(deb::Args),
     /// Soak the agent: many well-behaved clients beside a stream of hostile ones.
     Soak(soak::SoakArgs),
+    /// The full suite as CI runs it (.ci/run): installs what is missing, every test required. Root.
+    Ci,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -37,6 +40,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Bench(args)) => bench::run(args),
         Some(Command::Deb(args)) => deb::run(&args),
         Some(Command::Soak(args)) => soak::run(args),
+        Some(Command::Ci) => ci::run(),
         // `cargo xtask` alone lists the commands.
         None => Ok(Cli::command().print_help()?),
     }

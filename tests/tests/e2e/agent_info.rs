@@ -5,8 +5,7 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use e2e::Agent;
-
-use super::{Answer, ask};
+use e2e::ws::{Answer, ask};
 
 /// `GET path` over plain HTTP/1.1: the status line and the body.
 fn http_get(agent: &Agent, path: &str) -> (String, String) {

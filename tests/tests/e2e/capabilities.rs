@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
-use e2e::{Agent, host, running_as_root, unit};
+use e2e::{Agent, host, unit};
+use testkit::skip::{all_required, needs_program, needs_root, skip};
 
-use super::{assert_busy_and_idle_match_the_kernel, ebpf_required};
+use super::cpu::{assert_busy_and_idle_match_the_kernel, ebpf_needs};
 
 // Bits of the kernel's capability masks, from include/uapi/linux/capability.h.
 const CAP_PERFMON: u64 = 1 << 38;
@@ -38,9 +39,11 @@ fn kernel_at_least(major: u32, minor: u32) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ebpf_runs_as_an_unprivileged_user_with_only_the_units_capabilities() {
-    if !running_as_root() {
-        assert!(!ebpf_required(), "eBPF required, but only root can start a user with capabilities");
-        return eprintln!("skipping: needs root to start the agent as another user");
+    let test = "ebpf_runs_as_an_unprivileged_user_with_only_the_units_capabilities";
+    if needs_root(test, "to start the agent as another user with capabilities").is_none()
+        || needs_program(test, "setpriv", &["--version"], "util-linux").is_none()
+    {
+        return;
     }
     let granted = unit::values("AmbientCapabilities");
     assert_eq!(granted, unit::values("CapabilityBoundingSet"), "the unit bounds what it grants");
@@ -48,8 +51,7 @@ async fn ebpf_runs_as_an_unprivileged_user_with_only_the_units_capabilities() {
     let (agent, _dir) = Agent::start_unprivileged_with(&granted, &["--processes-ttl-ms", "0"]).expect("agent starts");
     let source = agent.wait_for_log("cpu source: ", Duration::from_secs(5)).expect("source logged");
     if !source.contains("cpu source: ebpf") {
-        assert!(!ebpf_required(), "eBPF required but, with {granted:?}: {source}");
-        return eprintln!("skipping: {source}");
+        return skip(test, &ebpf_needs(&source));
     }
     let kept =
         agent.wait_for_log("capabilities after start-up: ", Duration::from_secs(5)).expect("capabilities logged");
@@ -85,8 +87,12 @@ fn secure_execution(pid: u32) -> bool {
 /// allocator setting there (it used to, without end), and serves as usual.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_file_capabilities_the_agent_starts_once_and_serves() {
-    if !running_as_root() {
-        return eprintln!("skipping: needs root to set file capabilities");
+    let test = "with_file_capabilities_the_agent_starts_once_and_serves";
+    if needs_root(test, "to set file capabilities").is_none()
+        || needs_program(test, "setcap", &["-v", "cap_bpf+ep", "/bin/true"], "libcap2-bin").is_none()
+        || needs_program(test, "setpriv", &["--version"], "util-linux").is_none()
+    {
+        return;
     }
     let (agent, _dir) = Agent::start_with_file_capabilities("cap_bpf,cap_perfmon+ep", &["--processes-ttl-ms", "0"])
         .expect("agent starts");
@@ -95,7 +101,7 @@ async fn with_file_capabilities_the_agent_starts_once_and_serves() {
     assert!(!environment.contains("tcache_count=0"), "it restarted itself:\n{environment}");
     let source = agent.wait_for_log("cpu source: ", Duration::from_secs(5)).expect("source logged");
     if !source.contains("cpu source: ebpf") {
-        assert!(!ebpf_required(), "eBPF required but, with file capabilities: {source}");
+        assert!(!all_required(), "every test required, but eBPF did not load with file capabilities: {source}");
     }
     assert_busy_and_idle_match_the_kernel(&agent).await;
 }

@@ -5,7 +5,7 @@
 //! They need their packages installed (CI does it): the Python one a python with
 //! examples/python/requirements.txt, named by SOCKTOP_EXAMPLES_PYTHON; the Node one
 //! `node` and examples/node/node_modules (`npm ci`). Without them the tests skip,
-//! unless SOCKTOP_REQUIRE_EXAMPLES=1.
+//! unless SOCKTOP_REQUIRE_ALL=1.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -17,10 +17,6 @@ use e2e::{Agent, host};
 
 fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
-}
-
-fn required() -> bool {
-    std::env::var("SOCKTOP_REQUIRE_EXAMPLES").is_ok_and(|v| v == "1")
 }
 
 /// A running example, its output collected line by line; killed when dropped.
@@ -65,10 +61,6 @@ impl Drop for Example {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
-}
-
 /// `key=value` of a printed line, parsed.
 fn field<T: std::str::FromStr>(line: &str, key: &str) -> T {
     let value = line.split_whitespace().find_map(|word| word.strip_prefix(key)?.strip_prefix('='));
@@ -78,7 +70,9 @@ fn field<T: std::str::FromStr>(line: &str, key: &str) -> T {
 fn example_matches_the_host_and_reconnects(command: Command) {
     // Built first: a build while the example waits would stretch its backoff.
     e2e::agent_binary();
-    let port = free_port();
+    // The example is told the port before any agent listens there (it must retry
+    // until one does): the one case where a port is chosen before it is bound.
+    let port = testkit::listen::unused_port().expect("an unused port");
     let example = Example::start(command, port);
     // No agent yet: it retries, each delay twice the one before.
     example.wait_for("reconnecting in 1.0s", 1);
@@ -119,8 +113,8 @@ fn example_matches_the_host_and_reconnects(command: Command) {
 #[test]
 fn the_python_example_matches_the_host_and_reconnects() {
     let Ok(python) = std::env::var("SOCKTOP_EXAMPLES_PYTHON") else {
-        assert!(!required(), "SOCKTOP_EXAMPLES_PYTHON is not set");
-        return eprintln!("skipping: SOCKTOP_EXAMPLES_PYTHON is not set");
+        let needs = "SOCKTOP_EXAMPLES_PYTHON naming a python with examples/python/requirements.txt installed";
+        return testkit::skip::skip("the_python_example_matches_the_host_and_reconnects", needs);
     };
     let mut command = Command::new(python);
     command.arg("-u").arg(examples_dir().join("python/socktop_client.py"));
@@ -132,8 +126,8 @@ fn the_node_example_matches_the_host_and_reconnects() {
     let dir = examples_dir().join("node");
     let has_node = Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
     if !has_node || !dir.join("node_modules").exists() {
-        assert!(!required(), "node or examples/node/node_modules is missing");
-        return eprintln!("skipping: node or examples/node/node_modules is missing");
+        let needs = "`node` (Debian package nodejs) and examples/node/node_modules (`npm ci` there)";
+        return testkit::skip::skip("the_node_example_matches_the_host_and_reconnects", needs);
     }
     let mut command = Command::new("node");
     command.arg(dir.join("socktop_client.js"));

@@ -3,7 +3,7 @@
 //! and resident memory from `/proc/PID/*` (proc(5)).
 
 use std::fs::File;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -192,7 +192,12 @@ pub struct Agent {
 impl Agent {
     /// Starts one agent and waits until it accepts connections.
     pub async fn start(binaries: &Binaries, which: Which, caches: Caches, sensors: Sensors) -> anyhow::Result<Agent> {
-        let port = free_port()?;
+        // Ours binds a port the kernel chooses and logs it; the original cannot say
+        // which port it got, so it is given one nobody listens on now.
+        let port = match which {
+            Which::Ours => 0,
+            Which::Original => testkit::listen::unused_port().context("finding an unused port")?,
+        };
         let setting = format!("{}{}", caches.name().replace(' ', "-"), sensors.log_suffix());
         let log = binaries.logs.join(format!("{}-{setting}.log", which.name()));
         let mut command = match which {
@@ -235,11 +240,17 @@ impl Agent {
         self.child.id()
     }
 
+    /// Waits until the agent accepts connections; started on port 0, until it has
+    /// logged the port the kernel gave it.
     async fn wait_listening(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
         loop {
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            if self.port == 0 {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                self.port = log.lines().find_map(testkit::listen::parse_listening_port).unwrap_or(0);
+            }
+            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
+            if self.port != 0 && tokio::net::TcpStream::connect(addr).await.is_ok() {
                 return Ok(());
             }
             if let Some(status) = self.child.try_wait()? {
@@ -314,42 +325,12 @@ pub fn die_with_parent(command: &mut Command) {
 
 /// Cumulative user + system CPU time of process `pid`, exited threads included.
 pub fn cpu_time_of(pid: u32) -> anyhow::Result<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let ticks = parse_cpu_ticks(&stat).with_context(|| format!("parsing /proc/{pid}/stat"))?;
-    Ok(Duration::from_nanos(ticks.saturating_mul(1_000_000_000 / ticks_per_second())))
+    testkit::kernel::cpu_time(pid).with_context(|| format!("reading /proc/{pid}/stat"))
 }
 
 /// Resident set size (VmRSS) of process `pid`, in bytes.
 pub fn rss_of(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    parse_vm_rss(&status).with_context(|| format!("no VmRSS in /proc/{pid}/status"))
-}
-
-/// A loopback port nobody listens on now.
-pub fn free_port() -> anyhow::Result<u16> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("finding a free port")?;
-    Ok(listener.local_addr()?.port())
-}
-
-/// utime + stime (fields 14 and 15 of proc(5)), counted after the command name,
-/// which ends at the last `)`.
-pub fn parse_cpu_ticks(stat: &str) -> Option<u64> {
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    let mut fields = after_name.split_ascii_whitespace().skip(11);
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
-}
-
-pub fn parse_vm_rss(status: &str) -> Option<u64> {
-    status_bytes(status, "VmRSS:")
-}
-
-/// A `/proc/PID/status` size field (in kB there), in bytes.
-fn status_bytes(status: &str, field: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with(field))?;
-    let kib: u64 = line.split_ascii_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+    testkit::kernel::rss_bytes(pid).with_context(|| format!("reading /proc/{pid}/status"))
 }
 
 /// Resident memory in its two kinds: anonymous (the heap, stacks: what the
@@ -363,14 +344,10 @@ pub struct ResidentParts {
 
 pub fn resident_parts_of(pid: u32) -> anyhow::Result<ResidentParts> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let field = |name| status_bytes(&status, name).with_context(|| format!("no {name} in /proc/{pid}/status"));
+    let field = |name| {
+        testkit::kernel::parse_status_bytes(&status, name).with_context(|| format!("no {name} in /proc/{pid}/status"))
+    };
     Ok(ResidentParts { anonymous: field("RssAnon:")?, file: field("RssFile:")? })
-}
-
-pub fn ticks_per_second() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    u64::try_from(ticks).ok().filter(|&t| t > 0).unwrap_or(100)
 }
 
 /// Builds our agent in release and returns its path.
@@ -408,21 +385,4 @@ pub fn original(root: &Path, given: Option<PathBuf>) -> anyhow::Result<PathBuf> 
         .context("running cargo install")?;
     ensure!(status.success(), "installing the original socktop_agent failed (it needs the libdrm-dev package)");
     Ok(binary)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cpu_ticks_are_counted_after_the_last_paren() {
-        let stat = "42 (a) (b) S 1 42 42 0 -1 0 0 0 0 0 150 25 0 0 20 0 3 0 99 4096 10 0\n";
-        assert_eq!(parse_cpu_ticks(stat), Some(175));
-    }
-
-    #[test]
-    fn vm_rss_is_read_in_bytes() {
-        assert_eq!(parse_vm_rss("Name:\tx\nVmRSS:\t    1234 kB\n"), Some(1234 * 1024));
-        assert_eq!(parse_vm_rss("Name:\tx\n"), None);
-    }
 }

@@ -11,12 +11,74 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::time::MissedTickBehavior;
 
-use super::agent::Agent;
+use super::agent::{Agent, Binaries, Caches, Sensors, Which};
 use super::client::{Client, DISKS_EVERY_N_METRICS, Kind, METRICS_EVERY, PROCESSES_EVERY_N_METRICS};
+use super::crowd::Crowd;
+use super::report::{Section, Summary, Table};
+use super::{Pair, Plan, SETTLE, progress, thousands};
 
 /// Lets a session settle before counting: the agent's first answers, its repair
 /// attached for the session, the client's first disks request.
 const SESSION_SETTLE: Duration = Duration::from_secs(3);
+
+/// Extra idle processes while the interrupts are counted.
+const INTERRUPTS_CROWD: usize = 1_000;
+
+/// The whole machine's interrupts per second while one client polls each agent at
+/// the real client's intervals, each agent alone (caches on), with a crowd of idle
+/// processes; and with no agent at all, the machine's own rate. The three take
+/// turns, in a different order each repeat.
+pub(super) async fn run(plan: &Plan, binaries: &Binaries, table: &mut Table) -> anyhow::Result<()> {
+    progress(format_args!("starting {} idle processes", thousands(INTERRUPTS_CROWD)));
+    let _crowd = Crowd::spawn(INTERRUPTS_CROWD)?;
+    let (mut all, mut local_timer) = (Pair::default(), Pair::default());
+    let (mut baseline_all, mut baseline_local_timer) = (Vec::new(), Vec::new());
+    let window = plan.interrupt_window;
+    for repeat in 0..plan.repeats {
+        let mut turns = [None, Some(Which::Ours), Some(Which::Original)];
+        let shift = repeat % turns.len();
+        turns.rotate_left(shift);
+        for which in turns {
+            let name = which.map_or("no agent", Which::name);
+            progress(format_args!("interrupts, {name}, {} s window {}/{}", window.as_secs(), repeat + 1, plan.repeats));
+            let agent = match which {
+                Some(which) => Some(Agent::start(binaries, which, Caches::On, Sensors::Off).await?),
+                None => None,
+            };
+            tokio::time::sleep(SETTLE).await;
+            let rate = while_watched(agent.as_ref(), window).await?;
+            match which {
+                Some(which) => {
+                    all.push(which, rate.all_per_s);
+                    if let Some(local) = rate.local_timer_per_s {
+                        local_timer.push(which, local);
+                    }
+                }
+                None => {
+                    baseline_all.push(rate.all_per_s);
+                    baseline_local_timer.extend(rate.local_timer_per_s);
+                }
+            }
+        }
+    }
+    let watched = format!(
+        "one client polling at the real client's intervals, host + {} idle processes, {} s",
+        thousands(INTERRUPTS_CROWD),
+        window.as_secs()
+    );
+    table.push(all.row(Section::Interrupts, format!("interrupts of the whole machine, {watched}"), "/s"));
+    if !local_timer.ours.is_empty() {
+        table.push(local_timer.row(Section::Interrupts, format!("… of which local timer (LOC), {watched}"), "/s"));
+    }
+    let show = |samples: &[f64]| Summary::of(samples).map_or_else(|| "n/a".to_owned(), |s| s.show());
+    table.notes.push(format!(
+        "Interrupts: each agent ran alone (caches on) while counted; metrics every 500 ms, processes every 2 s, \
+         disks every 5 s. With no agent and no client, over the same windows: {}/s, local timer {}/s.",
+        show(&baseline_all),
+        show(&baseline_local_timer)
+    ));
+    Ok(())
+}
 
 /// Interrupts per second of the whole machine over one window.
 #[derive(Debug, Clone, Copy)]

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 
-use crate::bench::agent::{build_ours, die_with_parent, free_port};
+use crate::bench::agent::{build_ours, die_with_parent};
 use watch::{Sample, Watch};
 
 #[derive(Debug, clap::Args)]
@@ -90,7 +90,7 @@ impl SoakAgent {
 }
 
 fn start_agent(binary: &std::path::Path, args: &SoakArgs) -> anyhow::Result<SoakAgent> {
-    let port = free_port()?;
+    let port = testkit::listen::unused_port()?;
     // Room for every client and every hostile connection, so the hostile ones
     // reach the code they aim at rather than the 503 at the cap.
     let cap = args.clients + args.hostile_at_once + 64;
@@ -152,17 +152,8 @@ async fn wait_listening(port: u16) -> anyhow::Result<()> {
 /// Raises this process's soft limit on open files to at least `wanted` (each
 /// client holds a socket).
 fn raise_open_files_limit(wanted: usize) -> anyhow::Result<()> {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
-    unsafe {
-        ensure!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0, "getrlimit failed");
-        let wanted = wanted as libc::rlim_t;
-        ensure!(limit.rlim_max >= wanted, "the hard limit on open files ({}) is below {wanted}", limit.rlim_max);
-        if limit.rlim_cur < wanted {
-            limit.rlim_cur = wanted;
-            ensure!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0, "setrlimit failed");
-        }
-    }
+    let limit = testkit::limits::raise_open_files_limit().context("raising the open-files limit")?;
+    ensure!(limit >= wanted as u64, "the hard limit on open files ({limit}) is below {wanted}");
     Ok(())
 }
 

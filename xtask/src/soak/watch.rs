@@ -7,8 +7,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::bench::agent::{parse_cpu_ticks, parse_vm_rss, ticks_per_second};
-
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Sample {
     pub rss: u64,
@@ -28,11 +26,10 @@ impl Watch {
     }
 
     pub fn sample(&self) -> anyhow::Result<Sample> {
-        let read = |file: &str| std::fs::read_to_string(format!("/proc/{}/{file}", self.pid));
-        let rss = parse_vm_rss(&read("status")?).context("no VmRSS")?;
-        let ticks = parse_cpu_ticks(&read("stat")?).context("no CPU ticks")?;
+        let rss = testkit::kernel::rss_bytes(self.pid).context("reading VmRSS")?;
+        let cpu = testkit::kernel::cpu_time(self.pid).context("reading the CPU time")?;
         let fds = std::fs::read_dir(format!("/proc/{}/fd", self.pid))?.count();
-        let sample = Sample { rss, fds, cpu: Duration::from_nanos(ticks * (1_000_000_000 / ticks_per_second())) };
+        let sample = Sample { rss, fds, cpu };
         let mut peak = self.peak.lock().unwrap_or_else(|p| p.into_inner());
         peak.rss = peak.rss.max(sample.rss);
         peak.fds = peak.fds.max(sample.fds);
