@@ -70,8 +70,18 @@ fn shown_for(rows: &[(u32, u64)], pid: u32) -> u64 {
     rows.iter().find(|(row_pid, _)| *row_pid == pid).map_or(0, |(_, ns)| *ns)
 }
 
-/// Busy ns of the whole machine from `/proc/stat` (see `CpuTicks::busy`).
+/// Busy ns of the whole machine from `/proc/stat` (see `CpuTicks::busy`), or, with
+/// `SOCKTOP_TEST_BUSY_CLOCK=schedstat`, the scheduler's own run time of every CPU
+/// (`rq_cpu_time` in `/proc/schedstat`, ns): `cargo xtask vm-test` sets it under an
+/// emulator (QEMU's TCG), whose guests lose timer ticks while the host deschedules
+/// them, so /proc/stat's tick samples miss busy time there (docs/EBPF.md, "Kernels
+/// in VMs").
 fn busy_ns() -> u64 {
+    if std::env::var("SOCKTOP_TEST_BUSY_CLOCK").as_deref() == Ok("schedstat") {
+        let schedstat = std::fs::read_to_string("/proc/schedstat").unwrap();
+        let cpus = schedstat.lines().filter(|line| line.starts_with("cpu"));
+        return cpus.map(|cpu| cpu.split_whitespace().nth(7).unwrap().parse::<u64>().unwrap()).sum();
+    }
     let stat = std::fs::read_to_string("/proc/stat").unwrap();
     parse_proc_stat(&stat).all.busy() * (1_000_000_000 / procfs::ticks_per_second())
 }
