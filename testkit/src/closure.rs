@@ -40,7 +40,7 @@ impl Drop for ForkLoop {
 /// The two sides of one closure run, kept over consecutive windows: the rows'
 /// CPU time as they are added, the machine's busy time from when it was opened.
 pub struct Ledger {
-    busy_before: u64,
+    busy_before: Duration,
     rows: Duration,
 }
 
@@ -48,7 +48,7 @@ impl Ledger {
     /// Starts counting the machine's busy time; open it right after the sample that
     /// starts the first window.
     pub fn open() -> std::io::Result<Ledger> {
-        Ok(Ledger { busy_before: kernel::busy_ticks()?, rows: Duration::ZERO })
+        Ok(Ledger { busy_before: kernel::busy_time()?, rows: Duration::ZERO })
     }
 
     /// Adds the CPU time one window's rows account for.
@@ -58,8 +58,8 @@ impl Ledger {
 
     /// Closes the run right after its last sample.
     pub fn close(self) -> std::io::Result<Closure> {
-        let busy = kernel::busy_ticks()?.saturating_sub(self.busy_before);
-        Ok(Closure { rows: self.rows, busy: kernel::ticks_to_duration(busy) })
+        let busy = kernel::busy_time()?.saturating_sub(self.busy_before);
+        Ok(Closure { rows: self.rows, busy })
     }
 }
 

@@ -68,6 +68,29 @@ pub fn busy_ticks() -> std::io::Result<u64> {
     parse_busy_ticks(&stat).ok_or_else(|| invalid("/proc/stat has no aggregate cpu line".to_owned()))
 }
 
+/// Busy time of the whole machine since boot: `/proc/stat`'s busy ticks, or, with
+/// `SOCKTOP_TEST_BUSY_CLOCK=schedstat`, the scheduler's own run time of every CPU
+/// (`rq_cpu_time` in `/proc/schedstat`, ns). `cargo xtask vm-test` sets the latter
+/// under an emulator (QEMU's TCG), whose guests lose timer ticks, so /proc/stat's
+/// tick samples miss busy time there (docs/EBPF.md, "Kernels in VMs").
+pub fn busy_time() -> std::io::Result<Duration> {
+    if std::env::var("SOCKTOP_TEST_BUSY_CLOCK").as_deref() == Ok("schedstat") {
+        let schedstat = std::fs::read_to_string("/proc/schedstat")?;
+        return parse_schedstat_busy_ns(&schedstat)
+            .map(Duration::from_nanos)
+            .ok_or_else(|| invalid("/proc/schedstat has no cpu lines".to_owned()));
+    }
+    Ok(ticks_to_duration(busy_ticks()?))
+}
+
+/// The sum over `cpuN` lines of `/proc/schedstat` of their seventh field,
+/// `rq_cpu_time` (Documentation/scheduler/sched-stats.rst); None without cpu lines.
+pub fn parse_schedstat_busy_ns(schedstat: &str) -> Option<u64> {
+    let mut cpus = schedstat.lines().filter(|line| line.starts_with("cpu")).peekable();
+    cpus.peek()?;
+    cpus.map(|cpu| cpu.split_ascii_whitespace().nth(7)?.parse::<u64>().ok()).sum()
+}
+
 /// A `kB` line of `/proc/PID/status` (`VmRSS:`, `RssAnon:`...) in bytes.
 pub fn parse_status_bytes(status: &str, field: &str) -> Option<u64> {
     let line = status.lines().find_map(|line| line.strip_prefix(field))?;
@@ -109,6 +132,17 @@ mod tests {
         assert_eq!(parse_stat_times(STAT), Some(StatTimes { own: 287, reaped_children: 17 }));
         assert_eq!(parse_stat_times("4242 (cut sho"), None);
         assert_eq!(parse_stat_times("4242 (x) S 1 2 3"), None);
+    }
+
+    #[test]
+    fn the_busy_time_of_every_cpu_is_its_rq_cpu_time() {
+        let schedstat = "version 15\ntimestamp 4300000000\n\
+cpu0 0 0 100 40 50 20 1500000000 300000 60\n\
+domain0 3 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0\n\
+cpu1 0 0 90 30 40 10 2500000000 200000 50\n";
+        assert_eq!(parse_schedstat_busy_ns(schedstat), Some(4_000_000_000));
+        assert_eq!(parse_schedstat_busy_ns("version 15\n"), None);
+        assert_eq!(parse_schedstat_busy_ns("cpu0 1 2\n"), None);
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod ci;
 mod deb;
 mod ebpf_cost;
 mod soak;
+mod vm;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
@@ -31,6 +32,15 @@ enum Command {
     Soak(soak::SoakArgs),
     /// The full suite as CI runs it (.ci/run): installs what is missing, every test required. Root.
     Ci,
+    /// Boot Debian's kernels (5.10, 6.1, 6.12) under QEMU and run the eBPF tests and
+    /// the agent end to end in each, as root and with only CAP_BPF + CAP_PERFMON.
+    VmTest(vm::Args),
+    /// Inside the guest: the checks `vm-test` runs.
+    #[command(hide = true)]
+    VmGuest(vm::guest::Args),
+    /// Inside the guest: the agent end to end, as the user running it.
+    #[command(hide = true)]
+    VmGuestE2e(vm::e2e::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,6 +51,9 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Deb(args)) => deb::run(&args),
         Some(Command::Soak(args)) => soak::run(args),
         Some(Command::Ci) => ci::run(),
+        Some(Command::VmTest(args)) => vm::run(&args),
+        Some(Command::VmGuest(args)) => vm::guest::run(&args),
+        Some(Command::VmGuestE2e(args)) => vm::e2e::run(&args),
         // `cargo xtask` alone lists the commands.
         None => Ok(Cli::command().print_help()?),
     }

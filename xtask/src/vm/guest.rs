@@ -1,0 +1,234 @@
+//! The checks run inside the guest (or on the host for `--kernel host`): the eBPF
+//! precision and closure test executables with `SOCKTOP_REQUIRE_EBPF=1`, and the
+//! agent end to end ([`super::e2e`]), each as root and again as `nobody` holding
+//! only CAP_BPF + CAP_PERFMON (setpriv, ambient capabilities, so they pass to the
+//! agent and the tests' helpers). Every run's output goes to its own log in the
+//! results folder, and one line per run to `summary.tsv`, which the host reads back:
+//! vng's own exit status is not trusted to carry the guest's.
+
+use std::fs::File;
+use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Where logs and summary.tsv go (shared read-write with the host).
+    #[arg(long)]
+    results: PathBuf,
+    /// The `ebpf_cpu` integration-test executable of socktop_agent.
+    #[arg(long)]
+    ebpf_cpu: PathBuf,
+    /// The `cpu_closure` integration-test executable of socktop_agent.
+    #[arg(long)]
+    cpu_closure: PathBuf,
+    /// The agent binary.
+    #[arg(long)]
+    agent: PathBuf,
+    /// A run taking longer than this is killed and failed.
+    #[arg(long, default_value_t = 600)]
+    check_timeout_s: u64,
+    /// The guest's CPUs are emulated (TCG): the tests get the settings measured for
+    /// that (see `TCG_TEST_SETTINGS`).
+    #[arg(long)]
+    tcg: bool,
+}
+
+/// What the precision tests need under TCG, measured there (docs/EBPF.md, "Kernels in
+/// VMs"): the host deschedules the emulated CPUs unseen by the guest (no steal time),
+/// which moved 1 s eBPF readings by up to 7.8 ms on a host at load 19 and up to 42 ms
+/// with a build beside it (the bound is 2 ms plus the steal seen), so 50 ms is added;
+/// and the guest loses timer ticks meanwhile (a fork loop's machine busy time on
+/// /proc/stat was 16 – 55% of the scheduler's own count), so the closure test takes
+/// the scheduler's per-CPU run time as its truth instead.
+const TCG_TEST_SETTINGS: [(&str, &str); 2] =
+    [("SOCKTOP_TEST_EMULATED_CPU_SLACK_NS", "50000000"), ("SOCKTOP_TEST_BUSY_CLOCK", "schedstat")];
+
+/// The eBPF tests also run as the CAP_BPF + CAP_PERFMON user: one per program kind
+/// (tp_btf switch with its repairs, its raw_tp twin, the task iterator, the exit
+/// records), which is what the capabilities can change; root runs the whole file.
+const EBPF_TESTS_WITH_CAPABILITIES: [&str; 4] = [
+    "ebpf_busy_loop_started_before_loading_matches_the_kernel",
+    "ebpf_raw_tracepoint_twin_matches_the_kernel",
+    "ebpf_process_iterator_lists_what_proc_lists",
+    "ebpf_entries_of_exited_processes_are_deleted_by_the_kernel",
+];
+
+/// Who runs a check.
+#[derive(Clone, Copy)]
+enum Identity {
+    Root,
+    /// `nobody` with CAP_BPF and CAP_PERFMON only.
+    BpfPerfmon,
+}
+
+impl Identity {
+    const ALL: [Identity; 2] = [Identity::Root, Identity::BpfPerfmon];
+
+    fn name(self) -> &'static str {
+        match self {
+            Identity::Root => "root",
+            Identity::BpfPerfmon => "bpf+perfmon",
+        }
+    }
+
+    fn command(self, program: &Path) -> Command {
+        match self {
+            Identity::Root => Command::new(program),
+            Identity::BpfPerfmon => {
+                let mut command = Command::new("setpriv");
+                command
+                    .args(["--reuid", "nobody", "--regid", "nogroup", "--clear-groups"])
+                    .args(["--inh-caps", "-all,+bpf,+perfmon", "--ambient-caps", "+bpf,+perfmon", "--bounding-set"])
+                    .arg("-all,+bpf,+perfmon")
+                    .arg(program);
+                command
+            }
+        }
+    }
+}
+
+/// What each check runs, with its arguments; `copies` are the binaries in a folder
+/// every user can read.
+struct Binaries {
+    ebpf_cpu: PathBuf,
+    cpu_closure: PathBuf,
+    agent: PathBuf,
+    xtask: PathBuf,
+}
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.results)?;
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")?.trim().to_owned();
+    println!("vm-guest: kernel {kernel}, {} CPUs", std::thread::available_parallelism().map_or(0, |n| n.get()));
+    if args.tcg {
+        println!("vm-guest: emulated CPUs: tests run with {TCG_TEST_SETTINGS:?}");
+    }
+    // The originals may sit under a folder only root can enter (a clone in /root).
+    let copies = tempfile_dir()?;
+    let copy = |from: &Path, name: &str| -> anyhow::Result<PathBuf> {
+        let to = copies.join(name);
+        std::fs::copy(from, &to).with_context(|| format!("copying {}", from.display()))?;
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755))?;
+        Ok(to)
+    };
+    let binaries = Binaries {
+        ebpf_cpu: copy(&args.ebpf_cpu, "ebpf_cpu")?,
+        cpu_closure: copy(&args.cpu_closure, "cpu_closure")?,
+        agent: copy(&args.agent, "socktop_agent")?,
+        xtask: copy(&std::env::current_exe()?, "xtask")?,
+    };
+    let mut summary = File::create(args.results.join("summary.tsv"))?;
+    writeln!(summary, "kernel\t{kernel}")?;
+    let mut failures = 0;
+    let test_harness = vec!["--test-threads", "1", "--nocapture"];
+    let mut ebpf_with_capabilities = test_harness.clone();
+    ebpf_with_capabilities.push("--exact");
+    ebpf_with_capabilities.extend(EBPF_TESTS_WITH_CAPABILITIES);
+    let e2e = vec!["vm-guest-e2e", "--agent", path_str(&binaries.agent)?];
+    for identity in Identity::ALL {
+        let checks: Vec<(&str, &Path, &Vec<&str>)> = match identity {
+            Identity::Root => vec![
+                ("ebpf_cpu", &binaries.ebpf_cpu, &test_harness),
+                ("cpu_closure", &binaries.cpu_closure, &test_harness),
+                ("e2e", &binaries.xtask, &e2e),
+            ],
+            Identity::BpfPerfmon => {
+                vec![("ebpf_cpu", &binaries.ebpf_cpu, &ebpf_with_capabilities), ("e2e", &binaries.xtask, &e2e)]
+            }
+        };
+        for (check, program, check_args) in checks {
+            let log_path = args.results.join(format!("{check}-{}.log", identity.name().replace('+', "-")));
+            let mut command = identity.command(program);
+            command.args(check_args).env("SOCKTOP_REQUIRE_EBPF", "1").current_dir(&copies);
+            if args.tcg {
+                command.envs(TCG_TEST_SETTINGS);
+            }
+            let started = Instant::now();
+            let outcome = run_logged(command, &log_path, Duration::from_secs(args.check_timeout_s));
+            let seconds = started.elapsed().as_secs_f64();
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let verdict = match &outcome {
+                Ok(true) => "PASS",
+                Ok(false) => "FAIL",
+                Err(_) => "ERROR",
+            };
+            if verdict != "PASS" {
+                failures += 1;
+            }
+            let mut notes = notes_of(&log);
+            if let Err(error) = outcome {
+                notes.insert(0, format!("{error:#}"));
+            }
+            println!("vm-guest: {verdict} {check} as {} in {seconds:.1} s", identity.name());
+            for note in &notes {
+                println!("vm-guest:     {note}");
+            }
+            writeln!(summary, "{verdict}\t{check}\t{}\t{seconds:.1}\t{}", identity.name(), notes.join(" | "))?;
+        }
+    }
+    writeln!(summary, "done\t{failures}")?;
+    let _ = std::fs::remove_dir_all(&copies);
+    anyhow::ensure!(failures == 0, "{failures} checks failed on {kernel}");
+    Ok(())
+}
+
+/// The lines of a check's log worth a summary: the e2e check's `note:` lines, a
+/// test's failures and their panic messages, and the test harness's result line.
+fn notes_of(log: &str) -> Vec<String> {
+    let lines: Vec<&str> = log.lines().collect();
+    let mut notes = Vec::new();
+    for (at, line) in lines.iter().enumerate() {
+        if let Some(note) = line.strip_prefix("note: ") {
+            // The panic handler's own `note: run with RUST_BACKTRACE=1` is no finding.
+            if !note.contains("RUST_BACKTRACE") {
+                notes.push(note.to_owned());
+            }
+        } else if line.starts_with("test result:") {
+            notes.push((*line).to_owned());
+        } else if line.contains("panicked at") {
+            let message = lines.get(at + 1).copied().unwrap_or("");
+            notes.push(format!("{} {}", line.trim_start_matches("thread ").trim(), message.trim()));
+        }
+    }
+    notes
+}
+
+/// Runs `command` with its output in `log_path`, killed (its whole process group)
+/// after `timeout`. Whether it exited with 0.
+fn run_logged(mut command: Command, log_path: &Path, timeout: Duration) -> anyhow::Result<bool> {
+    let log = File::create(log_path)?;
+    command.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).process_group(0);
+    let mut child = command.spawn().context("spawning")?;
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status.success());
+        }
+        if started.elapsed() > timeout {
+            // SAFETY: kill(2) on the process group of our own child.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+            let _ = child.wait();
+            anyhow::bail!("killed after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A fresh folder every user can enter and read, for the binaries' copies.
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("socktop-vm-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+    Ok(dir)
+}
+
+fn path_str(path: &Path) -> anyhow::Result<&str> {
+    path.to_str().with_context(|| format!("{} is not UTF-8", path.display()))
+}
