@@ -1,6 +1,7 @@
 //! Workspace tasks: `cargo xtask <command>`. One module per command; this file only
 //! parses the command line and dispatches.
 
+mod arm64;
 mod bench;
 mod build_ebpf;
 mod deb;
@@ -28,6 +29,8 @@ enum Command {
     Deb(deb::Args),
     /// Soak the agent: many well-behaved clients beside a stream of hostile ones.
     Soak(soak::SoakArgs),
+    /// Boot Debian's arm64 kernel under QEMU and check the aarch64 agent there (eBPF, precision).
+    VmTestArm64(arm64::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -37,6 +40,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Bench(args)) => bench::run(args),
         Some(Command::Deb(args)) => deb::run(&args),
         Some(Command::Soak(args)) => soak::run(args),
+        Some(Command::VmTestArm64(args)) => arm64::run(&args),
         // `cargo xtask` alone lists the commands.
         None => Ok(Cli::command().print_help()?),
     }
