@@ -22,22 +22,29 @@ pub struct Args {
     /// Only write the man page and completions.
     #[arg(long)]
     assets_only: bool,
+    /// Cross-build for this target (aarch64-unknown-linux-gnu: an arm64 package).
+    #[arg(long)]
+    target: Option<String>,
 }
 
 pub fn run(args: &Args) -> Result<()> {
     let root = super::workspace_root();
     // Beside the binary of the profile packaged, where `agent/Cargo.toml` lists them
-    // as `target/release/assets/...` (cargo-deb's name for that folder).
+    // as `target/release/assets/...` (cargo-deb's name for that folder, under the
+    // target's own folder when cross-building).
     let profile_dir = if args.profile == "dev" { "debug" } else { &args.profile };
-    write_assets(&root.join("target").join(profile_dir).join("assets"))?;
+    let target_dir = args.target.as_ref().map_or(root.join("target"), |target| root.join("target").join(target));
+    write_assets(&target_dir.join(profile_dir).join("assets"))?;
     if args.assets_only {
         return Ok(());
     }
-    let status = Command::new(super::cargo())
-        .current_dir(&root)
-        .args(["deb", "--locked", "-p", "socktop_agent", "--profile", &args.profile])
-        .status()
-        .context("running cargo deb (cargo install --locked cargo-deb)")?;
+    let mut command = Command::new(super::cargo());
+    command.current_dir(&root).args(["deb", "--locked", "-p", "socktop_agent", "--profile", &args.profile]);
+    if let Some(target) = &args.target {
+        crate::arm64::toolchain::check_target(target)?;
+        crate::arm64::toolchain::cross_environment(&mut command)?.args(["--target", target]);
+    }
+    let status = command.status().context("running cargo deb (cargo install --locked cargo-deb)")?;
     ensure!(status.success(), "cargo deb failed");
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Workspace tasks: `cargo xtask <command>`. One module per command; this file only
 //! parses the command line and dispatches.
 
+mod arm64;
 mod bench;
 mod build_ebpf;
 mod ci;
@@ -41,6 +42,8 @@ enum Command {
     /// Inside the guest: the agent end to end, as the user running it.
     #[command(hide = true)]
     VmGuestE2e(vm::e2e::Args),
+    /// Boot Debian's arm64 kernel under QEMU and check the aarch64 agent there (eBPF, precision).
+    VmTestArm64(arm64::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,6 +57,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::VmTest(args)) => vm::run(&args),
         Some(Command::VmGuest(args)) => vm::guest::run(&args),
         Some(Command::VmGuestE2e(args)) => vm::e2e::run(&args),
+        Some(Command::VmTestArm64(args)) => arm64::run(&args),
         // `cargo xtask` alone lists the commands.
         None => Ok(Cli::command().print_help()?),
     }
