@@ -23,6 +23,7 @@ mod machine;
 mod phases;
 mod report;
 mod scrape;
+mod watched;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -89,6 +90,9 @@ enum Phase {
     Ebpf,
     /// Prometheus scrape cost against node_exporter + process-exporter.
     Scrape,
+    /// Each agent's CPU while one client polls it at the real client's intervals,
+    /// with 1,000 extra idle processes, both agents at once.
+    Watched,
 }
 
 /// How long and how often each phase runs.
@@ -102,6 +106,7 @@ struct Plan {
     crowds: [usize; 3],
     clients: [usize; 3],
     interrupt_window: Duration,
+    watched_window: Duration,
     closure_windows: u32,
     phases: Vec<Phase>,
 }
@@ -116,6 +121,7 @@ impl Plan {
                 Phase::Sensors,
                 Phase::Latency,
                 Phase::Interrupts,
+                Phase::Watched,
                 Phase::Closure,
                 Phase::Ebpf,
                 Phase::Scrape,
@@ -134,6 +140,7 @@ impl Plan {
             crowds: [0, 1_000, 5_000],
             clients: [1, 50, 500],
             interrupt_window: Duration::from_secs(if quick { 3 } else { 30 }),
+            watched_window: Duration::from_secs(if quick { 5 } else { 60 }),
             closure_windows: if quick { 3 } else { 10 },
             phases,
         }
@@ -232,6 +239,9 @@ async fn measure(plan: &Plan, binaries: &Binaries, online_cpus: usize) -> anyhow
     }
     if plan.runs(Phase::Interrupts) {
         interrupts(plan, binaries, &mut table).await?;
+    }
+    if plan.runs(Phase::Watched) {
+        watched(plan, binaries, &mut table).await?;
     }
     if plan.runs(Phase::Closure) {
         closure(plan, binaries, online_cpus, &mut table).await?;
@@ -482,6 +492,35 @@ async fn interrupts(plan: &Plan, binaries: &Binaries, table: &mut Table) -> anyh
         show(&baseline_all),
         show(&baseline_local_timer)
     ));
+    Ok(())
+}
+
+/// Extra idle processes while the agents are watched.
+const WATCHED_CROWD: usize = 1_000;
+
+/// Each agent's CPU while one client polls it at the real client's intervals
+/// (caches on), both at once, with a crowd of idle processes.
+async fn watched(plan: &Plan, binaries: &Binaries, table: &mut Table) -> anyhow::Result<()> {
+    progress(format_args!("starting {} idle processes", thousands(WATCHED_CROWD)));
+    let _crowd = Crowd::spawn(WATCHED_CROWD)?;
+    let agents = Agents::start(binaries, Caches::On).await?;
+    let window = plan.watched_window;
+    let mut cpu = Pair::default();
+    for repeat in 0..plan.repeats {
+        progress(format_args!("watched, {} s window {}/{}", window.as_secs(), repeat + 1, plan.repeats));
+        let in_turn = agents.in_turn(repeat);
+        let percent = watched::cpu_percent(&in_turn, window).await?;
+        for (agent, percent) in in_turn.into_iter().zip(percent) {
+            cpu.push(agent.which, percent);
+        }
+    }
+    let label = format!(
+        "CPU while one client polls at the real client's intervals, both agents at once, host + {} idle \
+         processes, caches on, over {} s",
+        thousands(WATCHED_CROWD),
+        window.as_secs()
+    );
+    table.push(cpu.row(Section::Cpu, label, "% of a CPU"));
     Ok(())
 }
 
