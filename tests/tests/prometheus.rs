@@ -383,19 +383,24 @@ fn rate_over_a_few_scrape_intervals_is_right_at_every_evaluation() {
     assert_eq!(rates.len(), 1, "{rates:?}");
     let evaluations = &rates[0].points;
     assert!(evaluations.len() >= 19, "{evaluations:?}");
-    let mut worst: f64 = 0.0;
+    let mut errors = Vec::new();
     for &(at, rate) in evaluations {
         // What rate() gives when every sample in the window is the kernel's count at
         // the sample's own stamp: any difference is the agent's values lagging
         // their stamps.
         let in_window: Vec<(f64, f64)> =
             samples.iter().filter(|(t, _)| *t >= at - WINDOW && *t <= at).map(|&(t, _)| (t, truth.at(t))).collect();
-        assert!(in_window.len() >= 3, "at {at}: {in_window:?}");
+        // Two at least: on a loaded host a scrape may time out and leave a gap.
+        assert!(in_window.len() >= 2, "at {at}: {in_window:?}\n{}", prometheus.log());
         let kernel = extrapolated_rate(&in_window, at - WINDOW, at);
         assert!(kernel > 0.05, "the busy loop hardly ran ({kernel:.2} CPU): the host is overloaded");
-        let error = (rate - kernel).abs() / kernel;
-        worst = worst.max(error);
-        assert!(error <= 0.05, "at {at}: rate() {rate:.3} CPU, the kernel {kernel:.3} CPU\n{samples:?}");
+        errors.push((at, rate, kernel, (rate - kernel).abs() / kernel));
     }
-    eprintln!("rate() over 5 s at a 1 s interval: {} evaluations, worst {:.1}% off", evaluations.len(), worst * 100.0);
+    let shown: Vec<String> = errors
+        .iter()
+        .map(|(at, rate, kernel, e)| format!("{at}: {rate:.3} vs {kernel:.3} ({:.1}%)", e * 100.0))
+        .collect();
+    eprintln!("rate() over 5 s at a 1 s interval, against the kernel:\n{}", shown.join("\n"));
+    let worst = errors.iter().map(|e| e.3).fold(0.0, f64::max);
+    assert!(worst <= 0.05, "worst {:.1}% off the kernel's rate\n{samples:?}", worst * 100.0);
 }
