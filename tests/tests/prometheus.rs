@@ -361,3 +361,86 @@ fn a_real_prometheus_finds_each_hosts_own_processes() {
         );
     }
 }
+
+/// The range of the `rate()` checked, in seconds.
+const WINDOW: f64 = 5.0;
+
+/// Prometheus 2's `rate()` of the counter samples `points` (time, value) of the
+/// window `start..=end`: their increase over the span they cover, extrapolated
+/// to the window's edges where the samples come close enough to them (within 1.1
+/// average intervals; else by half an interval), and not before the counter's
+/// zero, per second of the window. Scrape intervals vary on a loaded host, and
+/// the extrapolation with them, so the expected rate follows the same rule.
+fn extrapolated_rate(points: &[(f64, f64)], start: f64, end: f64) -> f64 {
+    let ((first_t, first_v), (last_t, last_v)) = (points[0], points[points.len() - 1]);
+    let increase = last_v - first_v;
+    let sampled = last_t - first_t;
+    let average = sampled / (points.len() - 1) as f64;
+    let mut to_start = first_t - start;
+    let mut to_end = end - last_t;
+    if increase > 0.0 && first_v >= 0.0 {
+        to_start = to_start.min(sampled * first_v / increase);
+    }
+    if to_start >= average * 1.1 {
+        to_start = average / 2.0;
+    }
+    if to_end >= average * 1.1 {
+        to_end = average / 2.0;
+    }
+    increase * (sampled + to_start + to_end) / sampled / (end - start)
+}
+
+/// With the default TTLs (a processes snapshot is reused for up to 1 s) and a 1 s
+/// scrape interval, every scrape renders values as of itself: a busy loop's
+/// `rate(...[5s])` agrees within 5% with the rate of the kernel's own counts at
+/// the same sample stamps, at every evaluation, one a second over the last 20 s.
+/// Rendering the cached snapshot instead made every other sample repeat the one
+/// before, and that rate swing by up to half.
+#[test]
+fn rate_over_a_few_scrape_intervals_is_right_at_every_evaluation() {
+    let agent = Agent::start(&[], &[]).unwrap();
+    let prometheus = Prometheus::start(&[agent.address()], Duration::from_secs(1), &[]).expect("prometheus starts");
+    let names = tempfile::tempdir().unwrap();
+    let busy_program = named_program(names.path(), "stprate", "/bin/sh").unwrap();
+    // Niced up so that it gets most of a CPU on a host busy with other work.
+    let busy =
+        Workload::run(Command::new("nice").args(["-n", "-10"]).arg(&busy_program).args(["-c", "while :; do :; done"]));
+    // The kernel's count in ns (schedstat: the loop is one thread), every 50 ms.
+    let mut truth = Truth(Vec::new());
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(28) {
+        truth.0.push((unix_now(), host::on_cpu_ns(busy.pid()) as f64 / 1e9));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let end = truth.0.last().unwrap().0;
+
+    let series = "socktop_comm_cpu_seconds_total{comm=\"stprate\"}";
+    let raw = prometheus.query_at(&format!("{series}[27s]"), Some(end)).unwrap();
+    assert_eq!(raw.len(), 1, "{raw:?}\n{}", prometheus.log());
+    let samples = &raw[0].points;
+    // A subquery: the rate as a rule or a dashboard evaluates it, every second.
+    let rates = prometheus.query_at(&format!("rate({series}[{WINDOW}s])[20s:1s]"), Some(end)).unwrap();
+    assert_eq!(rates.len(), 1, "{rates:?}");
+    let evaluations = &rates[0].points;
+    assert!(evaluations.len() >= 19, "{evaluations:?}");
+    let mut errors = Vec::new();
+    for &(at, rate) in evaluations {
+        // What rate() gives when every sample in the window is the kernel's count at
+        // the sample's own stamp: any difference is the agent's values lagging
+        // their stamps.
+        let in_window: Vec<(f64, f64)> =
+            samples.iter().filter(|(t, _)| *t >= at - WINDOW && *t <= at).map(|&(t, _)| (t, truth.at(t))).collect();
+        // Two at least: on a loaded host a scrape may time out and leave a gap.
+        assert!(in_window.len() >= 2, "at {at}: {in_window:?}\n{}", prometheus.log());
+        let kernel = extrapolated_rate(&in_window, at - WINDOW, at);
+        assert!(kernel > 0.05, "the busy loop hardly ran ({kernel:.2} CPU): the host is overloaded");
+        errors.push((at, rate, kernel, (rate - kernel).abs() / kernel));
+    }
+    let shown: Vec<String> = errors
+        .iter()
+        .map(|(at, rate, kernel, e)| format!("{at}: {rate:.3} vs {kernel:.3} ({:.1}%)", e * 100.0))
+        .collect();
+    eprintln!("rate() over 5 s at a 1 s interval, against the kernel:\n{}", shown.join("\n"));
+    let worst = errors.iter().map(|e| e.3).fold(0.0, f64::max);
+    assert!(worst <= 0.05, "worst {:.1}% off the kernel's rate\n{samples:?}", worst * 100.0);
+}

@@ -1,9 +1,11 @@
 //! Host access, the bottom room: the files of `/proc` (kept open and re-read in
 //! place, listed by getdents64), the parser of `/proc/PID/stat`, the host's
-//! clock and units, and the agent's own heap. The CPU-time sources and the
-//! collectors above both build on it; it imports no other room of the agent.
+//! clock and units, the agent's own heap, and a way to make every CPU switch
+//! tasks at once. The CPU-time sources and the collectors above both build on it;
+//! it imports no other room of the agent.
 
 pub mod clock;
+pub mod every_cpu;
 pub mod heap;
 pub mod procfs;
 pub mod schedstat;

@@ -58,10 +58,20 @@ impl<C: Collect> Cached<C> {
     /// The cached collection when it is younger than the TTL or was made while this
     /// request waited; otherwise a fresh one.
     pub async fn get(&self) -> Collected<C::Snapshot> {
+        self.get_within(self.ttl).await
+    }
+
+    /// The same with the age bounded by `max_age` too, for readers that need
+    /// fresher values than the TTL gives (a scrape: see `service::prometheus`).
+    pub async fn get_fresh(&self, max_age: Duration) -> Collected<C::Snapshot> {
+        self.get_within(self.ttl.min(max_age)).await
+    }
+
+    async fn get_within(&self, max_age: Duration) -> Collected<C::Snapshot> {
         let asked_at = Instant::now();
         let mut last = self.last.lock().await;
         if let Some((finished_at, collected)) = last.as_ref()
-            && (*finished_at >= asked_at || asked_at.duration_since(*finished_at) < self.ttl)
+            && (*finished_at >= asked_at || asked_at.duration_since(*finished_at) < max_age)
         {
             return Arc::clone(collected);
         }
@@ -157,6 +167,23 @@ mod tests {
         fn never_waits(&mut self) -> bool {
             true
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fresh_reader_bounds_the_age_below_the_ttl() {
+        let (cache, count) = cached(Duration::from_secs(1));
+        assert_eq!(number(&cache.get().await), 1);
+        tokio::time::advance(Duration::from_millis(40)).await;
+        assert_eq!(number(&cache.get_fresh(Duration::from_millis(50)).await), 1, "young enough for both");
+        tokio::time::advance(Duration::from_millis(20)).await;
+        assert_eq!(number(&cache.get().await), 1, "within the TTL");
+        assert_eq!(number(&cache.get_fresh(Duration::from_millis(50)).await), 2, "older than the bound");
+        // The fresh collection serves the TTL readers too.
+        assert_eq!(number(&cache.get().await), 2);
+        // A bound above the TTL changes nothing.
+        tokio::time::advance(Duration::from_millis(1001)).await;
+        assert_eq!(number(&cache.get_fresh(Duration::from_secs(5)).await), 3);
+        assert_eq!(count.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test]

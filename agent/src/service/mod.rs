@@ -26,7 +26,7 @@ use crate::protocol::request::{Form, Incoming, Request};
 use crate::sync::lock;
 use cache::Cached;
 use details::ProcessDetails;
-use prometheus::{PrometheusEncoder, ScrapeLease, Snapshots};
+use prometheus::{PrometheusEncoder, SCRAPE_MAX_AGE, ScrapeLease, Snapshots};
 
 pub use cache::{Collected, Rendered};
 
@@ -184,15 +184,19 @@ impl Service {
         self.disks.get().await
     }
 
-    /// One Prometheus scrape of the current snapshots (shared with the socktop
-    /// answers through the caches): the text exposition, gzipped when `gzip`. A
-    /// scrape counts as a connected client until about two scrape intervals later
-    /// (see [`ScrapeLease`]). None when rendering failed (logged).
+    /// One Prometheus scrape of snapshots at most [`SCRAPE_MAX_AGE`] old (shared
+    /// with the socktop answers through the caches): the text exposition, gzipped
+    /// when `gzip`. A scrape counts as a connected client until about two scrape
+    /// intervals later (see [`ScrapeLease`]). None when rendering failed (logged).
     pub async fn prometheus(self: &Arc<Self>, gzip: bool) -> Option<Bytes> {
         let client = self.client_connected();
         lock(&self.scrape_lease).renew(client);
         let started = std::time::Instant::now();
-        let (metrics, disks, processes) = tokio::join!(self.metrics(), self.disks(), self.processes());
+        let (metrics, disks, processes) = tokio::join!(
+            self.metrics.get_fresh(SCRAPE_MAX_AGE),
+            self.disks.get_fresh(SCRAPE_MAX_AGE),
+            self.processes.get_fresh(SCRAPE_MAX_AGE)
+        );
         let snapshots = Snapshots { metrics, disks, processes };
         let collection = started.elapsed();
         let encoder = Arc::clone(&self.prometheus);

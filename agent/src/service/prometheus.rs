@@ -1,8 +1,8 @@
 //! The Prometheus scrape (`GET /metrics`): renders the same snapshots, from the
-//! same TTL caches, as the socktop answers (one processes scanner, one CPU-time
-//! source), keeps the per-command-name counters between scrapes, and memoizes the
-//! text (and its gzip) per set of snapshots, so concurrent scrapers share one
-//! rendering like every other answer.
+//! same caches, as the socktop answers (one processes scanner, one CPU-time
+//! source), but never older than [`SCRAPE_MAX_AGE`]; keeps the per-command-name
+//! counters between scrapes, and memoizes the text (and its gzip) per set of
+//! snapshots, so concurrent scrapers share one rendering like every other answer.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -23,6 +23,18 @@ use crate::host::schedstat::read_schedstat;
 use crate::protocol::framing::Gzip;
 use crate::protocol::prometheus::{AgentHealth, HostFigures, ProcessFigures, Scrape, encode};
 use crate::sync::lock;
+
+/// The oldest snapshot a scrape renders; an older one (kept for the socktop
+/// answers' TTL, up to 1 s) is collected anew. Prometheus stamps each sample with
+/// the time the scrape began, and `rate()` divides counter deltas by those stamps:
+/// a value as old as the TTL read at one scrape and fresh at the next skews a
+/// `rate()` over a few scrape intervals by up to a TTL's worth (with a 1 s interval
+/// and the 1 s processes TTL, half the scrapes repeated the one before and a busy
+/// loop's `rate(...[5s])` swung between 0.5 and 1 CPU). At this bound the skew is
+/// at most 50 ms of a window's span (under 2% of a 5 s window at a 1 s interval),
+/// while scrapers that come together (an HA pair, a client in between) still share
+/// one collection and one rendering.
+pub const SCRAPE_MAX_AGE: Duration = Duration::from_millis(50);
 
 /// The three snapshots one scrape renders.
 pub struct Snapshots {

@@ -118,7 +118,7 @@ async fn count_over(window: Duration) -> anyhow::Result<Rate> {
 
 /// Metrics every 500 ms, processes every 2 s, disks every 5 s, one request at a
 /// time on one connection, until `stop`.
-async fn poll_like_the_real_client(
+pub(super) async fn poll_like_the_real_client(
     mut client: Client,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) -> anyhow::Result<()> {

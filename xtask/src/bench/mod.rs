@@ -24,6 +24,7 @@ mod latency;
 mod rss;
 mod scrape;
 mod sensors;
+mod watched;
 // What the phases share.
 mod cost_example;
 mod crowd;
@@ -93,6 +94,9 @@ enum Phase {
     Ebpf,
     /// Prometheus scrape cost against node_exporter + process-exporter.
     Scrape,
+    /// Each agent's CPU while one client polls it at the real client's intervals,
+    /// with 1,000 extra idle processes, both agents at once.
+    Watched,
 }
 
 /// How long and how often each phase runs.
@@ -106,6 +110,7 @@ struct Plan {
     crowds: [usize; 3],
     clients: [usize; 3],
     interrupt_window: Duration,
+    watched_window: Duration,
     closure_windows: u32,
     phases: Vec<Phase>,
 }
@@ -120,6 +125,7 @@ impl Plan {
                 Phase::Sensors,
                 Phase::Latency,
                 Phase::Interrupts,
+                Phase::Watched,
                 Phase::Closure,
                 Phase::Ebpf,
                 Phase::Scrape,
@@ -138,6 +144,7 @@ impl Plan {
             crowds: [0, 1_000, 5_000],
             clients: [1, 50, 500],
             interrupt_window: Duration::from_secs(if quick { 3 } else { 30 }),
+            watched_window: Duration::from_secs(if quick { 5 } else { 60 }),
             closure_windows: if quick { 3 } else { 10 },
             phases,
         }
@@ -238,6 +245,9 @@ async fn measure(plan: &Plan, binaries: &Binaries, online_cpus: usize) -> anyhow
     }
     if plan.runs(Phase::Interrupts) {
         interrupts::run(plan, binaries, &mut table).await?;
+    }
+    if plan.runs(Phase::Watched) {
+        watched::run(plan, binaries, &mut table).await?;
     }
     if plan.runs(Phase::Closure) {
         closure::run(plan, binaries, online_cpus, &mut table).await?;

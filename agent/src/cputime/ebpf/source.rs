@@ -84,6 +84,9 @@ pub struct EbpfCpuTime {
     repair_links: RepairLinks,
     /// When `resync` was attached; None while it is not.
     pub(super) resync_since: Option<Instant>,
+    /// Whether every CPU switched tasks once since the repair was attached (see
+    /// `resume_resync`).
+    settled: bool,
     /// Whether the process iterator loaded.
     pub(super) iterator: bool,
     /// Whether the kernel deletes the entries of exited processes itself (the
@@ -137,6 +140,7 @@ impl EbpfCpuTime {
             repair_on_ticks: false,
             repair_links: RepairLinks::None,
             resync_since: None,
+            settled: false,
             iterator,
             kernel_cleanup: false,
             retained_once: false,
@@ -148,14 +152,19 @@ impl EbpfCpuTime {
         })
     }
 
-    /// Attaches `resync` on every online CPU unless it is attached, and waits until it
-    /// has run everywhere: until then a CPU may run a task not counted yet, and two
-    /// periods cover it, so the next reading already sees every CPU.
+    /// Attaches `resync` on every online CPU unless it is attached, and makes sure
+    /// every CPU's record of its running task was checked since: until then a CPU
+    /// may run a task not counted yet (one that came on untraced while nothing
+    /// repaired). Attaching runs this thread on every CPU, and each of those
+    /// switches checks its CPU's record at once; for a CPU it did not run on, this
+    /// waits until the repair has run everywhere (two ticks, or two timer periods,
+    /// after attaching). Either way the next reading already sees every CPU.
     pub fn resume_resync(&mut self) -> Result<(), ProgramError> {
         let since = self.attach_resync()?;
-        let settle_ns = if self.repair_on_ticks { TICK_SETTLE_NS } else { 2 * RESYNC_PERIOD_NS };
-        let settled = since + Duration::from_nanos(settle_ns);
-        if let Some(wait) = settled.checked_duration_since(Instant::now()) {
+        if self.settled {
+            return Ok(());
+        }
+        if let Some(wait) = self.settled_by_repair(since).checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
         Ok(())
@@ -175,7 +184,15 @@ impl EbpfCpuTime {
         let since = Instant::now();
         self.resync_since = Some(since);
         self.want_exits(true);
+        // Past the repair's own settling time the visits would buy nothing.
+        self.settled = switch_on_every_cpu(self.settled_by_repair(since));
         Ok(since)
+    }
+
+    /// When the repair attached at `since` has run on every busy CPU.
+    fn settled_by_repair(&self, since: Instant) -> Instant {
+        let settle_ns = if self.repair_on_ticks { TICK_SETTLE_NS } else { 2 * RESYNC_PERIOD_NS };
+        since + Duration::from_nanos(settle_ns)
     }
 
     /// Tells the `sched_process_free` program whether to record exits: only while
@@ -547,6 +564,30 @@ fn final_total(times: &mut PerCpuHashMap<MapData, u32, ProcessTime>, record: &Ex
         Err(error) => tracing::debug!("deleting the eBPF entry of {}: {error}", record.tgid),
     }
     total
+}
+
+/// Makes every online CPU switch tasks once, now (the `sched_switch` program checks
+/// the CPU's record at each switch), unless `deadline` comes first: true when each
+/// one did.
+fn switch_on_every_cpu(deadline: Instant) -> bool {
+    let cpus = match online_cpus() {
+        Ok(cpus) => cpus,
+        Err((_, error)) => {
+            tracing::debug!("listing the online CPUs to switch on: {error}");
+            return false;
+        }
+    };
+    match crate::host::every_cpu::switch_on_every_cpu(&cpus, deadline) {
+        Ok(missed) if missed.is_empty() => true,
+        Ok(missed) => {
+            tracing::debug!("could not run on CPUs {missed:?}: the first reading waits for the repair there");
+            false
+        }
+        Err(error) => {
+            tracing::debug!("switching on every CPU: {error}; the first reading waits for the repair");
+            false
+        }
+    }
 }
 
 /// A process's cumulative on-CPU ns at `now_ns`: its copies summed over CPUs.

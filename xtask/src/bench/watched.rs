@@ -1,0 +1,79 @@
+//! What being watched costs each agent: its own CPU time while one client polls it
+//! at the real client's intervals (metrics every 500 ms, processes every 2 s,
+//! disks every 5 s), both agents at once, each with a client of its own, on a host
+//! with a crowd of idle processes. This is the load a socktop TUI left open puts on
+//! a host, where the CPU-per-request rows measure requests back to back.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use super::agent::{Agent, Binaries, Caches};
+use super::client::Client;
+use super::crowd::Crowd;
+use super::interrupts::poll_like_the_real_client;
+use super::report::{Section, Table};
+use super::{Agents, Pair, Plan, progress, thousands};
+
+/// Extra idle processes while the agents are watched.
+const WATCHED_CROWD: usize = 1_000;
+
+/// Both agents' CPU while each is polled at the real client's intervals, side by
+/// side, on a host with `WATCHED_CROWD` extra idle processes.
+pub(super) async fn run(plan: &Plan, binaries: &Binaries, table: &mut Table) -> anyhow::Result<()> {
+    progress(format_args!("starting {} idle processes", thousands(WATCHED_CROWD)));
+    let _crowd = Crowd::spawn(WATCHED_CROWD)?;
+    let agents = Agents::start(binaries, Caches::On).await?;
+    let window = plan.watched_window;
+    let mut cpu = Pair::default();
+    for repeat in 0..plan.repeats {
+        progress(format_args!("watched, {} s window {}/{}", window.as_secs(), repeat + 1, plan.repeats));
+        let in_turn = agents.in_turn(repeat);
+        let percent = cpu_percent(&in_turn, window).await?;
+        for (agent, percent) in in_turn.into_iter().zip(percent) {
+            cpu.push(agent.which, percent);
+        }
+    }
+    let label = format!(
+        "CPU while one client polls at the real client's intervals, both agents at once, host + {} idle \
+         processes, caches on, over {} s",
+        thousands(WATCHED_CROWD),
+        window.as_secs()
+    );
+    table.push(cpu.row(Section::Cpu, label, "% of a CPU"));
+    Ok(())
+}
+
+/// Lets the sessions settle before counting: the agents' first answers, the
+/// repair attached for the session, the clients' first disks requests.
+const SESSION_SETTLE: Duration = Duration::from_secs(3);
+
+/// Each agent's CPU use over `window` while a client polls it, in % of one CPU,
+/// in the order of `agents`.
+pub async fn cpu_percent(agents: &[&Agent], window: Duration) -> anyhow::Result<Vec<f64>> {
+    let mut stops = Vec::new();
+    let mut pollers = Vec::new();
+    for agent in agents {
+        let client = Client::connect(agent.port).await?;
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        stops.push(stop);
+        pollers.push(tokio::spawn(poll_like_the_real_client(client, stopped)));
+    }
+    tokio::time::sleep(SESSION_SETTLE).await;
+    let before = agents.iter().map(|a| a.cpu_time()).collect::<anyhow::Result<Vec<_>>>()?;
+    let started = Instant::now();
+    tokio::time::sleep(window).await;
+    let after = agents.iter().map(|a| a.cpu_time()).collect::<anyhow::Result<Vec<_>>>()?;
+    let wall = started.elapsed().as_secs_f64();
+    for stop in stops {
+        let _ = stop.send(());
+    }
+    for poller in pollers {
+        poller.await.context("a polling client panicked")??;
+    }
+    Ok(after
+        .iter()
+        .zip(before)
+        .map(|(after, before)| after.saturating_sub(before).as_secs_f64() / wall * 100.0)
+        .collect())
+}
