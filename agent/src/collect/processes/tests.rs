@@ -247,6 +247,9 @@ fn after_a_release_the_next_scan_reopens_what_it_needs_and_keeps_the_shares() {
     // the reading kept through it, against the kernel's ticks (100/s, 2 CPUs here).
     let share = after.processes.iter().find(|r| r.pid == busy.id()).and_then(|r| r.cpu_share).expect("busy listed");
     let truth = ticks as f64 / 100.0 / after.interval.unwrap().as_secs_f64() / 2.0 * 100.0;
-    assert!(truth > 5.0, "the busy loop ran: {ticks} ticks");
+    if truth <= 5.0 {
+        let needs = format!("a CPU to spare: the busy loop ran {ticks} ticks, {truth:.1}% of the machine");
+        return testkit::skip::skip(&testkit::skip::current_test(), &needs);
+    }
     assert!((f64::from(share) - truth).abs() < 5.0, "share after a release {share} vs kernel {truth:.1}");
 }
