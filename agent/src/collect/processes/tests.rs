@@ -24,6 +24,10 @@ fn scanner(root: &std::path::Path) -> ProcessScanner {
 /// A scanner of `root` on a 2-CPU host (100 ticks/s, 4 KiB pages) with `source`
 /// and at most `kept_files` stat files kept open.
 fn scanner_with(root: &std::path::Path, source: Box<dyn CpuTimeSource>, kept_files: usize) -> ProcessScanner {
+    // Up to `kept_files` files open at once across the tests running in parallel,
+    // as the agent, which raises its own limit the same way; an ordinary user's
+    // soft limit is often 1024.
+    testkit::limits::raise_open_files_limit().expect("raising the open-files limit");
     let source: SharedCpuSource = Arc::new(Mutex::new(source));
     ProcessScanner::new(
         root.to_path_buf(),
