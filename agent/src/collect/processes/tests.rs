@@ -24,6 +24,10 @@ fn scanner(root: &std::path::Path) -> ProcessScanner {
 /// A scanner of `root` on a 2-CPU host (100 ticks/s, 4 KiB pages) with `source`
 /// and at most `kept_files` stat files kept open.
 fn scanner_with(root: &std::path::Path, source: Box<dyn CpuTimeSource>, kept_files: usize) -> ProcessScanner {
+    // Up to `kept_files` files open at once across the tests running in parallel,
+    // as the agent, which raises its own limit the same way; an ordinary user's
+    // soft limit is often 1024.
+    testkit::limits::raise_open_files_limit().expect("raising the open-files limit");
     let source: SharedCpuSource = Arc::new(Mutex::new(source));
     ProcessScanner::new(
         root.to_path_buf(),
@@ -247,6 +251,9 @@ fn after_a_release_the_next_scan_reopens_what_it_needs_and_keeps_the_shares() {
     // the reading kept through it, against the kernel's ticks (100/s, 2 CPUs here).
     let share = after.processes.iter().find(|r| r.pid == busy.id()).and_then(|r| r.cpu_share).expect("busy listed");
     let truth = ticks as f64 / 100.0 / after.interval.unwrap().as_secs_f64() / 2.0 * 100.0;
-    assert!(truth > 5.0, "the busy loop ran: {ticks} ticks");
+    if truth <= 5.0 {
+        let needs = format!("a CPU to spare: the busy loop ran {ticks} ticks, {truth:.1}% of the machine");
+        return testkit::skip::skip(&testkit::skip::current_test(), &needs);
+    }
     assert!((f64::from(share) - truth).abs() < 5.0, "share after a release {share} vs kernel {truth:.1}");
 }
