@@ -189,8 +189,11 @@ fn build_binaries(root: &Path) -> anyhow::Result<Binaries> {
         .args(["build", "--quiet", "-p", "socktop_agent", "--bin", "socktop_agent"])
         .status()?;
     anyhow::ensure!(status.success(), "building the agent failed");
+    // Written aside and renamed: a guest of another run may be executing the old copy.
     let xtask = workspace_vm_dir().join("xtask");
-    std::fs::copy(std::env::current_exe()?, &xtask).context("copying the xtask executable")?;
+    let partial = workspace_vm_dir().join(format!("xtask.{}", std::process::id()));
+    std::fs::copy(std::env::current_exe()?, &partial).context("copying the xtask executable")?;
+    std::fs::rename(&partial, &xtask)?;
     Ok(Binaries { ebpf_cpu, cpu_closure, agent: root.join("target/debug/socktop_agent"), xtask })
 }
 
