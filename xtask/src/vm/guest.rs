@@ -111,7 +111,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     if args.tcg {
         println!("vm-guest: emulated CPUs: tests run with {TCG_TEST_SETTINGS:?}");
     }
-    // The originals may sit under a folder only root can enter (a clone in /root).
+    // The originals may sit under a folder only root can enter (a clone in root's home).
     let copies = tempfile_dir()?;
     let copy = |from: &Path, name: &str| -> anyhow::Result<PathBuf> {
         let to = copies.join(name);
