@@ -195,6 +195,9 @@ impl RunningAgent {
         let mut command = Command::new(binary);
         command
             .args(["--bind", "127.0.0.1", "--port", "0", "--metrics-ttl-ms", "0", "--processes-ttl-ms", "0"])
+            // Every process on /metrics with its pid, not the top 5 by CPU: on a busy
+            // host the stopped busy loop is not among them.
+            .args(["--prometheus-top-processes", "100000"])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -63,7 +63,9 @@ const EBPF_TESTS_WITH_CAPABILITIES: [&str; 4] = [
 #[derive(Clone, Copy)]
 enum Identity {
     Root,
-    /// `nobody` with CAP_BPF and CAP_PERFMON only.
+    /// `nobody` with CAP_BPF and CAP_PERFMON only, and RLIMIT_MEMLOCK lifted, as
+    /// the packaged unit runs the agent (`LimitMEMLOCK=infinity`: before Linux 5.11
+    /// BPF maps are charged to it, and 64 KiB holds none of ours).
     BpfPerfmon,
 }
 
@@ -109,7 +111,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     if args.tcg {
         println!("vm-guest: emulated CPUs: tests run with {TCG_TEST_SETTINGS:?}");
     }
-    // The originals may sit under a folder only root can enter (a clone in /root).
+    // The originals may sit under a folder only root can enter (a clone in root's home).
     let copies = tempfile_dir()?;
     let copy = |from: &Path, name: &str| -> anyhow::Result<PathBuf> {
         let to = copies.join(name);
@@ -123,6 +125,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         agent: copy(&args.agent, "socktop_agent")?,
         xtask: copy(&std::env::current_exe()?, "xtask")?,
     };
+    lift_memlock_limit();
     let mut summary = File::create(args.results.join("summary.tsv"))?;
     writeln!(summary, "kernel\t{kernel}")?;
     let mut failures = 0;
@@ -176,6 +179,18 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&copies);
     anyhow::ensure!(failures == 0, "{failures} checks failed on {kernel}");
     Ok(())
+}
+
+/// Lifts RLIMIT_MEMLOCK for this process and so for every check, as the packaged
+/// unit does for the agent (`LimitMEMLOCK=infinity`). Where even root may not (a
+/// container without CAP_SYS_RESOURCE) the limit stays, which kernels from 5.11 on,
+/// whose BPF maps are charged to memory cgroups instead, do not mind.
+fn lift_memlock_limit() {
+    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: setrlimit with a valid rlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        println!("vm-guest: RLIMIT_MEMLOCK stays as it is: {}", std::io::Error::last_os_error());
+    }
 }
 
 /// The lines of a check's log worth a summary: the e2e check's `note:` lines, a

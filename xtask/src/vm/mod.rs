@@ -165,6 +165,9 @@ struct Binaries {
     ebpf_cpu: PathBuf,
     cpu_closure: PathBuf,
     agent: PathBuf,
+    /// A copy of this program, which runs the guest's side: a rebuild of the
+    /// workspace while the matrix runs replaces target/debug/xtask.
+    xtask: PathBuf,
 }
 
 fn build_binaries(root: &Path) -> anyhow::Result<Binaries> {
@@ -186,7 +189,12 @@ fn build_binaries(root: &Path) -> anyhow::Result<Binaries> {
         .args(["build", "--quiet", "-p", "socktop_agent", "--bin", "socktop_agent"])
         .status()?;
     anyhow::ensure!(status.success(), "building the agent failed");
-    Ok(Binaries { ebpf_cpu, cpu_closure, agent: root.join("target/debug/socktop_agent") })
+    // Written aside and renamed: a guest of another run may be executing the old copy.
+    let xtask = workspace_vm_dir().join("xtask");
+    let partial = workspace_vm_dir().join(format!("xtask.{}", std::process::id()));
+    std::fs::copy(std::env::current_exe()?, &partial).context("copying the xtask executable")?;
+    std::fs::rename(&partial, &xtask)?;
+    Ok(Binaries { ebpf_cpu, cpu_closure, agent: root.join("target/debug/socktop_agent"), xtask })
 }
 
 /// The test executable named `name` in cargo's JSON build messages.
@@ -201,7 +209,7 @@ fn test_executable(messages: &str, name: &str) -> Option<PathBuf> {
 
 /// The shell command (vng hands it to /bin/sh) that runs [`guest::run`].
 fn guest_command(binaries: &Binaries, results: &Path, timeout_s: u64, tcg: bool) -> anyhow::Result<String> {
-    let xtask = std::env::current_exe()?;
+    let xtask = &binaries.xtask;
     let timeout_s = timeout_s.to_string();
     let words = [
         xtask.as_path(),
