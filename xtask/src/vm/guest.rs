@@ -1,5 +1,5 @@
 //! The checks run inside the guest (or on the host for `--kernel host`): the eBPF
-//! precision and closure test executables with `SOCKTOP_REQUIRE_EBPF=1`, and the
+//! precision and closure test executables with `SOCKTOP_REQUIRE_ALL=1`, and the
 //! agent end to end ([`super::e2e`]), each as root and again as `nobody` holding
 //! only CAP_BPF + CAP_PERFMON (setpriv, ambient capabilities, so they pass to the
 //! agent and the tests' helpers). Every run's output goes to its own log in the
@@ -148,7 +148,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         for (check, program, check_args) in checks {
             let log_path = args.results.join(format!("{check}-{}.log", identity.name().replace('+', "-")));
             let mut command = identity.command(program);
-            command.args(check_args).env("SOCKTOP_REQUIRE_EBPF", "1").current_dir(&copies);
+            command.args(check_args).env("SOCKTOP_REQUIRE_ALL", "1").current_dir(&copies);
             if args.tcg {
                 command.envs(TCG_TEST_SETTINGS);
             }
