@@ -15,6 +15,7 @@
 pub(crate) mod agent;
 pub(crate) mod client;
 mod closure;
+mod connections;
 mod cost_example;
 mod crowd;
 mod ebpf;
@@ -89,6 +90,8 @@ enum Phase {
     Ebpf,
     /// Prometheus scrape cost against node_exporter + process-exporter.
     Scrape,
+    /// Resident memory per idle WebSocket connection, 1,000 connections.
+    Connections,
 }
 
 /// How long and how often each phase runs.
@@ -112,6 +115,7 @@ impl Plan {
             vec![
                 Phase::Idle,
                 Phase::Rss,
+                Phase::Connections,
                 Phase::Cpu,
                 Phase::Sensors,
                 Phase::Latency,
@@ -216,6 +220,9 @@ async fn measure(plan: &Plan, binaries: &Binaries, online_cpus: usize) -> anyhow
         for caches in [Caches::On, Caches::Off] {
             rss(plan, binaries, caches, &mut table).await?;
         }
+    }
+    if plan.runs(Phase::Connections) {
+        idle_connections(plan, binaries, &mut table).await?;
     }
     if plan.runs(Phase::Cpu) {
         cpu(plan, binaries, &mut table).await?;
@@ -326,6 +333,37 @@ async fn rss(plan: &Plan, binaries: &Binaries, caches: Caches, table: &mut Table
     table.push(rss.row(Section::Memory, label, "MiB"));
     Ok(())
 }
+
+/// Idle WebSocket connections held open to one agent at a time (each repeat on
+/// freshly started agents).
+async fn idle_connections(plan: &Plan, binaries: &Binaries, table: &mut Table) -> anyhow::Result<()> {
+    let (mut connected, mut answered) = (Pair::default(), Pair::default());
+    for repeat in 0..plan.repeats {
+        progress(format_args!(
+            "RSS per idle connection, {} connections, {}/{}",
+            IDLE_CONNECTIONS,
+            repeat + 1,
+            plan.repeats
+        ));
+        let agents = Agents::start(binaries, Caches::On).await?;
+        for agent in agents.in_turn(repeat) {
+            let per = connections::resident_per_connection(agent, IDLE_CONNECTIONS).await?;
+            connected.push(agent.which, per.connected / 1024.0);
+            answered.push(agent.which, per.after_one_answer / 1024.0);
+        }
+    }
+    let count = thousands(IDLE_CONNECTIONS);
+    table.push(connected.row(Section::Memory, format!("RSS per idle WebSocket connection, {count} connected"), "KiB"));
+    table.push(answered.row(
+        Section::Memory,
+        format!("RSS per idle WebSocket connection, {count} connected, each after one `get_metrics`"),
+        "KiB",
+    ));
+    Ok(())
+}
+
+/// Connections held open at once by the connections phase.
+const IDLE_CONNECTIONS: usize = 1_000;
 
 /// CPU time per uncached request of each kind, with the host's processes and then
 /// with each crowd of extra idle processes; answer sizes come with it.
