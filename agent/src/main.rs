@@ -18,7 +18,6 @@ use socktop_agent::protocol::agent_info::AgentInfo;
 use socktop_agent::service::Service;
 
 fn main() -> anyhow::Result<()> {
-    socktop_agent::host::heap::restart_without_thread_caches();
     socktop_agent::host::heap::configure();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -44,6 +43,13 @@ fn main() -> anyhow::Result<()> {
         _ => tokio::runtime::Builder::new_current_thread(),
     };
     runtime.enable_all();
+    // A blocking-pool thread's glibc cache of freed blocks (tcache) goes back to
+    // the shared heap only when the thread exits. Exiting within 2 s of its last
+    // task (tokio's default: 10 s), the threads that rendered the answers are gone
+    // before the agent releases its memory on going idle (the scrape lease is at
+    // least 5 s), so `malloc_trim` there can hand those blocks' pages back. The
+    // real client polls every 500 ms: its threads stay.
+    runtime.thread_keep_alive(std::time::Duration::from_secs(2));
     // Loading the eBPF program blocks for a few milliseconds: do it before the
     // runtime starts. It logs the source chosen, and why when it is /proc.
     let (cpu_source, fallback_reason) = cputime::select_source(!cli.ebpf, &cli.proc_root, host.clock);

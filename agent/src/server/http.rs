@@ -21,11 +21,14 @@ use super::connection;
 use super::{Shared, Slot};
 use crate::config::Token;
 
-/// Each WebSocket's read buffer. Requests are a few dozen bytes; tungstenite's
-/// default (128 KiB) is allocated per connection and zeroed before every read,
-/// which cost more CPU than collecting a metrics answer, and 64 MiB of memory at
-/// 500 clients.
-const READ_BUFFER_BYTES: usize = 4096;
+/// Each WebSocket's read buffer. Requests are a few dozen bytes (eight pipelined
+/// plain commands fit); a larger message grows the buffer to its length as it is
+/// read. tungstenite's default (128 KiB) is allocated per connection and zeroed
+/// before every read, which cost more CPU than collecting a metrics answer, and
+/// 64 MiB of memory at 500 clients; at 4 KiB the zeroed buffer was still 4 KiB of
+/// the 7.5 KiB each idle connection kept resident (`cargo xtask bench --only
+/// connections`).
+const READ_BUFFER_BYTES: usize = 256;
 
 /// Serves HTTP on one connection until it closes or shutdown is asked for.
 pub(super) async fn serve<IO>(io: IO, shared: Arc<Shared>, mut stop: watch::Receiver<bool>, slot: Slot)

@@ -16,6 +16,7 @@ pub(crate) mod agent;
 pub(crate) mod client;
 // The phases, one file each, in the order they run.
 mod closure;
+mod connections;
 mod cpu;
 mod ebpf;
 mod idle;
@@ -97,6 +98,8 @@ enum Phase {
     /// Each agent's CPU while one client polls it at the real client's intervals,
     /// with 1,000 extra idle processes, both agents at once.
     Watched,
+    /// Resident memory per idle WebSocket connection, 1,000 connections.
+    Connections,
 }
 
 /// How long and how often each phase runs.
@@ -121,6 +124,7 @@ impl Plan {
             vec![
                 Phase::Idle,
                 Phase::Rss,
+                Phase::Connections,
                 Phase::Cpu,
                 Phase::Sensors,
                 Phase::Latency,
@@ -229,6 +233,9 @@ async fn measure(plan: &Plan, binaries: &Binaries, online_cpus: usize) -> anyhow
         for caches in [Caches::On, Caches::Off] {
             rss::run(plan, binaries, caches, &mut table).await?;
         }
+    }
+    if plan.runs(Phase::Connections) {
+        connections::run(plan, binaries, &mut table).await?;
     }
     if plan.runs(Phase::Cpu) {
         cpu::run(plan, binaries, &mut table).await?;

@@ -15,6 +15,7 @@
 mod blind;
 #[cfg(any(test, feature = "testing"))]
 mod diagnostics;
+mod exit_ring;
 mod load;
 mod map_full;
 mod source;

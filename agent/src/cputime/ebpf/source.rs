@@ -15,7 +15,7 @@ use agent_common::cputime::{
 };
 use aya::{
     Ebpf,
-    maps::{Array, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf},
+    maps::{Array, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
     programs::{
         Iter, PerfEvent, ProgramError, RawTracePoint,
         perf_event::{PerfEventConfig, PerfEventLinkId, PerfEventScope, SamplePolicy, SoftwareEvent},
@@ -25,6 +25,7 @@ use aya::{
 };
 
 use super::blind::{BlindPids, ProcStats};
+use super::exit_ring::ExitRing;
 use super::load::{AttachKind, EbpfLoadError, MapMemory};
 use super::map_full::MapFull;
 use crate::cputime::attribution::Exit;
@@ -66,8 +67,8 @@ pub struct EbpfCpuTime {
     pub(super) memory: MapMemory,
     pub(super) errors: PerCpuArray<MapData, u64>,
     /// Exit records of processes, written by the `sched_process_free` program while
-    /// `exits_wanted` says someone reads.
-    exits: RingBuf<MapData>,
+    /// `exits_wanted` says someone reads; mapped only then.
+    exits: ExitRing,
     exits_wanted: Array<MapData, u32>,
     /// Error counts already logged, so each new failure is reported once.
     pub(super) reported: ErrorCounts,
@@ -125,7 +126,7 @@ impl EbpfCpuTime {
         let exits_wanted = take(&mut ebpf, EXITS_WANTED_MAP)?;
         let times = PerCpuHashMap::try_from(times).map_err(|source| EbpfLoadError::Map { map: times_map, source })?;
         let errors = PerCpuArray::try_from(errors).map_err(|source| EbpfLoadError::Map { map: ERRORS_MAP, source })?;
-        let exits = RingBuf::try_from(exits).map_err(|source| EbpfLoadError::Map { map: EXITS_MAP, source })?;
+        let exits = ExitRing::new(exits).map_err(|source| EbpfLoadError::Map { map: EXITS_MAP, source })?;
         let exits_wanted =
             Array::try_from(exits_wanted).map_err(|source| EbpfLoadError::Map { map: EXITS_WANTED_MAP, source })?;
         Ok(Self {
@@ -198,8 +199,14 @@ impl EbpfCpuTime {
     /// Tells the `sched_process_free` program whether to record exits: only while
     /// someone reads them, so the ring holds no records from before a session.
     fn want_exits(&mut self, wanted: bool) {
+        if wanted && let Err(error) = self.exits.map() {
+            tracing::warn!("mapping the eBPF exit records: {error}");
+        }
         if let Err(error) = self.exits_wanted.set(0, u32::from(wanted), 0) {
             tracing::warn!("switching the eBPF exit records {}: {error}", if wanted { "on" } else { "off" });
+        }
+        if !wanted {
+            self.exits.unmap();
         }
     }
 
@@ -536,7 +543,7 @@ impl CpuTimeSource for EbpfCpuTime {
 }
 
 /// Hands `each` the records in the `exits` ring, oldest first, and frees their room.
-fn drain_exits(exits: &mut RingBuf<MapData>, mut each: impl FnMut(ExitRecord)) {
+fn drain_exits(exits: &mut ExitRing, mut each: impl FnMut(ExitRecord)) {
     while let Some(item) = exits.next() {
         if item.len() >= std::mem::size_of::<ExitRecord>() {
             // SAFETY: the program writes whole `ExitRecord`s, plain integers
