@@ -212,9 +212,7 @@ pub(super) fn load_with(
     // Read for the prefill below and, with the iterator, for the pids it skips.
     let proc_dir =
         ProcDir::open(proc_root).inspect_err(|error| tracing::debug!("opening {}: {error}", proc_root.display())).ok();
-    if memory == MapMemory::OnDemand {
-        prefill(&mut ebpf, proc_dir.as_ref())?;
-    }
+    prefill(&mut ebpf, memory, proc_dir.as_ref())?;
     let (kernel_cleanup, iterator, repair_on_ticks) = on_scratch_thread(|| {
         let kernel_btf = Btf::from_sys_fs().map_err(|error| EbpfLoadError::KernelBtf(error.to_string()));
         let kernel_cleanup = attach(&mut ebpf, kind, &kernel_btf, &mut degraded)?;
@@ -269,16 +267,20 @@ struct Features {
     percpu_lookup: bool,
 }
 
-/// Inserts an empty entry for every process in /proc into the map allocated on
-/// demand, before the programs attach. The program takes a new entry from a small
-/// per-CPU cache that the kernel refills after the program returns; attached to a
-/// running system it would meet every process within milliseconds, and some
-/// inserts failed (1 to 3 of ~70 processes here, each losing a slice). Processes
-/// born later come a few at a time (300 forked at once lost none).
-fn prefill(ebpf: &mut Ebpf, proc_dir: Option<&ProcDir>) -> Result<(), EbpfLoadError> {
-    let map = ebpf.map_mut(PROCESS_TIME_MAP).ok_or(EbpfLoadError::Missing(PROCESS_TIME_MAP))?;
+/// Inserts an empty entry for every process in /proc into the process map in use,
+/// before the programs attach. Allocated on demand, the program takes a new entry
+/// from a small per-CPU cache that the kernel refills after the program returns;
+/// attached to a running system it would meet every process within milliseconds,
+/// and some inserts failed (1 to 3 of ~70 processes here, each losing a slice).
+/// Processes born later come a few at a time (300 forked at once lost none).
+/// Preallocated (before Linux 6.1), no insert fails for want of memory, and the
+/// prefill keeps the map's contents the same as on newer kernels: a map smaller
+/// than the host holds the processes alive at start.
+fn prefill(ebpf: &mut Ebpf, memory: MapMemory, proc_dir: Option<&ProcDir>) -> Result<(), EbpfLoadError> {
+    let (name, _) = memory.maps();
+    let map = ebpf.map_mut(name).ok_or(EbpfLoadError::Missing(name))?;
     let mut times = PerCpuHashMap::<_, u32, ProcessTime>::try_from(map)
-        .map_err(|source| EbpfLoadError::Map { map: PROCESS_TIME_MAP, source })?;
+        .map_err(|source| EbpfLoadError::Map { map: name, source })?;
     let possible = aya::util::nr_cpus().map_err(|(_, error)| EbpfLoadError::PossibleCpus(error))?;
     let mut failed = 0;
     for pid in listed_pids(proc_dir, &mut Vec::new()) {
