@@ -2,7 +2,9 @@
 # Installs what `cargo xtask vm-test` needs, idempotently, into a venv beside the
 # workspace's build output (its path is the first argument; the runner passes
 # target/vm/venv): QEMU for x86-64 (TCG needs nothing else), virtme-ng from PyPI,
-# and depmod (kmod), which vng runs on the kernel's modules. udev is deliberately
+# depmod (kmod), which vng runs on the kernel's modules, and a static busybox
+# (busybox-static), the userland of the initramfs vng builds to load those modules
+# (Debian's kernels have 9p and virtio as modules). udev is deliberately
 # not needed: with udevd in the host's root filesystem the guest waits for udev to
 # settle (over a minute under TCG on a loaded host); without it vng runs the
 # command on the console, and the runner reads results from a shared folder.
@@ -11,7 +13,7 @@ set -euo pipefail
 
 VIRTME_NG_VERSION=1.42
 VENV=${1:?usage: install-vm-tools.sh VENV_DIR}
-PACKAGES=(qemu-system-x86 kmod python3-venv)
+PACKAGES=(qemu-system-x86 kmod busybox-static python3-venv)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
