@@ -594,6 +594,29 @@ fn stat_fields(pid: u32) -> Option<(String, Vec<u64>)> {
     Some((stat[open + 1..close].to_owned(), std::iter::once(0).chain(fields).collect()))
 }
 
+/// Waits (up to 10 s) until `pid` sleeps with its resident pages unchanged over
+/// 50 ms: a fixed pause was too short in an emulated guest, where `sleep` was
+/// still faulting its pages in 50 ms after it started (62 pages listed, 63 in
+/// /proc a moment later, under TCG).
+fn settle_asleep(pid: u32) {
+    let state = |pid: u32| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let after_name = &stat[stat.rfind(')')? + 2..];
+        Some((after_name.chars().next()?, stat_fields(pid)?.1[24 - 3]))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut last = None;
+    while std::time::Instant::now() < deadline {
+        let now = state(pid);
+        if matches!(now, Some(('S', _))) && now == last {
+            return;
+        }
+        last = now;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{pid} did not settle asleep: {last:?}");
+}
+
 /// One pass of the task iterator, through the agent's own call.
 fn listed(source: &mut EbpfCpuTime) -> Vec<ProcessRecord> {
     let mut records = Vec::new();
@@ -633,7 +656,7 @@ fn ebpf_process_iterator_lists_what_proc_lists() {
     let _serial = serial();
     let Some(mut source) = load_or_skip(AttachKind::BtfTracePoint) else { return };
     let sleeper = Proc(Command::new("sleep").arg("30").spawn().unwrap());
-    std::thread::sleep(Duration::from_millis(50));
+    settle_asleep(sleeper.pid());
     let before = live_pids();
     let records = listed(&mut source);
     let after = live_pids();
