@@ -49,6 +49,12 @@ pub struct Args {
 const TCG_TEST_SETTINGS: [(&str, &str); 2] =
     [("SOCKTOP_TEST_EMULATED_CPU_SLACK_NS", "50000000"), ("SOCKTOP_TEST_BUSY_CLOCK", "schedstat")];
 
+/// Tests of `ebpf_cpu` not run under TCG: the /proc source's precision is counted in
+/// clock ticks, which an emulated guest loses (83 ms of a busy loop's 1.09 s missing
+/// in one 6.1 run); it is no test of the kernel's eBPF support, and the host's run and
+/// CI's own `cargo test` keep it.
+const SKIPPED_UNDER_TCG: [&str; 1] = ["proc_source_busy_loop_matches_the_kernel_to_a_tick"];
+
 /// The eBPF tests also run as the CAP_BPF + CAP_PERFMON user: one per program kind
 /// (tp_btf switch with its repairs, its raw_tp twin, the task iterator, the exit
 /// records), which is what the capabilities can change; root runs the whole file.
@@ -130,6 +136,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     writeln!(summary, "kernel\t{kernel}")?;
     let mut failures = 0;
     let test_harness = vec!["--test-threads", "1", "--nocapture"];
+    let mut ebpf_as_root = test_harness.clone();
+    if args.tcg {
+        ebpf_as_root.extend(SKIPPED_UNDER_TCG.iter().flat_map(|test| ["--skip", test]));
+    }
     let mut ebpf_with_capabilities = test_harness.clone();
     ebpf_with_capabilities.push("--exact");
     ebpf_with_capabilities.extend(EBPF_TESTS_WITH_CAPABILITIES);
@@ -137,7 +147,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     for identity in Identity::ALL {
         let checks: Vec<(&str, &Path, &Vec<&str>)> = match identity {
             Identity::Root => vec![
-                ("ebpf_cpu", &binaries.ebpf_cpu, &test_harness),
+                ("ebpf_cpu", &binaries.ebpf_cpu, &ebpf_as_root),
                 ("cpu_closure", &binaries.cpu_closure, &test_harness),
                 ("e2e", &binaries.xtask, &e2e),
             ],
