@@ -127,6 +127,12 @@ pub const TICK_TRACEPOINT: &str = "hrtimer_expire_entry";
 pub const PROGRAM_REPAIR_IDLE: &str = "repair_idle";
 /// The tracepoint it attaches to (`power:cpu_idle`).
 pub const IDLE_TRACEPOINT: &str = "cpu_idle";
+/// `PROGRAM_REPAIR_TICK` naming only the preallocated process map: before Linux 6.1
+/// the kernel warns once per boot (a WARN with a stack trace in its log) when a
+/// raw_tp program names a map allocated on demand, even in a dead branch.
+pub const PROGRAM_REPAIR_TICK_PREALLOC: &str = "repair_tick_prealloc";
+/// `PROGRAM_REPAIR_IDLE` naming only the preallocated process map.
+pub const PROGRAM_REPAIR_IDLE_PREALLOC: &str = "repair_idle_prealloc";
 /// How long after attaching the tick program every busy CPU has ticked: two ticks
 /// at the slowest rate the kernel offers (CONFIG_HZ=100).
 pub const TICK_SETTLE_NS: u64 = 20_000_000;

@@ -35,6 +35,23 @@ pub fn repair_idle(_ctx: RawTracePointContext) -> u32 {
     0
 }
 
+/// `repair_tick` naming only the preallocated map: Linux before 6.1 warns in its
+/// log (once per boot, a kernel WARN with a stack trace) when a raw_tp program
+/// names a map allocated on demand, even one its dead branch names. The loader
+/// picks the twins with the preallocated process map (see `TimeMap`).
+#[raw_tracepoint(tracepoint = "hrtimer_expire_entry")]
+pub fn repair_tick_prealloc(_ctx: RawTracePointContext) -> u32 {
+    repair_current::<PreallocatedOnly>();
+    0
+}
+
+/// `repair_idle` naming only the preallocated map (see `repair_tick_prealloc`).
+#[raw_tracepoint(tracepoint = "cpu_idle")]
+pub fn repair_idle_prealloc(_ctx: RawTracePointContext) -> u32 {
+    repair_current::<PreallocatedOnly>();
+    0
+}
+
 /// Runs every `RESYNC_PERIOD_NS` of CPU clock on each CPU: the repair where the
 /// tick and idle programs cannot attach. A CPU-clock event fires on idle CPUs too,
 /// waking them, which the two above do not.

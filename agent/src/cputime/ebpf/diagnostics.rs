@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use agent_common::cputime::{MAX_PROCESSES, PROGRAM_REPAIR_IDLE, PROGRAM_REPAIR_TICK};
+use agent_common::cputime::MAX_PROCESSES;
 use aya::maps::MapError;
 use aya::programs::ProgramError;
 
@@ -83,11 +83,8 @@ impl EbpfCpuTime {
             let info = self.ebpf.program(name).ok_or(ProgramError::NotLoaded)?.info()?;
             Ok((name, ProgramStats { run_time: info.run_time(), run_count: info.run_count() }))
         };
-        let repair: &[&'static str] = if self.repair_on_ticks {
-            &[PROGRAM_REPAIR_TICK, PROGRAM_REPAIR_IDLE]
-        } else {
-            &[self.memory.resync_program()]
-        };
+        let tick_repair = self.memory.tick_repair_programs();
+        let repair: &[&'static str] = if self.repair_on_ticks { &tick_repair } else { &[self.memory.resync_program()] };
         [self.attach.program_name(), self.attach.free_program_name()]
             .iter()
             .chain(repair)

@@ -7,10 +7,11 @@ use agent_common::cputime::{
     FREE_TRACEPOINT, ITER_TARGET, LOADED_AT_GLOBAL, MAX_CPUS, MAX_PROCESSES, MM_RSS_OFFSETS_GLOBAL,
     PERCPU_LOOKUP_GLOBAL, POSSIBLE_CPUS_GLOBAL, PREALLOCATED_GLOBAL, PROCESS_TIME_MAP, PROCESS_TIME_PREALLOC_MAP,
     PROGRAM_BTF, PROGRAM_FREE_BTF, PROGRAM_FREE_RAW, PROGRAM_PROCESSES, PROGRAM_RAW, PROGRAM_REPAIR_IDLE,
-    PROGRAM_REPAIR_TICK, PROGRAM_RESYNC, PROGRAM_RESYNC_PREALLOC, ProcessTime, RESYNC_PERIOD_NS, RSS_BY_PROBE_GLOBAL,
-    TASK_COMM_OFFSET_GLOBAL, TASK_EXEC_START_OFFSET_GLOBAL, TASK_MM_OFFSET_GLOBAL, TASK_PID_OFFSET_GLOBAL,
-    TASK_PREV_SUM_EXEC_OFFSET_GLOBAL, TASK_REAL_PARENT_OFFSET_GLOBAL, TASK_START_TIME_OFFSET_GLOBAL,
-    TASK_SUM_EXEC_OFFSET_GLOBAL, TASK_TGID_OFFSET_GLOBAL, TRACEPOINT,
+    PROGRAM_REPAIR_IDLE_PREALLOC, PROGRAM_REPAIR_TICK, PROGRAM_REPAIR_TICK_PREALLOC, PROGRAM_RESYNC,
+    PROGRAM_RESYNC_PREALLOC, ProcessTime, RESYNC_PERIOD_NS, RSS_BY_PROBE_GLOBAL, TASK_COMM_OFFSET_GLOBAL,
+    TASK_EXEC_START_OFFSET_GLOBAL, TASK_MM_OFFSET_GLOBAL, TASK_PID_OFFSET_GLOBAL, TASK_PREV_SUM_EXEC_OFFSET_GLOBAL,
+    TASK_REAL_PARENT_OFFSET_GLOBAL, TASK_START_TIME_OFFSET_GLOBAL, TASK_SUM_EXEC_OFFSET_GLOBAL,
+    TASK_TGID_OFFSET_GLOBAL, TRACEPOINT,
 };
 use aya::{
     Btf, Ebpf, EbpfError, EbpfLoader,
@@ -85,6 +86,15 @@ impl MapMemory {
         match self {
             MapMemory::OnDemand => PROGRAM_RESYNC,
             MapMemory::Preallocated => PROGRAM_RESYNC_PREALLOC,
+        }
+    }
+
+    /// The tick and idle repair programs that name only maps this memory allows
+    /// without a kernel warning (see `PROGRAM_REPAIR_TICK_PREALLOC`).
+    pub(super) fn tick_repair_programs(self) -> [&'static str; 2] {
+        match self {
+            MapMemory::OnDemand => [PROGRAM_REPAIR_TICK, PROGRAM_REPAIR_IDLE],
+            MapMemory::Preallocated => [PROGRAM_REPAIR_TICK_PREALLOC, PROGRAM_REPAIR_IDLE_PREALLOC],
         }
     }
 
@@ -217,7 +227,7 @@ pub(super) fn load_with(
         let kernel_btf = Btf::from_sys_fs().map_err(|error| EbpfLoadError::KernelBtf(error.to_string()));
         let kernel_cleanup = attach(&mut ebpf, kind, &kernel_btf, &mut degraded)?;
         let iterator = process_offsets.is_some() && load_iterator(&mut ebpf, &kernel_btf, &mut degraded);
-        let repair_on_ticks = load_tick_repair(&mut ebpf, &mut degraded);
+        let repair_on_ticks = load_tick_repair(&mut ebpf, memory, &mut degraded);
         Ok::<_, EbpfLoadError>((kernel_cleanup, iterator, repair_on_ticks))
     })?;
     let mut source = EbpfCpuTime::new(ebpf, kind, iterator, memory, MapFull::new(capacity, clock))?;
@@ -239,7 +249,7 @@ pub(super) fn load_with(
     // rather than at the first request; then leave it off until a client connects.
     source.resume_resync().map_err(|source| EbpfLoadError::Program {
         action: "attaching",
-        program: if repair_on_ticks { PROGRAM_REPAIR_TICK } else { memory.resync_program() },
+        program: if repair_on_ticks { memory.tick_repair_programs()[0] } else { memory.resync_program() },
         source,
     })?;
     source.pause_resync();
@@ -450,8 +460,8 @@ fn load_iterator(ebpf: &mut Ebpf, kernel_btf: &Result<Btf, EbpfLoadError>, degra
 /// scheduler tick's among them) and on idle entry, which wake no CPU; false
 /// (logged) when the kernel refuses them, and the `resync` timer does the repair
 /// instead.
-fn load_tick_repair(ebpf: &mut Ebpf, degraded: &mut Degraded) -> bool {
-    let loaded = [PROGRAM_REPAIR_TICK, PROGRAM_REPAIR_IDLE].into_iter().try_for_each(|name| {
+fn load_tick_repair(ebpf: &mut Ebpf, memory: MapMemory, degraded: &mut Degraded) -> bool {
+    let loaded = memory.tick_repair_programs().into_iter().try_for_each(|name| {
         let program = ebpf.program_mut(name).ok_or(EbpfLoadError::Missing(name))?;
         let program: &mut RawTracePoint = program.try_into().map_err(|source| EbpfLoadError::Program {
             action: "selecting",

@@ -10,8 +10,8 @@ use std::{
 
 use agent_common::cputime::{
     CPU_NS_UNSUMMED, ERR_COUNT, ERR_EXIT_LOST, ERR_MAP_FULL, ERR_MISMATCH, ERR_READ_TASK, ERRORS_MAP, EXITS_MAP,
-    EXITS_WANTED_MAP, ExitRecord, IDLE_TRACEPOINT, PROCESS_TIME_MAP, PROGRAM_PROCESSES, PROGRAM_REPAIR_IDLE,
-    PROGRAM_REPAIR_TICK, ProcessTime, RESYNC_PERIOD_NS, TICK_SETTLE_NS, TICK_TRACEPOINT,
+    EXITS_WANTED_MAP, ExitRecord, IDLE_TRACEPOINT, PROCESS_TIME_MAP, PROGRAM_PROCESSES, ProcessTime, RESYNC_PERIOD_NS,
+    TICK_SETTLE_NS, TICK_TRACEPOINT,
 };
 use aya::{
     Ebpf,
@@ -218,11 +218,12 @@ impl EbpfCpuTime {
 
     /// The repair on the scheduler tick and idle entry: kernel work done anyway.
     fn attach_tick_repair(&mut self) -> Result<(), ProgramError> {
+        let [tick_program, idle_program] = self.memory.tick_repair_programs();
         let tick: &mut RawTracePoint =
-            self.ebpf.program_mut(PROGRAM_REPAIR_TICK).ok_or(ProgramError::NotLoaded)?.try_into()?;
+            self.ebpf.program_mut(tick_program).ok_or(ProgramError::NotLoaded)?.try_into()?;
         self.repair_links = RepairLinks::Tick { tick: tick.attach(TICK_TRACEPOINT)?, idle: None };
         let idle: &mut RawTracePoint =
-            self.ebpf.program_mut(PROGRAM_REPAIR_IDLE).ok_or(ProgramError::NotLoaded)?.try_into()?;
+            self.ebpf.program_mut(idle_program).ok_or(ProgramError::NotLoaded)?.try_into()?;
         let idle_link = idle.attach(IDLE_TRACEPOINT)?;
         if let RepairLinks::Tick { idle, .. } = &mut self.repair_links {
             *idle = Some(idle_link);
@@ -269,10 +270,11 @@ impl EbpfCpuTime {
         match std::mem::replace(&mut self.repair_links, RepairLinks::None) {
             RepairLinks::None => {}
             RepairLinks::Tick { tick, idle } => {
-                if let Some(program) = self.ebpf.program_mut(PROGRAM_REPAIR_TICK) {
+                let [tick_program, idle_program] = self.memory.tick_repair_programs();
+                if let Some(program) = self.ebpf.program_mut(tick_program) {
                     report(<&mut RawTracePoint>::try_from(program).and_then(|program| program.detach(tick)));
                 }
-                if let (Some(idle), Some(program)) = (idle, self.ebpf.program_mut(PROGRAM_REPAIR_IDLE)) {
+                if let (Some(idle), Some(program)) = (idle, self.ebpf.program_mut(idle_program)) {
                     report(<&mut RawTracePoint>::try_from(program).and_then(|program| program.detach(idle)));
                 }
             }
