@@ -132,6 +132,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         xtask: copy(&std::env::current_exe()?, "xtask")?,
     };
     lift_memlock_limit();
+    let kernel_log = KernelLog::open();
     let mut summary = File::create(args.results.join("summary.tsv"))?;
     writeln!(summary, "kernel\t{kernel}")?;
     let mut failures = 0;
@@ -185,6 +186,21 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             writeln!(summary, "{verdict}\t{check}\t{}\t{seconds:.1}\t{}", identity.name(), notes.join(" | "))?;
         }
     }
+    // A check can pass while the kernel complained about the programs it loaded
+    // (a WARN with a stack trace, a lockup or RCU stall report): that fails too.
+    let complaints = match &kernel_log {
+        Ok(log) => log.complaints(),
+        Err(error) => vec![format!("the kernel log could not be read: {error}")],
+    };
+    let verdict = if complaints.is_empty() { "PASS" } else { "FAIL" };
+    if !complaints.is_empty() {
+        failures += 1;
+    }
+    println!("vm-guest: {verdict} kernel log ({} complaints)", complaints.len());
+    for complaint in &complaints {
+        println!("vm-guest:     {complaint}");
+    }
+    writeln!(summary, "{verdict}\tkernel log\troot\t0\t{}", complaints.join(" | "))?;
     writeln!(summary, "done\t{failures}")?;
     let _ = std::fs::remove_dir_all(&copies);
     anyhow::ensure!(failures == 0, "{failures} checks failed on {kernel}");
@@ -225,9 +241,11 @@ fn notes_of(log: &str) -> Vec<String> {
 }
 
 /// Runs `command` with its output in `log_path`, killed (its whole process group)
-/// after `timeout`. Whether it exited with 0.
+/// after `timeout`, once what its processes were doing is in the log. Whether it
+/// exited with 0.
 fn run_logged(mut command: Command, log_path: &Path, timeout: Duration) -> anyhow::Result<bool> {
     let log = File::create(log_path)?;
+    let mut report = log.try_clone()?;
     command.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).process_group(0);
     let mut child = command.spawn().context("spawning")?;
     let started = Instant::now();
@@ -236,13 +254,98 @@ fn run_logged(mut command: Command, log_path: &Path, timeout: Duration) -> anyho
             return Ok(status.success());
         }
         if started.elapsed() > timeout {
+            let group = child.id() as i32;
+            let _ = writeln!(report, "\n--- killed after {timeout:?}; its processes:\n{}", describe_group(group));
             // SAFETY: kill(2) on the process group of our own child.
-            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+            unsafe { libc::kill(-group, libc::SIGKILL) };
             let _ = child.wait();
             anyhow::bail!("killed after {timeout:?}");
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// What each thread of process group `group` is doing: state, CPU ticks, where
+/// it waits, and its kernel stack (readable as root), so a check that hung says
+/// whether it spun or waited, and on what.
+fn describe_group(group: i32) -> String {
+    let mut out = String::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return out };
+    for pid in entries.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The fields after the name: state, parent, process group, ...
+        let after_name: Vec<&str> = stat.rsplit_once(')').map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+        if after_name.get(2).and_then(|pgrp| pgrp.parse::<i32>().ok()) != Some(group) {
+            continue;
+        }
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { continue };
+        for task in tasks.filter_map(|entry| entry.ok()) {
+            let dir = task.path();
+            let read = |file: &str| std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+            let stat = read("stat");
+            let (name, rest) = stat.split_once(" (").and_then(|(_, rest)| rest.rsplit_once(')')).unwrap_or(("?", ""));
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let field = |at: usize| fields.get(at).copied().unwrap_or("?");
+            // state, utime and stime (ticks), the CPU it last ran on.
+            out.push_str(&format!(
+                "pid {pid} tid {} ({name}) state {} utime {} stime {} cpu {} wchan {}\n{}",
+                task.file_name().to_string_lossy(),
+                field(0),
+                field(11),
+                field(12),
+                field(36),
+                read("wchan"),
+                read("stack"),
+            ));
+        }
+    }
+    out
+}
+
+/// The kernel's log from the start of the checks on (`/dev/kmsg`, read without
+/// waiting), where a WARN, BUG, lockup or stall report means the kernel objected to
+/// what the programs did even where every check passed.
+struct KernelLog(File);
+
+impl KernelLog {
+    fn open() -> std::io::Result<Self> {
+        use std::io::{Seek as _, SeekFrom};
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut kmsg = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open("/dev/kmsg")?;
+        // Only what is logged from here on.
+        kmsg.seek(SeekFrom::End(0))?;
+        Ok(Self(kmsg))
+    }
+
+    /// The messages logged since `open` that report a kernel problem.
+    fn complaints(&self) -> Vec<String> {
+        let mut complaints = Vec::new();
+        let mut record = vec![0u8; 8192];
+        loop {
+            // One record per read; EAGAIN once none is left, EPIPE when older
+            // records were overwritten (the next read goes on).
+            match std::io::Read::read(&mut &self.0, &mut record) {
+                Ok(0) => break,
+                Ok(length) => {
+                    let text = String::from_utf8_lossy(&record[..length]);
+                    let message = text.split_once(';').map_or(&*text, |(_, message)| message).lines().next();
+                    if let Some(message) = message.filter(|message| is_complaint(message)) {
+                        complaints.push(message.trim().to_owned());
+                    }
+                }
+                Err(error) if error.raw_os_error() == Some(libc::EPIPE) => continue,
+                Err(_) => break,
+            }
+        }
+        complaints
+    }
+}
+
+/// A kernel message that reports a problem rather than an event.
+fn is_complaint(message: &str) -> bool {
+    const MARKS: [&str; 7] =
+        ["WARNING:", "BUG:", "Oops", "soft lockup", "hard LOCKUP", "detected stall", "uses run-time allocation"];
+    MARKS.iter().any(|mark| message.contains(mark))
 }
 
 /// A fresh folder every user can enter and read, for the binaries' copies.
@@ -256,4 +359,39 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
 
 fn path_str(path: &Path) -> anyhow::Result<&str> {
     path.to_str().with_context(|| format!("{} is not UTF-8", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_complaints_are_told_from_events() {
+        // Lines of a 5.10 guest's log, the first three a warning about a program.
+        for complaint in [
+            "trace type BPF program uses run-time allocation",
+            "WARNING: CPU: 0 PID: 108 at kernel/bpf/verifier.c:10519 bpf_check+0x2f8e/0x3470",
+            "rcu: INFO: rcu_sched self-detected stall on CPU",
+            "watchdog: BUG: soft lockup - CPU#1 stuck for 22s! [cpu_closure:212]",
+        ] {
+            assert!(is_complaint(complaint), "{complaint}");
+        }
+        for event in ["rcu: Hierarchical RCU implementation.", "virtme-ng-init: script exited with code 0"] {
+            assert!(!is_complaint(event), "{event}");
+        }
+    }
+
+    #[test]
+    fn a_hung_group_is_described_thread_by_thread() {
+        let mut sleeper = Command::new("sleep").arg("30").process_group(0).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let described = describe_group(sleeper.id() as i32);
+        let _ = sleeper.kill();
+        let _ = sleeper.wait();
+        let first = described.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with(&format!("pid {} tid {} (sleep) state S", sleeper.id(), sleeper.id())),
+            "{described}"
+        );
+    }
 }

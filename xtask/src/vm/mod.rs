@@ -210,7 +210,9 @@ fn test_executable(messages: &str, name: &str) -> Option<PathBuf> {
 /// The shell command (vng hands it to /bin/sh) that runs [`guest::run`].
 fn guest_command(binaries: &Binaries, results: &Path, timeout_s: u64, tcg: bool) -> anyhow::Result<String> {
     let xtask = &binaries.xtask;
-    let timeout_s = timeout_s.to_string();
+    // A third of the kernel's time per check: one that hangs is killed and its
+    // processes described while the guest lives, and the others still run.
+    let check_timeout_s = (timeout_s / 3).to_string();
     let words = [
         xtask.as_path(),
         Path::new("vm-guest"),
@@ -223,7 +225,7 @@ fn guest_command(binaries: &Binaries, results: &Path, timeout_s: u64, tcg: bool)
         Path::new("--agent"),
         &binaries.agent,
         Path::new("--check-timeout-s"),
-        Path::new(&timeout_s),
+        Path::new(&check_timeout_s),
     ];
     let mut command = words.iter().map(|word| shell_quoted(word)).collect::<anyhow::Result<Vec<_>>>()?.join(" ");
     if tcg {
