@@ -69,12 +69,17 @@ pub const TASK_EXEC_START_OFFSET_GLOBAL: &str = "TASK_EXEC_START_OFFSET";
 pub const PROGRAM_BTF: &str = "sched_switch_btf";
 /// The `raw_tp/sched_switch` twin, for kernels that have BTF but refuse `tp_btf`.
 pub const PROGRAM_RAW: &str = "sched_switch_raw";
+/// `PROGRAM_RAW` naming only the preallocated process map (see
+/// `PROGRAM_REPAIR_TICK_PREALLOC` for why).
+pub const PROGRAM_RAW_PREALLOC: &str = "sched_switch_raw_prealloc";
 /// The tracepoint both programs attach to.
 pub const TRACEPOINT: &str = "sched_switch";
 /// The `tp_btf/sched_process_free` program that deletes a dead process's entry.
 pub const PROGRAM_FREE_BTF: &str = "process_free_btf";
 /// Its `raw_tp` twin.
 pub const PROGRAM_FREE_RAW: &str = "process_free_raw";
+/// `PROGRAM_FREE_RAW` naming only the preallocated process map.
+pub const PROGRAM_FREE_RAW_PREALLOC: &str = "process_free_raw_prealloc";
 /// The tracepoint the two attach to.
 pub const FREE_TRACEPOINT: &str = "sched_process_free";
 /// The task-iterator program that lists every process in one read (`iter/task`).

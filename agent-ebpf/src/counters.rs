@@ -8,7 +8,7 @@ use aya_ebpf::{
 
 use crate::{
     globals::{PERCPU_LOOKUP, POSSIBLE_CPUS},
-    maps::{TimeMap, count_error, process_time},
+    maps::{TimeMap, count_error},
 };
 
 /// `EEXIST` from include/uapi/asm-generic/errno-base.h, negated as helpers return it.
@@ -19,11 +19,11 @@ pub(crate) const NEG_EEXIST: i32 = -17;
 /// (before 5.19), where user space sums the copies: `PERCPU_LOOKUP` is read-only,
 /// so the verifier of such a kernel never sees the call it does not know.
 #[inline(always)]
-pub(crate) fn process_cpu_ns(tgid: u32) -> u64 {
+pub(crate) fn process_cpu_ns<M: TimeMap>(tgid: u32) -> u64 {
     if PERCPU_LOOKUP.load() == 0 {
         return CPU_NS_UNSUMMED;
     }
-    let map = core::ptr::from_ref(process_time()).cast_mut().cast();
+    let map = core::ptr::from_ref(M::map()).cast_mut().cast();
     let key = (&raw const tgid).cast();
     let mut total = 0u64;
     let mut running = 0u64;

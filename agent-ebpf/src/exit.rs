@@ -9,19 +9,27 @@ use aya_ebpf::{
 use crate::{
     counters::process_cpu_ns,
     globals::TASK_START_TIME_OFFSET,
-    maps::{EXITS, EXITS_WANTED, count_error, process_time},
+    maps::{EXITS, EXITS_WANTED, PreallocatedOnly, Selected, TimeMap, count_error},
     task::{BtfTask, RawTask, Task, comm, parent_tgid, task_ids},
 };
 
 #[btf_tracepoint(function = "sched_process_free")]
 pub fn process_free_btf(ctx: BtfTracePointContext) -> u32 {
-    on_free(BtfTask(ctx.arg(FREED_ARG)));
+    on_free::<Selected, _>(BtfTask(ctx.arg(FREED_ARG)));
     0
 }
 
 #[raw_tracepoint(tracepoint = "sched_process_free")]
 pub fn process_free_raw(ctx: RawTracePointContext) -> u32 {
-    on_free(RawTask(ctx.arg(FREED_ARG)));
+    on_free::<Selected, _>(RawTask(ctx.arg(FREED_ARG)));
+    0
+}
+
+/// `process_free_raw` naming only the preallocated map (see
+/// `sched_switch_raw_prealloc`).
+#[raw_tracepoint(tracepoint = "sched_process_free")]
+pub fn process_free_raw_prealloc(ctx: RawTracePointContext) -> u32 {
+    on_free::<PreallocatedOnly, _>(RawTask(ctx.arg(FREED_ARG)));
     0
 }
 
@@ -44,18 +52,18 @@ pub(crate) const FREED_ARG: usize = 0;
 /// `sched_process_exit`, because the exit tracepoint fires before the task's last
 /// stretch of kernel work and its last switch, which the total must include.
 #[inline(always)]
-pub(crate) fn on_free<T: Task>(task: T) {
+pub(crate) fn on_free<M: TimeMap, T: Task>(task: T) {
     let Some((tid, tgid)) = task_ids(task) else {
         return;
     };
     if tid != tgid {
         return;
     }
-    if exits_wanted() && record_exit(task, tgid) == Recorded::EntryLeftForUserSpace {
+    if exits_wanted() && record_exit::<M, _>(task, tgid) == Recorded::EntryLeftForUserSpace {
         return;
     }
     // Absent already when the process never ran since loading.
-    let _ = process_time().remove(tgid);
+    let _ = M::map().remove(tgid);
 }
 
 /// Whether user space reads `EXITS` now.
@@ -79,11 +87,11 @@ pub(crate) enum Recorded {
 /// `ERR_EXIT_LOST` when the ring is full. A process that never ran since loading
 /// has nothing to hand on.
 #[inline(always)]
-pub(crate) fn record_exit<T: Task>(task: T, tgid: u32) -> Recorded {
-    let cpu_ns = process_cpu_ns(tgid);
+pub(crate) fn record_exit<M: TimeMap, T: Task>(task: T, tgid: u32) -> Recorded {
+    let cpu_ns = process_cpu_ns::<M>(tgid);
     // Unsummed, the lookup of this CPU's copy tells whether there is an entry.
     let unsummed = cpu_ns == CPU_NS_UNSUMMED;
-    if cpu_ns == 0 || (unsummed && process_time().get_ptr(tgid).is_none()) {
+    if cpu_ns == 0 || (unsummed && M::map().get_ptr(tgid).is_none()) {
         return Recorded::Done;
     }
     let record = ExitRecord {

@@ -5,6 +5,7 @@ use aya_ebpf::{bindings::seq_file, helpers::generated::bpf_seq_write};
 
 use crate::{
     counters::process_cpu_ns,
+    maps::Selected,
     globals::{MM_RSS_OFFSETS, RSS_BY_PROBE, TASK_MM_OFFSET, TASK_START_TIME_OFFSET},
     task::{BtfTask, RawTask, Task, comm, parent_tgid, task_ids},
 };
@@ -61,7 +62,7 @@ pub(crate) fn describe_process(task: BtfTask) -> Option<ProcessRecord> {
         tgid,
         ppid: parent_tgid(task),
         start_time_ns: task.field::<u64>(TASK_START_TIME_OFFSET.load())?,
-        cpu_ns: process_cpu_ns(tgid),
+        cpu_ns: process_cpu_ns::<Selected>(tgid),
         rss_pages: rss_pages(task),
         comm: comm(task)?,
     })

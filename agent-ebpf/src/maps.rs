@@ -29,11 +29,14 @@ pub(crate) fn process_time() -> &'static PerCpuHashMap<u32, ProcessTime> {
     if PREALLOCATED.load() != 0 { &PROCESS_TIME_PREALLOC } else { &PROCESS_TIME }
 }
 
-/// The process map a program's code names. Linux 5.10 checks every map a program
-/// references before it prunes dead branches, and refuses a perf-event program
-/// that so much as names the map allocated on demand; so the repair code is
-/// generic over this, and `resync_prealloc` is built naming only the preallocated
-/// map. Everything else counts in [`Selected`].
+/// The process map a program's code names. Before Linux 6.1 the verifier checks
+/// every map a program references before it prunes dead branches: it refuses a
+/// perf-event program that so much as names the map allocated on demand, and warns
+/// (a kernel WARN with a stack trace, once per boot; fatal under `panic_on_warn`)
+/// when a raw_tp program does. So the counting code is generic over this, and each
+/// perf-event and raw_tp program has a `_prealloc` twin built naming only the
+/// preallocated map, which the loader picks with it. tp_btf and iterator programs
+/// are not checked and count in [`Selected`].
 pub(crate) trait TimeMap {
     fn map() -> &'static PerCpuHashMap<u32, ProcessTime>;
 }

@@ -11,7 +11,7 @@ use aya_ebpf::{
 use crate::{
     counters::{add, charge, close_slice, update_or_insert},
     globals::{LOADED_AT_NS, TASK_EXEC_START_OFFSET},
-    maps::{CPU_SLOT, Selected, TimeMap, count_error, process_time},
+    maps::{CPU_SLOT, PreallocatedOnly, Selected, TimeMap, count_error},
     task::{BtfTask, RawTask, Task, last_slice_ns, runtime_ns, task_ids},
 };
 
@@ -25,18 +25,27 @@ pub(crate) const PREV_ARG: usize = 1;
 
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch_btf(ctx: BtfTracePointContext) -> u32 {
-    on_switch(BtfTask(ctx.arg(PREV_ARG)), BtfTask(ctx.arg(NEXT_ARG)));
+    on_switch::<Selected, _>(BtfTask(ctx.arg(PREV_ARG)), BtfTask(ctx.arg(NEXT_ARG)));
     0
 }
 
 #[raw_tracepoint(tracepoint = "sched_switch")]
 pub fn sched_switch_raw(ctx: RawTracePointContext) -> u32 {
-    on_switch(RawTask(ctx.arg(PREV_ARG)), RawTask(ctx.arg(NEXT_ARG)));
+    on_switch::<Selected, _>(RawTask(ctx.arg(PREV_ARG)), RawTask(ctx.arg(NEXT_ARG)));
+    0
+}
+
+/// `sched_switch_raw` naming only the preallocated map: before Linux 6.1 the kernel
+/// warns once per boot when a raw_tp program names a map allocated on demand (see
+/// `TimeMap`); the loader picks it with the preallocated process map.
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn sched_switch_raw_prealloc(ctx: RawTracePointContext) -> u32 {
+    on_switch::<PreallocatedOnly, _>(RawTask(ctx.arg(PREV_ARG)), RawTask(ctx.arg(NEXT_ARG)));
     0
 }
 
 #[inline(always)]
-pub(crate) fn on_switch<T: Task>(prev: T, next: T) {
+pub(crate) fn on_switch<M: TimeMap, T: Task>(prev: T, next: T) {
     let Some(slot) = CPU_SLOT.get_ptr_mut(0) else {
         return;
     };
@@ -59,18 +68,18 @@ pub(crate) fn on_switch<T: Task>(prev: T, next: T) {
         None => read_clock(slot, next, &incoming),
     };
     if let Some(end) = counted {
-        if let Some(next_slot) = switch_within_process(slot, &incoming, end, start) {
+        if let Some(next_slot) = switch_within_process::<M>(slot, &incoming, end, start) {
             *slot = CpuSlot { anchor_ns, clock_offset_ns, ..next_slot };
             return;
         }
-        close_slice::<Selected>(slot.tgid, end);
+        close_slice::<M>(slot.tgid, end);
     } else if current_tid != slot.tid {
-        account_unseen_switch::<Selected, _>(slot, prev, current_tgid, unseen_since(slot), start);
+        account_unseen_switch::<M, _>(slot, prev, current_tgid, unseen_since(slot), start);
     } else if slot.tgid != 0 {
         // `prev`'s run time could not be read: the slice ends now by the clock.
-        close_slice::<Selected>(slot.tgid, start);
+        close_slice::<M>(slot.tgid, start);
     }
-    *slot = CpuSlot { clock_offset_ns, ..switch_in::<Selected>(incoming, start, anchor_ns) };
+    *slot = CpuSlot { clock_offset_ns, ..switch_in::<M>(incoming, start, anchor_ns) };
 }
 
 /// Longest stretch of counted run time over which slice starts are chained before
@@ -153,7 +162,7 @@ pub(crate) fn counted_end<T: Task>(slot: &CpuSlot, task: T) -> Option<u64> {
 /// process's threads handing work to each other), and none when the next slice
 /// starts where the last ended. None when `next` is elsewhere.
 #[inline(always)]
-pub(crate) fn switch_within_process(
+pub(crate) fn switch_within_process<M: TimeMap>(
     slot: &CpuSlot,
     incoming: &Option<Incoming>,
     end: u64,
@@ -164,7 +173,7 @@ pub(crate) fn switch_within_process(
         return None;
     }
     if end != start {
-        let time = process_time().get_ptr_mut(next.tgid)?;
+        let time = M::map().get_ptr_mut(next.tgid)?;
         add(time, ProcessTime::finished_delta(end.wrapping_sub(start)));
     }
     Some(CpuSlot { start_ns: start, ..*next })

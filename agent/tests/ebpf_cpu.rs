@@ -341,6 +341,21 @@ fn ebpf_raw_tracepoint_twin_matches_the_kernel() {
     assert_no_program_errors(&source);
 }
 
+/// The raw_tp twins that name only the preallocated map (the switch, exit and
+/// repair programs), as a kernel before 6.1 that refuses tp_btf would run them.
+#[test]
+fn ebpf_raw_tracepoint_twins_of_the_preallocated_map_match_the_kernel() {
+    let _serial = serial();
+    let loaded = ebpf::load_with_memory(AttachKind::RawTracePoint, MapMemory::Preallocated);
+    let Some(mut source) = loaded_or_skip(loaded) else { return };
+    assert_eq!(source.map_memory(), MapMemory::Preallocated);
+    let busy = Subject::start("busy");
+    let counted = interval(&mut source, busy.proc.pid(), &|| busy.clock.read());
+    assert!(counted.truth() > 100_000_000, "the busy loop barely ran: {} ns", counted.truth());
+    counted.assert_within(EBPF_BOUND_NS + counted.steal, "raw_tp, preallocated map, busy loop");
+    assert_no_program_errors(&source);
+}
+
 #[test]
 fn ebpf_duty_cycle_process_matches_the_kernel() {
     let _serial = serial();

@@ -85,7 +85,7 @@ impl EbpfCpuTime {
         };
         let tick_repair = self.memory.tick_repair_programs();
         let repair: &[&'static str] = if self.repair_on_ticks { &tick_repair } else { &[self.memory.resync_program()] };
-        [self.attach.program_name(), self.attach.free_program_name()]
+        [self.attach.program_name(self.memory), self.attach.free_program_name(self.memory)]
             .iter()
             .chain(repair)
             .map(|name| stats(name))

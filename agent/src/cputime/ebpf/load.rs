@@ -6,12 +6,12 @@ use std::{io, os::unix::fs::MetadataExt, path::Path};
 use agent_common::cputime::{
     FREE_TRACEPOINT, ITER_TARGET, LOADED_AT_GLOBAL, MAX_CPUS, MAX_PROCESSES, MM_RSS_OFFSETS_GLOBAL,
     PERCPU_LOOKUP_GLOBAL, POSSIBLE_CPUS_GLOBAL, PREALLOCATED_GLOBAL, PROCESS_TIME_MAP, PROCESS_TIME_PREALLOC_MAP,
-    PROGRAM_BTF, PROGRAM_FREE_BTF, PROGRAM_FREE_RAW, PROGRAM_PROCESSES, PROGRAM_RAW, PROGRAM_REPAIR_IDLE,
-    PROGRAM_REPAIR_IDLE_PREALLOC, PROGRAM_REPAIR_TICK, PROGRAM_REPAIR_TICK_PREALLOC, PROGRAM_RESYNC,
-    PROGRAM_RESYNC_PREALLOC, ProcessTime, RESYNC_PERIOD_NS, RSS_BY_PROBE_GLOBAL, TASK_COMM_OFFSET_GLOBAL,
-    TASK_EXEC_START_OFFSET_GLOBAL, TASK_MM_OFFSET_GLOBAL, TASK_PID_OFFSET_GLOBAL, TASK_PREV_SUM_EXEC_OFFSET_GLOBAL,
-    TASK_REAL_PARENT_OFFSET_GLOBAL, TASK_START_TIME_OFFSET_GLOBAL, TASK_SUM_EXEC_OFFSET_GLOBAL,
-    TASK_TGID_OFFSET_GLOBAL, TRACEPOINT,
+    PROGRAM_BTF, PROGRAM_FREE_BTF, PROGRAM_FREE_RAW, PROGRAM_FREE_RAW_PREALLOC, PROGRAM_PROCESSES, PROGRAM_RAW,
+    PROGRAM_RAW_PREALLOC, PROGRAM_REPAIR_IDLE, PROGRAM_REPAIR_IDLE_PREALLOC, PROGRAM_REPAIR_TICK,
+    PROGRAM_REPAIR_TICK_PREALLOC, PROGRAM_RESYNC, PROGRAM_RESYNC_PREALLOC, ProcessTime, RESYNC_PERIOD_NS,
+    RSS_BY_PROBE_GLOBAL, TASK_COMM_OFFSET_GLOBAL, TASK_EXEC_START_OFFSET_GLOBAL, TASK_MM_OFFSET_GLOBAL,
+    TASK_PID_OFFSET_GLOBAL, TASK_PREV_SUM_EXEC_OFFSET_GLOBAL, TASK_REAL_PARENT_OFFSET_GLOBAL,
+    TASK_START_TIME_OFFSET_GLOBAL, TASK_SUM_EXEC_OFFSET_GLOBAL, TASK_TGID_OFFSET_GLOBAL, TRACEPOINT,
 };
 use aya::{
     Btf, Ebpf, EbpfError, EbpfLoader,
@@ -43,19 +43,23 @@ pub enum AttachKind {
 }
 
 impl AttachKind {
-    /// The `sched_switch` program of this kind.
-    pub(super) fn program_name(self) -> &'static str {
-        match self {
-            AttachKind::BtfTracePoint => PROGRAM_BTF,
-            AttachKind::RawTracePoint => PROGRAM_RAW,
+    /// The `sched_switch` program of this kind for the process map's `memory`
+    /// (a raw_tp program has a twin for the preallocated map, see
+    /// `PROGRAM_RAW_PREALLOC`).
+    pub(super) fn program_name(self, memory: MapMemory) -> &'static str {
+        match (self, memory) {
+            (AttachKind::BtfTracePoint, _) => PROGRAM_BTF,
+            (AttachKind::RawTracePoint, MapMemory::OnDemand) => PROGRAM_RAW,
+            (AttachKind::RawTracePoint, MapMemory::Preallocated) => PROGRAM_RAW_PREALLOC,
         }
     }
 
-    /// The `sched_process_free` program of this kind.
-    pub(super) fn free_program_name(self) -> &'static str {
-        match self {
-            AttachKind::BtfTracePoint => PROGRAM_FREE_BTF,
-            AttachKind::RawTracePoint => PROGRAM_FREE_RAW,
+    /// The `sched_process_free` program of this kind for `memory`.
+    pub(super) fn free_program_name(self, memory: MapMemory) -> &'static str {
+        match (self, memory) {
+            (AttachKind::BtfTracePoint, _) => PROGRAM_FREE_BTF,
+            (AttachKind::RawTracePoint, MapMemory::OnDemand) => PROGRAM_FREE_RAW,
+            (AttachKind::RawTracePoint, MapMemory::Preallocated) => PROGRAM_FREE_RAW_PREALLOC,
         }
     }
 }
@@ -225,7 +229,7 @@ pub(super) fn load_with(
     prefill(&mut ebpf, memory, proc_dir.as_ref())?;
     let (kernel_cleanup, iterator, repair_on_ticks) = on_scratch_thread(|| {
         let kernel_btf = Btf::from_sys_fs().map_err(|error| EbpfLoadError::KernelBtf(error.to_string()));
-        let kernel_cleanup = attach(&mut ebpf, kind, &kernel_btf, &mut degraded)?;
+        let kernel_cleanup = attach(&mut ebpf, kind, memory, &kernel_btf, &mut degraded)?;
         let iterator = process_offsets.is_some() && load_iterator(&mut ebpf, &kernel_btf, &mut degraded);
         let repair_on_ticks = load_tick_repair(&mut ebpf, memory, &mut degraded);
         Ok::<_, EbpfLoadError>((kernel_cleanup, iterator, repair_on_ticks))
@@ -395,17 +399,18 @@ fn load_object(
     }
 }
 
-/// Attaches the `sched_switch` program of `kind`, then its `sched_process_free`
-/// companion; returns whether the companion attached (without it, user space
+/// Attaches the `sched_switch` program of `kind` for the process map's `memory`,
+/// then its `sched_process_free` companion; returns whether the companion attached (without it, user space
 /// deletes the entries of dead processes, see `retain_live`).
 fn attach(
     ebpf: &mut Ebpf,
     kind: AttachKind,
+    memory: MapMemory,
     kernel_btf: &Result<Btf, EbpfLoadError>,
     degraded: &mut Degraded,
 ) -> Result<bool, EbpfLoadError> {
-    attach_tracepoint(ebpf, kind, kind.program_name(), TRACEPOINT, kernel_btf)?;
-    let freed = attach_tracepoint(ebpf, kind, kind.free_program_name(), FREE_TRACEPOINT, kernel_btf);
+    attach_tracepoint(ebpf, kind, kind.program_name(memory), TRACEPOINT, kernel_btf)?;
+    let freed = attach_tracepoint(ebpf, kind, kind.free_program_name(memory), FREE_TRACEPOINT, kernel_btf);
     if let Err(error) = &freed {
         degraded.note(
             "exit records",
