@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use hyper::body::Bytes;
+use bytes::Bytes;
 
 use super::cache::Collected;
 use crate::collect::disks::DisksSnapshot;
