@@ -27,7 +27,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::collect::process_groups::CommCpu;
-use crate::cputime::attribution::{Attribution, ChildrenMode, Exit, Listed};
+use crate::config::ChildrenMode;
+use crate::cputime::attribution::{Attribution, Exit, Listed};
 use crate::cputime::rate::RateRule;
 use crate::cputime::{CpuSourceKind, CpuTimeSource, ProcessRecord, ScannedCpu, SharedCpuSource, cpu_percent};
 use crate::host::clock::{self, HostClock};
