@@ -52,7 +52,7 @@ fn main() -> anyhow::Result<()> {
     runtime.thread_keep_alive(std::time::Duration::from_secs(2));
     // Loading the eBPF program blocks for a few milliseconds: do it before the
     // runtime starts. It logs the source chosen, and why when it is /proc.
-    let (cpu_source, fallback_reason) = cputime::select_source(!cli.ebpf, &cli.proc_root, host.clock);
+    let cpu_source = cputime::select_source(!cli.ebpf, &cli.proc_root, host.clock);
     socktop_agent::host::heap::return_free_pages();
     let tls = tls_acceptor(&cli)?;
     let listener = std::net::TcpListener::bind((cli.bind, cli.port()))
@@ -60,6 +60,7 @@ fn main() -> anyhow::Result<()> {
     listener.set_nonblocking(true).context("making the listening socket non-blocking")?;
     // Everything that needed privileges beyond serving is done; no other thread runs yet.
     drop_unneeded_capabilities(cpu_source.kind());
+    let fallback_reason = cpu_source.fallback().map(ToString::to_string);
     let info = AgentInfo::new(&cli.config(), cpu_source.kind(), fallback_reason, tls.is_some())
         .with_degraded(cpu_source.degraded());
     runtime.build().context("starting the async runtime")?.block_on(serve(cli, host, cpu_source, info, tls, listener))

@@ -113,7 +113,7 @@ impl<C: Collect> Cached<C> {
         .await;
         collected.unwrap_or_else(|e| {
             tracing::error!(error = %e, "a collector panicked");
-            Err(CollectError("collection failed".to_owned()))
+            Err(CollectError::Aborted(e))
         })
     }
 }
@@ -266,6 +266,8 @@ mod tests {
     async fn a_panicking_collector_gives_an_error_not_a_dead_agent() {
         let cache = Cached::new(Panicking, Duration::ZERO);
         let collected = cache.get().await;
-        assert_eq!(collected.value().as_ref().unwrap_err(), &CollectError("collection failed".into()));
+        let error = collected.value().as_ref().unwrap_err();
+        assert!(matches!(error, CollectError::Aborted(e) if e.is_panic()), "{error:?}");
+        assert_eq!(error.to_string(), "collection failed", "the error answer's text");
     }
 }

@@ -488,7 +488,7 @@ impl Collect for ProcessScanner {
     fn collect(&mut self) -> Result<Arc<ProcessesSnapshot>, CollectError> {
         let scanned = self.scan().map_err(|e| {
             tracing::error!(error = %e, "listing processes failed");
-            CollectError(format!("listing processes failed: {e}"))
+            CollectError::ListingProcesses(e)
         });
         if self.last_issues.unparsable > 0 {
             tracing::debug!(issues = ?self.last_issues, "some /proc/PID/stat files did not parse");
