@@ -108,9 +108,8 @@ pub fn keep_only(needs: &[Need]) -> Result<Option<Outcome>, caps::errors::CapsEr
 }
 
 fn set_no_new_privs() {
-    // SAFETY: PR_SET_NO_NEW_PRIVS takes plain integers and touches no memory.
-    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-        tracing::debug!("setting no_new_privs: {}", std::io::Error::last_os_error());
+    if let Err(error) = rustix::thread::set_no_new_privs(true) {
+        tracing::debug!("setting no_new_privs: {}", std::io::Error::from(error));
     }
 }
 

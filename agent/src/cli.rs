@@ -8,8 +8,7 @@ use std::time::Duration;
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Parser};
 
-use crate::config::{Collection, Config, Limits, PrometheusLimits, Token, Ttls};
-use crate::cputime::attribution::ChildrenMode;
+use crate::config::{ChildrenMode, Collection, Config, Limits, PrometheusLimits, Token, Ttls};
 
 /// On-demand host-metrics agent for the socktop TUI.
 ///

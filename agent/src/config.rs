@@ -2,9 +2,8 @@
 //! environment (see `cli.rs`); the library only ever sees this struct.
 
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
-
-use crate::cputime::attribution::ChildrenMode;
 
 /// How long a collected answer of each kind is served again before a new
 /// collection. Zero means every request collects (concurrent requests still share
@@ -49,6 +48,47 @@ impl Default for Collection {
             gpu: true,
             temperature: true,
             cpu_children: ChildrenMode::Attribute,
+        }
+    }
+}
+
+/// How a processes scan shows the time of processes that exited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ChildrenMode {
+    /// Added to the nearest listed ancestor (`cputime::attribution`'s rule).
+    #[default]
+    Attribute,
+    /// Not shown: each row is the process's own time.
+    Own,
+}
+
+impl ChildrenMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChildrenMode::Attribute => "attribute",
+            ChildrenMode::Own => "own",
+        }
+    }
+
+    /// What the mode means, for the start-up log.
+    pub fn meaning(self) -> &'static str {
+        match self {
+            ChildrenMode::Attribute => {
+                "the time of processes that exit between two scans shows in their nearest listed ancestor"
+            }
+            ChildrenMode::Own => "each process shows its own time only",
+        }
+    }
+}
+
+impl FromStr for ChildrenMode {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "attribute" => Ok(ChildrenMode::Attribute),
+            "own" => Ok(ChildrenMode::Own),
+            other => Err(format!("expected `attribute` or `own`, not `{other}`")),
         }
     }
 }
@@ -135,5 +175,17 @@ impl Token {
 impl std::fmt::Debug for Token {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Token(<redacted>)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_parse_from_their_names() {
+        assert_eq!("attribute".parse(), Ok(ChildrenMode::Attribute));
+        assert_eq!("own".parse(), Ok(ChildrenMode::Own));
+        assert!("children".parse::<ChildrenMode>().is_err());
     }
 }

@@ -12,6 +12,8 @@ pub mod cputime;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod host;
+#[cfg(test)]
+mod layering;
 pub mod protocol;
 pub mod server;
 pub mod service;

@@ -52,7 +52,7 @@ fn main() -> anyhow::Result<()> {
     runtime.thread_keep_alive(std::time::Duration::from_secs(2));
     // Loading the eBPF program blocks for a few milliseconds: do it before the
     // runtime starts. It logs the source chosen, and why when it is /proc.
-    let (cpu_source, fallback_reason) = cputime::select_source(!cli.ebpf, &cli.proc_root, host.clock);
+    let cpu_source = cputime::select_source(!cli.ebpf, &cli.proc_root, host.clock);
     socktop_agent::host::heap::return_free_pages();
     let tls = tls_acceptor(&cli)?;
     let listener = std::net::TcpListener::bind((cli.bind, cli.port()))
@@ -60,6 +60,7 @@ fn main() -> anyhow::Result<()> {
     listener.set_nonblocking(true).context("making the listening socket non-blocking")?;
     // Everything that needed privileges beyond serving is done; no other thread runs yet.
     drop_unneeded_capabilities(cpu_source.kind());
+    let fallback_reason = cpu_source.fallback().map(ToString::to_string);
     let info = AgentInfo::new(&cli.config(), cpu_source.kind(), fallback_reason, tls.is_some())
         .with_degraded(cpu_source.degraded());
     runtime.build().context("starting the async runtime")?.block_on(serve(cli, host, cpu_source, info, tls, listener))
@@ -97,7 +98,7 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let mut config = cli.config();
     let sockets = config.limits.max_connections + socktop_agent::server::REFUSING_AT_ONCE;
-    let room = raise_open_files_limit().saturating_sub(sockets as u64 + SPARE_FILES);
+    let room = socktop_agent::host::limits::raise_open_files_limit().saturating_sub(sockets as u64 + SPARE_FILES);
     config.limits.kept_stat_files = config.limits.kept_stat_files.min(usize::try_from(room).unwrap_or(usize::MAX));
     let listener = TcpListener::from_std(listener).context("registering the listening socket")?;
     let service = Arc::new(Service::new(&config, host, cpu_source, info));
@@ -118,27 +119,6 @@ async fn serve(
 /// Files kept free for everything but client sockets and kept stat files (TLS
 /// certificates, /proc reads, the journal pipe, NVML).
 const SPARE_FILES: u64 = 64;
-
-/// Raises the soft limit on open files to the hard one, as every client holds a
-/// socket and the processes scan keeps stat files open; returns the soft limit now
-/// in force.
-fn raise_open_files_limit() -> u64 {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return 1024;
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                return raised.rlim_cur;
-            }
-            tracing::debug!(error = %std::io::Error::last_os_error(), "raising the open-files limit failed");
-        }
-    }
-    limit.rlim_cur
-}
 
 /// Resolves on SIGINT or SIGTERM.
 async fn shutdown_signal() {

@@ -18,7 +18,8 @@ use std::{
 
 use socktop_agent::{
     collect::processes::ProcessScanner,
-    cputime::{CpuTimeSource, SharedCpuSource, attribution::ChildrenMode, ebpf, proc::ProcCpuTime},
+    config::ChildrenMode,
+    cputime::{CpuTimeSource, SharedCpuSource, ebpf, proc::ProcCpuTime},
     host::clock::HostClock,
 };
 use testkit::closure::{ForkLoop, LOOP_SETTLE, Ledger};

@@ -139,15 +139,7 @@ pub fn statvfs(mount_point: &str) -> std::io::Result<Space> {
 
 /// [`statvfs`] of a path already in C form, as the disks collector keeps them.
 pub fn statvfs_c(path: &CStr) -> std::io::Result<Space> {
-    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
-    // SAFETY: `path` is NUL-terminated and `stat` points to writable memory of the
-    // right type; statvfs fills it on success.
-    let rc = unsafe { libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: statvfs returned 0, so it initialised the struct.
-    let stat = unsafe { stat.assume_init() };
+    let stat = rustix::fs::statvfs(path)?;
     let fragment = stat.f_frsize;
     Ok(Space { total: stat.f_blocks * fragment, available: stat.f_bavail * fragment, free: stat.f_bfree * fragment })
 }

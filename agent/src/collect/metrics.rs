@@ -96,16 +96,7 @@ impl MetricsCollector {
 /// (both give the caller's UTS namespace, whatever procfs is mounted), for one
 /// syscall instead of a sysctl read.
 fn hostname() -> String {
-    // SAFETY: utsname is plain bytes, valid when zeroed; uname fills it.
-    let mut names: libc::utsname = unsafe { std::mem::zeroed() };
-    // SAFETY: `names` is a valid, writable utsname.
-    if unsafe { libc::uname(&mut names) } != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "uname failed");
-        return String::new();
-    }
-    let bytes = names.nodename.map(|c| c as u8);
-    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
+    rustix::system::uname().nodename().to_string_lossy().into_owned()
 }
 
 /// Reads a kept file, logging (not failing) when it cannot be read: a metrics

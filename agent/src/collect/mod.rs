@@ -41,6 +41,13 @@ pub trait Collect: Send + 'static {
 }
 
 /// Why a collection gave no snapshot; its text goes into the error answer.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct CollectError(pub String);
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    /// The processes scan could not list `/proc`.
+    #[error("listing processes failed: {0}")]
+    ListingProcesses(#[source] std::io::Error),
+    /// The collection ended without a result: the collector panicked (the panic
+    /// is logged), or the runtime shut down under it.
+    #[error("collection failed")]
+    Aborted(#[source] tokio::task::JoinError),
+}

@@ -23,50 +23,8 @@
 //!
 //! With `--cpu-children own`, a row shows only the process's own time.
 
-use std::str::FromStr;
-
 use super::rate::RateRule;
-
-/// How a processes scan shows the time of processes that exited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ChildrenMode {
-    /// Added to the nearest listed ancestor (the module's rule).
-    #[default]
-    Attribute,
-    /// Not shown: each row is the process's own time.
-    Own,
-}
-
-impl ChildrenMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ChildrenMode::Attribute => "attribute",
-            ChildrenMode::Own => "own",
-        }
-    }
-
-    /// What the mode means, for the start-up log.
-    pub fn meaning(self) -> &'static str {
-        match self {
-            ChildrenMode::Attribute => {
-                "the time of processes that exit between two scans shows in their nearest listed ancestor"
-            }
-            ChildrenMode::Own => "each process shows its own time only",
-        }
-    }
-}
-
-impl FromStr for ChildrenMode {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        match text {
-            "attribute" => Ok(ChildrenMode::Attribute),
-            "own" => Ok(ChildrenMode::Own),
-            other => Err(format!("expected `attribute` or `own`, not `{other}`")),
-        }
-    }
-}
+use crate::config::ChildrenMode;
 
 /// One process of a scan. Times are cumulative ns; `start_time` is in the unit of
 /// the clock reading passed to [`Attribution::account`].
@@ -177,9 +135,8 @@ impl Attribution {
         }
     }
 
-    /// Drops the vector kept for the next scan's list (see [`Collect::release`]).
-    ///
-    /// [`Collect::release`]: crate::collect::Collect::release
+    /// Drops the vector kept for the next scan's list (the collector's
+    /// `release`, when the agent goes idle).
     pub fn release(&mut self) {
         self.next_known = Vec::new();
         self.known.shrink_to_fit();
@@ -516,12 +473,5 @@ mod tests {
         scan_folded(&mut rule, 500, &[parent(420 * MS)]);
         scan_folded(&mut rule, 600, &[parent(420 * MS)]);
         assert_eq!(scan_folded(&mut rule, 700, &[parent(425 * MS)]), [(10, 5 * MS)]);
-    }
-
-    #[test]
-    fn modes_parse_from_their_names() {
-        assert_eq!("attribute".parse(), Ok(ChildrenMode::Attribute));
-        assert_eq!("own".parse(), Ok(ChildrenMode::Own));
-        assert!("children".parse::<ChildrenMode>().is_err());
     }
 }

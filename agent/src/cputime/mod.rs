@@ -65,8 +65,8 @@ pub enum CpuTimeError {
 pub trait CpuTimeSource: Send {
     fn kind(&self) -> CpuSourceKind;
 
-    /// Why this is the /proc source, when the eBPF one could not be used.
-    fn fallback_reason(&self) -> Option<&str> {
+    /// Why this is the /proc source rather than the eBPF one.
+    fn fallback(&self) -> Option<&Fallback> {
         None
     }
 
@@ -114,26 +114,32 @@ pub trait CpuTimeSource: Send {
     fn idle(&mut self) {}
 }
 
+/// Why the agent counts CPU time from /proc; its text is the agent info's and
+/// the health metric's `cpu_source_reason`.
+#[derive(Debug, thiserror::Error)]
+pub enum Fallback {
+    #[error("disabled by --ebpf off or SOCKTOP_AGENT_EBPF=0")]
+    Disabled,
+    #[error(transparent)]
+    EbpfFailed(#[from] ebpf::EbpfLoadError),
+}
+
 /// Picks the CPU-time source once at start-up: the eBPF program unless
 /// `force_proc` (`--ebpf off` / `SOCKTOP_AGENT_EBPF=0`) or it cannot load, else
-/// /proc. Logs exactly one line, `cpu source: ebpf` or `cpu source: proc (<reason>)`,
-/// and returns the reason of a fallback. `proc_root` is the procfs the agent reads
-/// (`--proc-root`), `clock` its units.
-pub fn select_source(force_proc: bool, proc_root: &Path, clock: HostClock) -> (Box<dyn CpuTimeSource>, Option<String>) {
-    let loaded = if force_proc {
-        Err("disabled by --ebpf off or SOCKTOP_AGENT_EBPF=0".to_owned())
-    } else {
-        ebpf::load(proc_root, clock).map_err(|error| error.to_string())
-    };
+/// /proc, which keeps the reason ([`CpuTimeSource::fallback`]). Logs exactly one
+/// line, `cpu source: ebpf` or `cpu source: proc (<reason>)`. `proc_root` is the
+/// procfs the agent reads (`--proc-root`), `clock` its units.
+pub fn select_source(force_proc: bool, proc_root: &Path, clock: HostClock) -> Box<dyn CpuTimeSource> {
+    let loaded =
+        if force_proc { Err(Fallback::Disabled) } else { ebpf::load(proc_root, clock).map_err(Fallback::from) };
     match loaded {
         Ok(source) => {
             tracing::info!("cpu source: ebpf");
-            (Box::new(source), None)
+            Box::new(source)
         }
         Err(reason) => {
             tracing::info!("cpu source: proc ({reason})");
-            let source = proc::ProcCpuTime::new(clock.ticks_per_second()).because(reason.clone());
-            (Box::new(source), Some(reason))
+            Box::new(proc::ProcCpuTime::new(clock.ticks_per_second()).because(reason))
         }
     }
 }
@@ -158,6 +164,16 @@ mod tests {
     fn one_busy_thread_on_two_cpus_is_half_the_machine() {
         let pct = cpu_percent(1_000_000_000, Duration::from_secs(1), 2);
         assert!((pct - 50.0).abs() < 1e-4, "{pct}");
+    }
+
+    #[test]
+    fn a_disabled_ebpf_source_is_the_proc_one_saying_why_in_the_documented_words() {
+        let source = select_source(true, Path::new("/proc"), HostClock::new(100, 0, 4096));
+        assert_eq!(source.kind(), CpuSourceKind::Proc);
+        let reason = source.fallback().expect("a fallback reason");
+        assert!(matches!(reason, Fallback::Disabled), "{reason:?}");
+        // docs/PROTOCOL.md quotes it for `cpu_source_reason`.
+        assert_eq!(reason.to_string(), "disabled by --ebpf off or SOCKTOP_AGENT_EBPF=0");
     }
 
     #[test]

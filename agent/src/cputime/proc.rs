@@ -2,12 +2,12 @@
 //! has already read. Its resolution is one clock tick (10 ms at USER_HZ=100), so
 //! over a 1 s interval a reading is good to about one percent of a CPU.
 
-use super::{CpuSourceKind, CpuTimeError, CpuTimeSource, ScannedCpu};
+use super::{CpuSourceKind, CpuTimeError, CpuTimeSource, Fallback, ScannedCpu};
 
 pub struct ProcCpuTime {
     ns_per_tick: u64,
     /// Why the eBPF source is not used.
-    reason: Option<String>,
+    reason: Option<Fallback>,
 }
 
 impl ProcCpuTime {
@@ -16,7 +16,7 @@ impl ProcCpuTime {
     }
 
     /// Records why this source was chosen over the eBPF one.
-    pub fn because(self, reason: String) -> Self {
+    pub fn because(self, reason: Fallback) -> Self {
         Self { reason: Some(reason), ..self }
     }
 }
@@ -26,8 +26,8 @@ impl CpuTimeSource for ProcCpuTime {
         CpuSourceKind::Proc
     }
 
-    fn fallback_reason(&self) -> Option<&str> {
-        self.reason.as_deref()
+    fn fallback(&self) -> Option<&Fallback> {
+        self.reason.as_ref()
     }
 
     fn cumulative_ns(&mut self, procs: &[ScannedCpu], out: &mut Vec<u64>) -> Result<(), CpuTimeError> {

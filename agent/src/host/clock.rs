@@ -4,6 +4,8 @@
 
 use std::path::Path;
 
+use rustix::time::ClockId;
+
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -95,19 +97,16 @@ pub fn ticks_per_second() -> u64 {
 /// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns` and of
 /// `task_struct.start_time`.
 pub fn monotonic_ns() -> u64 {
-    clock_ns(libc::CLOCK_MONOTONIC)
+    clock_ns(ClockId::Monotonic)
 }
 
 /// CLOCK_BOOTTIME in ns: the clock of the start time in `/proc/PID/stat`.
 pub fn boottime_ns() -> u64 {
-    clock_ns(libc::CLOCK_BOOTTIME)
+    clock_ns(ClockId::Boottime)
 }
 
-fn clock_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid timespec; both clocks exist on every Linux the agent
-    // runs on.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
+fn clock_ns(clock: ClockId) -> u64 {
+    let ts = rustix::time::clock_gettime(clock);
     (ts.tv_sec as u64).wrapping_mul(1_000_000_000).wrapping_add(ts.tv_nsec as u64)
 }
 
@@ -151,12 +150,11 @@ mod tests {
     }
 
     #[test]
-    fn the_real_host_matches_sysconf() {
+    fn the_real_host_matches_the_kernels_figures() {
         let clock = HostClock::from_proc(Path::new("/proc")).unwrap();
-        // SAFETY: sysconf has no preconditions; it only reads configuration.
-        let (hz, page) = unsafe { (libc::sysconf(libc::_SC_CLK_TCK), libc::sysconf(libc::_SC_PAGESIZE)) };
-        assert_eq!(clock.ticks_per_second(), u64::try_from(hz).unwrap());
-        assert_eq!(clock.page_size(), u64::try_from(page).unwrap());
+        // The kernel's own figures, from the auxiliary vector it hands each process.
+        assert_eq!(clock.ticks_per_second(), rustix::param::clock_ticks_per_second());
+        assert_eq!(clock.page_size(), rustix::param::page_size() as u64);
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
         assert!(clock.boot_time_unix() > 0 && clock.boot_time_unix() <= now);
     }

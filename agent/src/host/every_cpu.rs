@@ -11,6 +11,8 @@
 use std::io;
 use std::time::Instant;
 
+use rustix::thread::CpuSet;
+
 /// Moves the calling thread onto each of `cpus` in turn, then gives it back its
 /// own affinity. Each CPU it lands on has switched to it, and the CPU it started
 /// on (visited last) has switched away from it. A move onto a busy CPU waits for
@@ -41,42 +43,28 @@ pub fn switch_on_every_cpu(cpus: &[u32], deadline: Instant) -> io::Result<Vec<u3
 }
 
 /// The calling thread's affinity mask.
-fn affinity() -> io::Result<libc::cpu_set_t> {
-    // SAFETY: cpu_set_t is a plain bit set, valid when zeroed.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: sched_getaffinity writes at most the size passed into `set`.
-    if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(set)
+fn affinity() -> io::Result<CpuSet> {
+    Ok(rustix::thread::sched_getaffinity(None)?)
 }
 
 /// Restricts the calling thread to `set`; the kernel moves it onto one of those
 /// CPUs before the call returns.
-fn set_affinity(set: &libc::cpu_set_t) -> io::Result<()> {
-    // SAFETY: sched_setaffinity only reads the set passed.
-    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+fn set_affinity(set: &CpuSet) -> io::Result<()> {
+    Ok(rustix::thread::sched_setaffinity(None, set)?)
 }
 
 /// The set of one CPU (empty past `CPU_SETSIZE`, which the kernel refuses).
-fn only(cpu: u32) -> libc::cpu_set_t {
-    // SAFETY: cpu_set_t is a plain bit set, valid when zeroed; CPU_SET only
-    // writes within it, for indices below CPU_SETSIZE.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if (cpu as usize) < libc::CPU_SETSIZE as usize {
-            libc::CPU_SET(cpu as usize, &mut set);
-        }
-        set
+fn only(cpu: u32) -> CpuSet {
+    let mut set = CpuSet::new();
+    // `set` asserts its index is in range.
+    if (cpu as usize) < CpuSet::MAX_CPU {
+        set.set(cpu as usize);
     }
+    set
 }
 
 fn current_cpu() -> Option<u32> {
-    // SAFETY: sched_getcpu has no preconditions; it returns -1 on failure.
-    u32::try_from(unsafe { libc::sched_getcpu() }).ok()
+    u32::try_from(rustix::thread::sched_getcpu()).ok()
 }
 
 #[cfg(test)]
@@ -88,6 +76,8 @@ mod tests {
     fn switches() -> i64 {
         // SAFETY: rusage is plain integers, valid when zeroed; getrusage writes it.
         let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: getrusage writes only the struct it is given (rustix has no
+        // getrusage for a thread).
         assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) }, 0);
         usage.ru_nvcsw + usage.ru_nivcsw
     }
@@ -95,10 +85,7 @@ mod tests {
     #[test]
     fn the_thread_runs_on_each_cpu_and_keeps_its_own_affinity() {
         let before = affinity().unwrap();
-        let allowed: Vec<u32> = (0..libc::CPU_SETSIZE as u32)
-            // SAFETY: CPU_ISSET only reads the set, for indices below CPU_SETSIZE.
-            .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu as usize, &before) })
-            .collect();
+        let allowed: Vec<u32> = (0..CpuSet::MAX_CPU as u32).filter(|&cpu| before.is_set(cpu as usize)).collect();
         let switched_before = switches();
         let deadline = Instant::now() + std::time::Duration::from_secs(10);
         let missed = switch_on_every_cpu(&allowed, deadline).unwrap();
@@ -107,15 +94,14 @@ mod tests {
         // at least (the kernel's migration thread takes it off).
         let switched = switches() - switched_before;
         assert!(switched >= allowed.len() as i64 - 1, "{switched} switches for {} CPUs", allowed.len());
-        // SAFETY: CPU_EQUAL only reads both sets.
-        assert!(unsafe { libc::CPU_EQUAL(&before, &affinity().unwrap()) }, "the affinity is given back");
+        assert_eq!(before, affinity().unwrap(), "the affinity is given back");
     }
 
     #[test]
     fn cpus_outside_the_set_or_past_the_deadline_are_reported_not_visited() {
         let later = Instant::now() + std::time::Duration::from_secs(10);
-        let missed = switch_on_every_cpu(&[libc::CPU_SETSIZE as u32 + 7], later).unwrap();
-        assert_eq!(missed, vec![libc::CPU_SETSIZE as u32 + 7]);
+        let missed = switch_on_every_cpu(&[CpuSet::MAX_CPU as u32 + 7], later).unwrap();
+        assert_eq!(missed, vec![CpuSet::MAX_CPU as u32 + 7]);
         let missed = switch_on_every_cpu(&[0], Instant::now()).unwrap();
         assert_eq!(missed, vec![0], "a deadline already passed visits nothing");
     }

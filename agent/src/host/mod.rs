@@ -1,12 +1,14 @@
 //! Host access, the bottom room: the files of `/proc` (kept open and re-read in
 //! place, listed by getdents64), the parser of `/proc/PID/stat`, the host's
-//! clock and units, the agent's own heap, and a way to make every CPU switch
-//! tasks at once. The CPU-time sources and the collectors above both build on it;
+//! clock and units, the agent's own heap and open-files limit, and a way to make
+//! every CPU switch tasks at once. The syscalls the agent makes itself go
+//! through rustix where it has them. The CPU-time sources and the collectors above both build on it;
 //! it imports no other room of the agent.
 
 pub mod clock;
 pub mod every_cpu;
 pub mod heap;
+pub mod limits;
 pub mod procfs;
 pub mod schedstat;
 pub mod stat;

@@ -7,11 +7,15 @@
 //! process; once the process is gone the kept fd reads ESRCH, even if its pid has
 //! been reused (the fd pins the old `struct pid`).
 
+use std::ffi::CStr;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+
+use rustix::event::{PollFd, PollFlags};
+use rustix::fs::{Mode, OFlags, SeekFrom};
 
 /// An open procfs root.
 pub struct ProcDir {
@@ -32,13 +36,15 @@ impl ProcDir {
     pub fn list_pids(&self, buffer: &mut Vec<u8>, pids: &mut Vec<u32>) -> io::Result<()> {
         pids.clear();
         buffer.resize(DIRENT_BUFFER, 0);
+        // Rewinding restarts the listing.
+        rustix::fs::seek(&self.dir, SeekFrom::Start(0))?;
         let fd = self.dir.as_raw_fd();
-        // SAFETY: lseek on an fd we own; rewinding restarts the listing.
-        if unsafe { libc::lseek(fd, 0, libc::SEEK_SET) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
         loop {
-            // SAFETY: the kernel writes at most `buffer.len()` bytes into `buffer`.
+            // rustix offers getdents64 only behind its own entry iterator, which
+            // would parse the entries a second way from `parse_dirent_pids` (the
+            // fuzzed parser).
+            // SAFETY: `fd` is our open directory; the kernel writes at most
+            // `buffer.len()` bytes into `buffer`.
             let read = unsafe { libc::syscall(libc::SYS_getdents64, fd, buffer.as_mut_ptr(), buffer.len()) };
             match read {
                 0 => return Ok(()),
@@ -52,14 +58,9 @@ impl ProcDir {
     pub fn open_stat(&self, pid: u32) -> io::Result<File> {
         let mut path = [0u8; 24];
         let len = stat_path(pid, &mut path);
-        debug_assert_eq!(path[len], 0);
-        // SAFETY: `path` is NUL-terminated at `len`; openat returns a new fd or -1.
-        let fd = unsafe { libc::openat(self.dir.as_raw_fd(), path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just opened and nothing else owns it.
-        Ok(unsafe { File::from_raw_fd(fd) })
+        let path = CStr::from_bytes_with_nul(&path[..=len]).map_err(io::Error::other)?;
+        let fd = rustix::fs::openat(&self.dir, path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
+        Ok(File::from(fd))
     }
 }
 
@@ -137,10 +138,10 @@ impl KeptFile {
     /// proc(5)). True when it is not open yet; other files never say so.
     pub fn signals_change(&self) -> bool {
         let Some(file) = &self.file else { return true };
-        let mut poll = libc::pollfd { fd: file.as_raw_fd(), events: libc::POLLPRI, revents: 0 };
-        // SAFETY: one valid pollfd, no waiting.
-        let ready = unsafe { libc::poll(&mut poll, 1, 0) };
-        ready > 0 && poll.revents & (libc::POLLPRI | libc::POLLERR) != 0
+        let mut poll = [PollFd::new(file, PollFlags::PRI)];
+        let no_wait = rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 };
+        let ready = rustix::event::poll(&mut poll, Some(&no_wait)).unwrap_or(0);
+        ready > 0 && poll[0].revents().intersects(PollFlags::PRI | PollFlags::ERR)
     }
 
     /// The whole file as text; errors name the path. procfs files are ASCII but

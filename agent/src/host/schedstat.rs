@@ -56,9 +56,7 @@ mod tests {
 
     /// This thread's CPU time from the kernel's thread clock.
     fn thread_cpu_ns() -> u64 {
-        let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: clock_gettime writes one timespec into `now`.
-        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+        let now = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
         now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
     }
 
@@ -67,8 +65,7 @@ mod tests {
         let mut buffer = Vec::new();
         let root = Path::new("/proc");
         // The test runs on a thread of its own; /proc/TID names a thread too.
-        // SAFETY: gettid has no preconditions.
-        let tid = unsafe { libc::gettid() } as u32;
+        let tid = rustix::thread::gettid().as_raw_nonzero().get() as u32;
         let first = read_schedstat(root, tid, &mut buffer).expect("own schedstat");
         // 20 ms of CPU time, however busy the host is.
         let until = thread_cpu_ns() + 20_000_000;

@@ -1,4 +1,4 @@
-//! The socktop frames: how answers become WebSocket messages.
+//! The socktop frames: how answers become [`Frame`]s.
 //!
 //! - JSON answers to the real client's plain commands (`get_metrics`, ...): a text
 //!   frame up to [`GZIP_THRESHOLD`] bytes, gzipped in a binary frame above it, as
@@ -12,10 +12,10 @@
 //! through one path, [`Gzip`], with its compressor kept between answers.
 
 use flate2::{Compress, Compression, Crc, FlushCompress, Status};
-use hyper_tungstenite::tungstenite::Message;
 use serde::Serialize;
 
 use super::answer::ErrorAnswer;
+use super::frame::Frame;
 use super::pb;
 use super::request::Form;
 use crate::collect::processes::ProcessesSnapshot;
@@ -41,7 +41,7 @@ impl Framer {
 
     /// Frames a JSON answer to a request of `form`; `request` names the request in
     /// the error answer sent should the answer not encode.
-    pub fn json<T: Serialize>(&mut self, answer: &T, form: Form, request: &str) -> Message {
+    pub fn json<T: Serialize>(&mut self, answer: &T, form: Form, request: &str) -> Frame {
         // Most answers fit; growing from empty would reallocate six or seven times.
         let mut json = Vec::with_capacity(1024);
         if let Err(error) = serde_json::to_writer(&mut json, answer) {
@@ -54,15 +54,15 @@ impl Framer {
         if form == Form::Json || json.len() <= GZIP_THRESHOLD {
             // serde_json emits UTF-8, so this takes the buffer without a copy.
             return match String::from_utf8(json) {
-                Ok(text) => Message::text(text),
-                Err(e) => Message::text(String::from_utf8_lossy(e.as_bytes()).into_owned()),
+                Ok(text) => Frame::text(text),
+                Err(e) => Frame::text(String::from_utf8_lossy(e.as_bytes()).into_owned()),
             };
         }
-        Message::binary(self.gzip.compress(&json))
+        Frame::binary(self.gzip.compress(&json))
     }
 
     /// Frames the processes list (the same frame in both forms).
-    pub fn processes(&mut self, snapshot: &ProcessesSnapshot) -> Message {
+    pub fn processes(&mut self, snapshot: &ProcessesSnapshot) -> Frame {
         let rows = &mut self.processes.rows;
         rows.resize_with(snapshot.processes.len(), pb::Process::default);
         for (row, process) in rows.iter_mut().zip(&snapshot.processes) {
@@ -82,24 +82,24 @@ impl Framer {
     }
 
     /// Frames any protobuf message as the processes list is framed.
-    pub fn protobuf<M: prost::Message>(&mut self, message: &M) -> Message {
+    pub fn protobuf<M: prost::Message>(&mut self, message: &M) -> Frame {
         self.encoded.clear();
         let _ = message.encode(&mut self.encoded);
         self.binary()
     }
 
     /// `encoded` in a binary frame, gzipped when over the threshold.
-    fn binary(&mut self) -> Message {
+    fn binary(&mut self) -> Frame {
         if self.encoded.len() <= GZIP_THRESHOLD {
-            return Message::binary(self.encoded.clone());
+            return Frame::binary(self.encoded.clone());
         }
-        Message::binary(self.gzip.compress(&self.encoded))
+        Frame::binary(self.gzip.compress(&self.encoded))
     }
 }
 
 /// Frames one JSON answer to a plain command with a framer of its own, for answers
 /// too rare to keep one for.
-pub fn json_frame<T: Serialize>(answer: &T, form: Form, request: &str) -> Message {
+pub fn json_frame<T: Serialize>(answer: &T, form: Form, request: &str) -> Frame {
     Framer::default().json(answer, form, request)
 }
 
@@ -164,24 +164,24 @@ mod tests {
         out
     }
 
-    fn json_frame(answer: &serde_json::Value) -> Message {
+    fn json_frame(answer: &serde_json::Value) -> Frame {
         super::json_frame(answer, Form::Command, "get_metrics")
     }
 
-    fn protobuf_frame(message: &pb::Processes) -> Message {
+    fn protobuf_frame(message: &pb::Processes) -> Frame {
         Framer::default().protobuf(message)
     }
 
     #[test]
     fn small_json_goes_as_text() {
         let frame = json_frame(&serde_json::json!({"a": 1}));
-        assert_eq!(frame, Message::text(r#"{"a":1}"#));
+        assert_eq!(frame, Frame::text(r#"{"a":1}"#));
     }
 
     #[test]
     fn large_json_goes_gzipped_in_a_binary_frame() {
         let big = serde_json::json!({"s": "x".repeat(2000)});
-        let Message::Binary(bytes) = json_frame(&big) else { panic!("expected a binary frame") };
+        let Frame::Binary(bytes) = json_frame(&big) else { panic!("expected a binary frame") };
         assert_eq!(&bytes[..2], &[0x1f, 0x8b]);
         let back: serde_json::Value = serde_json::from_slice(&gunzip(&bytes)).unwrap();
         assert_eq!(back, big);
@@ -193,7 +193,7 @@ mod tests {
         let mut framer = Framer::default();
         for count in [1, 300, 5000, 20] {
             let message = pb::Processes { process_count: count, rows: (0..count as u32).map(row).collect() };
-            let Message::Binary(bytes) = framer.protobuf(&message) else { panic!("expected a binary frame") };
+            let Frame::Binary(bytes) = framer.protobuf(&message) else { panic!("expected a binary frame") };
             let decoded = if bytes.starts_with(&[0x1f, 0x8b]) { gunzip(&bytes) } else { bytes.to_vec() };
             assert_eq!(pb::Processes::decode(&decoded[..]).unwrap(), message, "{count} rows");
         }
@@ -203,11 +203,11 @@ mod tests {
     fn protobuf_is_gzipped_only_when_large() {
         let row = |pid| pb::Process { pid, name: "worker".into(), cpu_usage: 1.5, mem_bytes: 4096 };
         let small = pb::Processes { process_count: 1, rows: vec![row(1)] };
-        let Message::Binary(bytes) = protobuf_frame(&small) else { panic!() };
+        let Frame::Binary(bytes) = protobuf_frame(&small) else { panic!() };
         assert_eq!(pb::Processes::decode(&bytes[..]).unwrap(), small);
 
         let large = pb::Processes { process_count: 200, rows: (0..200).map(row).collect() };
-        let Message::Binary(bytes) = protobuf_frame(&large) else { panic!() };
+        let Frame::Binary(bytes) = protobuf_frame(&large) else { panic!() };
         assert_eq!(&bytes[..2], &[0x1f, 0x8b]);
         assert_eq!(pb::Processes::decode(&gunzip(&bytes)[..]).unwrap(), large);
     }
@@ -215,10 +215,10 @@ mod tests {
     #[test]
     fn json_form_answers_are_text_whatever_their_size() {
         let big = serde_json::json!({"s": "x".repeat(2000)});
-        let Message::Text(text) = super::json_frame(&big, Form::Json, "get_disks") else { panic!("expected text") };
-        assert_eq!(serde_json::from_str::<serde_json::Value>(text.as_str()).unwrap(), big);
+        let Frame::Text(text) = super::json_frame(&big, Form::Json, "get_disks") else { panic!("expected text") };
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(text.as_bytes()).unwrap(), big);
         let small = serde_json::json!({"a": 1});
-        assert_eq!(super::json_frame(&small, Form::Json, "get_disks"), Message::text(r#"{"a":1}"#));
+        assert_eq!(super::json_frame(&small, Form::Json, "get_disks"), Frame::text(r#"{"a":1}"#));
     }
 
     fn snapshot(count: u32) -> ProcessesSnapshot {
@@ -248,7 +248,7 @@ mod tests {
         let mut framer = Framer::default();
         for count in [2, 300, 1] {
             let snapshot = snapshot(count);
-            let Message::Binary(bytes) = framer.processes(&snapshot) else { panic!("expected a binary frame") };
+            let Frame::Binary(bytes) = framer.processes(&snapshot) else { panic!("expected a binary frame") };
             let gzipped = bytes.starts_with(&[0x1f, 0x8b]);
             let decoded = pb::Processes::decode(&if gzipped { gunzip(&bytes) } else { bytes.to_vec() }[..]).unwrap();
             assert_eq!(gzipped, decoded.encoded_len() > GZIP_THRESHOLD, "{count} rows");

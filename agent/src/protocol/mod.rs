@@ -1,11 +1,13 @@
 //! The socktop wire protocol: what clients ask ([`request`]), the shapes of the
-//! answers ([`answer`]), and how answers are put into WebSocket frames ([`framing`]).
+//! answers ([`answer`]), how answers are encoded ([`framing`]) and the frames they
+//! leave in ([`frame`]).
 //!
 //! Field names, types and units follow the protocol spec of the socktop 1.60 client,
 //! which is stricter than the published README (see README.md, "Protocol").
 
 pub mod agent_info;
 pub mod answer;
+pub mod frame;
 pub mod framing;
 pub mod prometheus;
 pub mod request;

@@ -13,15 +13,17 @@ use futures_util::stream::{FuturesOrdered, SplitSink};
 use futures_util::{SinkExt, StreamExt};
 use hyper_tungstenite::HyperWebsocketStream;
 use hyper_tungstenite::tungstenite::Message;
+use hyper_tungstenite::tungstenite::Utf8Bytes;
 use tokio::sync::watch;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::Shared;
 use crate::protocol::answer::ErrorAnswer;
+use crate::protocol::frame::Frame;
 use crate::protocol::framing::json_frame;
 use crate::protocol::request::Form;
 
-type Answer = Pin<Box<dyn Future<Output = Message> + Send>>;
+type Answer = Pin<Box<dyn Future<Output = Frame> + Send>>;
 
 pub(super) async fn run(websocket: HyperWebsocketStream, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let _client = shared.service.client_connected();
@@ -42,7 +44,7 @@ pub(super) async fn run(websocket: HyperWebsocketStream, shared: Arc<Shared>, mu
                 break;
             }
             Some(answer) = pending.next(), if !pending.is_empty() => {
-                if let Err(e) = send(&mut sink, answer, limits.send_timeout).await {
+                if let Err(e) = send(&mut sink, message(answer), limits.send_timeout).await {
                     tracing::debug!(error = %e, "sending an answer failed; closing the connection");
                     break;
                 }
@@ -96,6 +98,26 @@ async fn send(
     }
 }
 
+/// The WebSocket message of an answer frame, over the frame's own bytes: a
+/// cached answer goes to each client without a copy.
+fn message(frame: Frame) -> Message {
+    match frame {
+        Frame::Binary(bytes) => Message::Binary(bytes),
+        Frame::Text(text) => {
+            // `Text` is UTF-8 by construction; tungstenite's type cannot know
+            // that, so it checks again: a read of the bytes, not a copy.
+            let bytes = text.into_bytes();
+            match Utf8Bytes::try_from(bytes.clone()) {
+                Ok(text) => Message::Text(text),
+                Err(error) => {
+                    tracing::error!(%error, "an answer's text is not UTF-8; sending it repaired");
+                    Message::text(String::from_utf8_lossy(&bytes).into_owned())
+                }
+            }
+        }
+    }
+}
+
 /// The answer to one incoming message; `None` for control frames, which
 /// tungstenite answers itself (Pong for Ping, Close for Close).
 fn answer_for(message: Message, shared: &Arc<Shared>) -> Option<Answer> {
@@ -126,5 +148,27 @@ fn answer_for(message: Message, shared: &Arc<Shared>) -> Option<Answer> {
             Some(Box::pin(std::future::ready(json_frame(&error, Form::Command, &error.request))))
         }
         Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frame_becomes_a_message_over_the_same_bytes() {
+        let text = Frame::text(String::from(r#"{"cpu_total":1.5}"#));
+        let Frame::Text(ref shared) = text else { unreachable!() };
+        let at = shared.as_bytes().as_ptr();
+        let Message::Text(sent) = message(text.clone()) else { panic!("expected a text message") };
+        assert_eq!(sent.as_str(), r#"{"cpu_total":1.5}"#);
+        assert_eq!(sent.as_str().as_ptr(), at, "the text was copied");
+
+        let binary = Frame::binary(vec![0x1f, 0x8b, 8, 0]);
+        let Frame::Binary(ref shared) = binary else { unreachable!() };
+        let at = shared.as_ptr();
+        let Message::Binary(sent) = message(binary.clone()) else { panic!("expected a binary message") };
+        assert_eq!(&sent[..], &[0x1f, 0x8b, 8, 0]);
+        assert_eq!(sent.as_ptr(), at, "the binary payload was copied");
     }
 }

@@ -7,10 +7,10 @@
 use std::sync::{Arc, Mutex, OnceLock, TryLockError};
 use std::time::Duration;
 
-use hyper_tungstenite::tungstenite::Message;
 use tokio::time::Instant;
 
 use crate::collect::{Collect, CollectError};
+use crate::protocol::frame::Frame;
 use crate::protocol::request::Form;
 
 /// A value with its renderings, each made once, by the first request that needs it.
@@ -18,7 +18,7 @@ use crate::protocol::request::Form;
 pub struct Rendered<T> {
     value: T,
     /// One rendering per request form (see [`Form`]).
-    frames: [OnceLock<Message>; 2],
+    frames: [OnceLock<Frame>; 2],
 }
 
 impl<T> Rendered<T> {
@@ -31,7 +31,7 @@ impl<T> Rendered<T> {
     }
 
     /// The frame for `form`, rendered by `render` unless an earlier request did.
-    pub fn frame(&self, form: Form, render: impl FnOnce(&T) -> Message) -> Message {
+    pub fn frame(&self, form: Form, render: impl FnOnce(&T) -> Frame) -> Frame {
         let slot = match form {
             Form::Command => &self.frames[0],
             Form::Json => &self.frames[1],
@@ -113,7 +113,7 @@ impl<C: Collect> Cached<C> {
         .await;
         collected.unwrap_or_else(|e| {
             tracing::error!(error = %e, "a collector panicked");
-            Err(CollectError("collection failed".to_owned()))
+            Err(CollectError::Aborted(e))
         })
     }
 }
@@ -240,14 +240,14 @@ mod tests {
             tokio::spawn(async move {
                 cache.get().await.frame(form, |value| {
                     renders.fetch_add(1, Ordering::SeqCst);
-                    Message::text(format!("{form:?} {}", value.as_ref().unwrap()))
+                    Frame::text(format!("{form:?} {}", value.as_ref().unwrap()))
                 })
             })
         };
         let answers: Vec<_> = (0..50).map(|i| ask(if i % 2 == 0 { Form::Command } else { Form::Json })).collect();
         for (i, answer) in answers.into_iter().enumerate() {
             let expected = if i % 2 == 0 { "Command 1" } else { "Json 1" };
-            assert_eq!(answer.await.unwrap(), Message::text(expected));
+            assert_eq!(answer.await.unwrap(), Frame::text(expected));
         }
         assert_eq!(renders.load(Ordering::SeqCst), 2, "one rendering per form for fifty requests");
     }
@@ -266,6 +266,8 @@ mod tests {
     async fn a_panicking_collector_gives_an_error_not_a_dead_agent() {
         let cache = Cached::new(Panicking, Duration::ZERO);
         let collected = cache.get().await;
-        assert_eq!(collected.value().as_ref().unwrap_err(), &CollectError("collection failed".into()));
+        let error = collected.value().as_ref().unwrap_err();
+        assert!(matches!(error, CollectError::Aborted(e) if e.is_panic()), "{error:?}");
+        assert_eq!(error.to_string(), "collection failed", "the error answer's text");
     }
 }

@@ -5,8 +5,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hyper_tungstenite::tungstenite::Message;
-
 use super::cache::Rendered;
 
 use crate::collect::journal::journal_entries;
@@ -17,6 +15,7 @@ use crate::cputime::{ScannedCpu, SharedCpuSource};
 use crate::host::clock::{HostClock, unix_now};
 use crate::host::stat::parse_stat;
 use crate::protocol::answer::{ErrorAnswer, JournalResponse, ProcessDetail, ProcessMetricsResponse};
+use crate::protocol::frame::Frame;
 use crate::protocol::framing::Framer;
 use crate::protocol::request::{Form, Request};
 use crate::sync::lock;
@@ -76,7 +75,7 @@ impl ProcessDetails {
         }
     }
 
-    pub async fn process_metrics(&self, pid: u32, form: Form) -> Message {
+    pub async fn process_metrics(&self, pid: u32, form: Form) -> Frame {
         let request = Request::ProcessMetrics { pid }.command();
         let cached = lock(&self.answers).get(pid).cloned();
         let answer = match cached {
@@ -108,7 +107,7 @@ impl ProcessDetails {
         lock(&self.journals).clear();
     }
 
-    pub async fn journal(&self, pid: u32, form: Form) -> Message {
+    pub async fn journal(&self, pid: u32, form: Form) -> Frame {
         let cached = lock(&self.journals).get(pid).cloned();
         let journal = match cached {
             Some(journal) => journal,

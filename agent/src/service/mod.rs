@@ -10,8 +10,7 @@ mod prometheus;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use hyper::body::Bytes;
-use hyper_tungstenite::tungstenite::Message;
+use bytes::Bytes;
 
 use crate::collect::disks::{DisksCollector, DisksSnapshot};
 use crate::collect::metrics::{MetricsCollector, MetricsSnapshot};
@@ -21,6 +20,7 @@ use crate::cputime::{CpuSourceKind, CpuTimeSource, SharedCpuSource};
 use crate::host::HostFacts;
 use crate::protocol::agent_info::AgentInfo;
 use crate::protocol::answer::{ErrorAnswer, Metrics};
+use crate::protocol::frame::Frame;
 use crate::protocol::framing::{Framer, json_frame};
 use crate::protocol::request::{Form, Incoming, Request};
 use crate::sync::lock;
@@ -158,7 +158,7 @@ impl Service {
     }
 
     /// The answer frame to one text frame.
-    pub async fn answer_text(&self, text: &str) -> Message {
+    pub async fn answer_text(&self, text: &str) -> Frame {
         match crate::protocol::request::parse(text) {
             Ok(incoming) => self.answer(incoming).await,
             Err(error) => {
@@ -205,7 +205,7 @@ impl Service {
         rendered.inspect_err(|e| tracing::error!(error = %e, "rendering a Prometheus scrape panicked")).ok()
     }
 
-    pub async fn answer(&self, incoming: Incoming) -> Message {
+    pub async fn answer(&self, incoming: Incoming) -> Frame {
         let Incoming { request, form } = incoming;
         match request {
             Request::Metrics => {
@@ -238,8 +238,8 @@ impl Service {
         collected: &Collected<S>,
         request: Request,
         form: Form,
-        encode: impl FnOnce(&mut Framer, &S) -> Message,
-    ) -> Message {
+        encode: impl FnOnce(&mut Framer, &S) -> Frame,
+    ) -> Frame {
         collected.frame(form, |result| {
             let mut framer = lock(&self.framer);
             match result {
@@ -254,7 +254,7 @@ impl Service {
 
 /// The answer to a request whose handling panicked: the request ends with this
 /// error, the connection and the agent go on.
-pub fn internal_error(received: &str) -> Message {
+pub fn internal_error(received: &str) -> Frame {
     let answer = ErrorAnswer::unrecognised("internal error while answering (logged by the agent)", received);
     json_frame(&answer, Form::of(received), &answer.request)
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use hyper::body::Bytes;
+use bytes::Bytes;
 
 use super::cache::Collected;
 use crate::collect::disks::DisksSnapshot;
@@ -160,7 +160,7 @@ impl PrometheusEncoder {
         AgentHealth {
             version: env!("CARGO_PKG_VERSION"),
             cpu_source: source.kind().as_str(),
-            fallback_reason: source.fallback_reason().map(str::to_owned),
+            fallback_reason: source.fallback().map(ToString::to_string),
             ebpf_errors: source.error_counts(),
             scrape_seconds: 0.0,
             processes,

@@ -52,7 +52,7 @@ async fn serve(config: Config, source: Box<dyn CpuTimeSource>) -> (String, onesh
 async fn serve_with_proc_source(config: Config) -> (String, oneshot::Sender<()>) {
     let proc_root = config.collection.proc_root.clone();
     let clock = HostFacts::read(&proc_root).expect("host facts").clock;
-    let source = socktop_agent::cputime::select_source(true, &proc_root, clock).0;
+    let source = socktop_agent::cputime::select_source(true, &proc_root, clock);
     serve(config, source).await
 }
 

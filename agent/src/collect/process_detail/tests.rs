@@ -219,8 +219,7 @@ fn own_process_matches_std_and_libc() {
     assert_eq!(detail.name, exe_name[..exe_name.len().min(15)]);
     assert_eq!(detail.executable_path, Some(exe.to_string_lossy().into_owned()));
     assert_eq!(detail.working_directory, Some(std::env::current_dir().unwrap().to_string_lossy().into_owned()));
-    // SAFETY: getuid and getgid cannot fail.
-    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let (uid, gid) = (rustix::process::getuid().as_raw(), rustix::process::getgid().as_raw());
     assert_eq!((detail.user_id, detail.group_id), (uid, gid));
     assert!(detail.start_time <= now_unix() && detail.start_time + 600 > now_unix(), "{}", detail.start_time);
     let total = detail.cpu_time_user + detail.cpu_time_system;
@@ -240,8 +239,8 @@ fn named_threads_of_this_process_are_listed() {
             std::thread::Builder::new()
                 .name(format!("dprobe-{i}"))
                 .spawn(move || {
-                    // SAFETY: gettid has no preconditions.
-                    tx.send((unsafe { libc::gettid() } as u32, format!("dprobe-{i}"))).unwrap();
+                    let tid = rustix::thread::gettid().as_raw_nonzero().get() as u32;
+                    tx.send((tid, format!("dprobe-{i}"))).unwrap();
                     release.wait();
                 })
                 .unwrap()

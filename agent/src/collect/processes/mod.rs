@@ -27,7 +27,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::collect::process_groups::CommCpu;
-use crate::cputime::attribution::{Attribution, ChildrenMode, Exit, Listed};
+use crate::config::ChildrenMode;
+use crate::cputime::attribution::{Attribution, Exit, Listed};
 use crate::cputime::rate::RateRule;
 use crate::cputime::{CpuSourceKind, CpuTimeSource, ProcessRecord, ScannedCpu, SharedCpuSource, cpu_percent};
 use crate::host::clock::{self, HostClock};
@@ -487,7 +488,7 @@ impl Collect for ProcessScanner {
     fn collect(&mut self) -> Result<Arc<ProcessesSnapshot>, CollectError> {
         let scanned = self.scan().map_err(|e| {
             tracing::error!(error = %e, "listing processes failed");
-            CollectError(format!("listing processes failed: {e}"))
+            CollectError::ListingProcesses(e)
         });
         if self.last_issues.unparsable > 0 {
             tracing::debug!(issues = ?self.last_issues, "some /proc/PID/stat files did not parse");

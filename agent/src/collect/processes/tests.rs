@@ -257,3 +257,13 @@ fn after_a_release_the_next_scan_reopens_what_it_needs_and_keeps_the_shares() {
     }
     assert!((f64::from(share) - truth).abs() < 5.0, "share after a release {share} vs kernel {truth:.1}");
 }
+
+#[test]
+fn a_proc_root_that_cannot_be_listed_is_a_listing_error_with_its_cause() {
+    let root = tempfile::tempdir().unwrap();
+    let mut scanner = scanner(&root.path().join("missing"));
+    let error = scanner.collect().unwrap_err();
+    let CollectError::ListingProcesses(cause) = &error else { panic!("{error:?}") };
+    assert_eq!(cause.kind(), std::io::ErrorKind::NotFound);
+    assert_eq!(error.to_string(), format!("listing processes failed: {cause}"), "the error answer's text");
+}

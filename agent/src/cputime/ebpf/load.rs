@@ -1,7 +1,7 @@
 //! Loading and attaching: the privilege and namespace checks, the kernel's BTF
 //! offsets, the object with its globals, and the programs attached in order.
 
-use std::{io, os::unix::fs::MetadataExt, path::Path};
+use std::{io, os::unix::fs::MetadataExt, path::Path, sync::Arc};
 
 use agent_common::cputime::{
     FREE_TRACEPOINT, ITER_TARGET, LOADED_AT_GLOBAL, MAX_CPUS, MAX_PROCESSES, MM_RSS_OFFSETS_GLOBAL,
@@ -14,7 +14,7 @@ use agent_common::cputime::{
     TASK_START_TIME_OFFSET_GLOBAL, TASK_SUM_EXEC_OFFSET_GLOBAL, TASK_TGID_OFFSET_GLOBAL, TRACEPOINT,
 };
 use aya::{
-    Btf, Ebpf, EbpfError, EbpfLoader,
+    Btf, BtfError, Ebpf, EbpfError, EbpfLoader,
     maps::{MapError, PerCpuHashMap, PerCpuValues},
     programs::{BtfTracePoint, Iter, PerfEvent, ProgramError, RawTracePoint},
 };
@@ -120,8 +120,9 @@ pub enum EbpfLoadError {
     ForeignPidNamespace,
     #[error("no usable kernel BTF, which gives the task_struct layout: {0}")]
     NoBtf(#[from] btf::BtfError),
+    /// Shared: one failed read of the kernel's BTF fails both of its users.
     #[error("kernel BTF for tp_btf and the task iterator: {0}")]
-    KernelBtf(String),
+    KernelBtf(#[source] Arc<BtfError>),
     #[error("loading the eBPF object: {0}")]
     Object(#[source] EbpfError),
     #[error("the embedded eBPF object has no {0}")]
@@ -228,7 +229,7 @@ pub(super) fn load_with(
         ProcDir::open(proc_root).inspect_err(|error| tracing::debug!("opening {}: {error}", proc_root.display())).ok();
     prefill(&mut ebpf, memory, proc_dir.as_ref())?;
     let (kernel_cleanup, iterator, repair_on_ticks) = on_scratch_thread(|| {
-        let kernel_btf = Btf::from_sys_fs().map_err(|error| EbpfLoadError::KernelBtf(error.to_string()));
+        let kernel_btf = Btf::from_sys_fs().map_err(Arc::new);
         let kernel_cleanup = attach(&mut ebpf, kind, memory, &kernel_btf, &mut degraded)?;
         let iterator = process_offsets.is_some() && load_iterator(&mut ebpf, &kernel_btf, &mut degraded);
         let repair_on_ticks = load_tick_repair(&mut ebpf, memory, &mut degraded);
@@ -406,7 +407,7 @@ fn attach(
     ebpf: &mut Ebpf,
     kind: AttachKind,
     memory: MapMemory,
-    kernel_btf: &Result<Btf, EbpfLoadError>,
+    kernel_btf: &Result<Btf, Arc<BtfError>>,
     degraded: &mut Degraded,
 ) -> Result<bool, EbpfLoadError> {
     attach_tracepoint(ebpf, kind, kind.program_name(memory), TRACEPOINT, kernel_btf)?;
@@ -425,13 +426,13 @@ fn attach_tracepoint(
     kind: AttachKind,
     name: &'static str,
     tracepoint: &str,
-    kernel_btf: &Result<Btf, EbpfLoadError>,
+    kernel_btf: &Result<Btf, Arc<BtfError>>,
 ) -> Result<(), EbpfLoadError> {
     let program = ebpf.program_mut(name).ok_or(EbpfLoadError::Missing(name))?;
     let wrap = |action| move |source| EbpfLoadError::Program { action, program: name, source };
     match kind {
         AttachKind::BtfTracePoint => {
-            let btf = kernel_btf.as_ref().map_err(|error| EbpfLoadError::KernelBtf(error.to_string()))?;
+            let btf = kernel_btf.as_ref().map_err(|error| EbpfLoadError::KernelBtf(Arc::clone(error)))?;
             let program: &mut BtfTracePoint = program.try_into().map_err(wrap("selecting"))?;
             program.load(tracepoint, btf).map_err(|e| load_error(name, e))?;
             program.attach().map_err(wrap("attaching"))?;
@@ -447,9 +448,9 @@ fn attach_tracepoint(
 
 /// Loads the process iterator; false (logged) when the kernel refuses it, and the
 /// processes scan reads /proc instead. It needs kernel BTF and Linux >= 5.8.
-fn load_iterator(ebpf: &mut Ebpf, kernel_btf: &Result<Btf, EbpfLoadError>, degraded: &mut Degraded) -> bool {
+fn load_iterator(ebpf: &mut Ebpf, kernel_btf: &Result<Btf, Arc<BtfError>>, degraded: &mut Degraded) -> bool {
     let loaded = (|| -> Result<(), Box<dyn std::error::Error>> {
-        let btf = kernel_btf.as_ref().map_err(|error| error.to_string())?;
+        let btf = kernel_btf.as_ref().map_err(|error| EbpfLoadError::KernelBtf(Arc::clone(error)))?;
         let program: &mut Iter =
             ebpf.program_mut(PROGRAM_PROCESSES).ok_or(EbpfLoadError::Missing(PROGRAM_PROCESSES))?.try_into()?;
         program.load(ITER_TARGET, btf).map_err(|e| load_error(PROGRAM_PROCESSES, e))?;
