@@ -32,7 +32,18 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn ebpf_or_skip() -> Option<Box<dyn CpuTimeSource>> {
-    match ebpf::load(std::path::Path::new("/proc"), host_clock()) {
+    loaded_or_skip(ebpf::load(std::path::Path::new("/proc"), host_clock()))
+}
+
+/// The eBPF source with the per-CPU sums left to user space, as on kernels before
+/// 5.19: the task iterator's and the exit records' totals are summed by the agent,
+/// and it deletes the entries of exited processes.
+fn ebpf_summing_in_user_space_or_skip() -> Option<Box<dyn CpuTimeSource>> {
+    loaded_or_skip(ebpf::load_summing_in_user_space())
+}
+
+fn loaded_or_skip(loaded: Result<ebpf::EbpfCpuTime, ebpf::EbpfLoadError>) -> Option<Box<dyn CpuTimeSource>> {
+    match loaded {
         Ok(source) => Some(Box::new(source)),
         Err(error) => {
             let needs = format!("root and a kernel with BTF to load the eBPF program (here: {error})");
@@ -95,9 +106,20 @@ fn closure(source: Box<dyn CpuTimeSource>, windows: u32, window: Duration) -> (u
 fn ebpf_rows_add_up_to_the_busy_time_of_the_machine_under_a_fork_loop() {
     let _serial = serial();
     let Some(source) = ebpf_or_skip() else { return };
+    assert_rows_add_up(source, "eBPF");
+}
+
+#[test]
+fn ebpf_summed_in_user_space_rows_add_up_to_the_busy_time_of_the_machine_under_a_fork_loop() {
+    let _serial = serial();
+    let Some(source) = ebpf_summing_in_user_space_or_skip() else { return };
+    assert_rows_add_up(source, "eBPF, sums in user space");
+}
+
+fn assert_rows_add_up(source: Box<dyn CpuTimeSource>, what: &str) {
     let (shown, busy) = closure(source, 10, Duration::from_secs(1));
     let ratio = shown as f64 / busy as f64;
-    eprintln!("eBPF: rows {shown} ns, /proc/stat busy {busy} ns over 10 s: {:.1}%", ratio * 100.0);
+    eprintln!("{what}: rows {shown} ns, /proc/stat busy {busy} ns over 10 s: {:.1}%", ratio * 100.0);
     assert!((0.95..=1.03).contains(&ratio), "rows {shown} ns against busy {busy} ns: {:.1}%", ratio * 100.0);
 }
 
@@ -254,6 +276,17 @@ impl Drop for Spawner {
 fn ebpf_a_process_living_2_ms_shows_in_its_parent_within_one_window() {
     let _serial = serial();
     let Some(source) = ebpf_or_skip() else { return };
+    assert_grandchild_shows_in_its_parent(source);
+}
+
+#[test]
+fn ebpf_summed_in_user_space_a_process_living_2_ms_shows_in_its_parent_within_one_window() {
+    let _serial = serial();
+    let Some(source) = ebpf_summing_in_user_space_or_skip() else { return };
+    assert_grandchild_shows_in_its_parent(source);
+}
+
+fn assert_grandchild_shows_in_its_parent(source: Box<dyn CpuTimeSource>) {
     let mut scanner = scanner(source, ChildrenMode::Attribute);
     let spawner = Spawner::start(Duration::from_millis(1), Duration::from_millis(2));
     std::thread::sleep(Duration::from_millis(50));

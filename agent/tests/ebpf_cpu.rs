@@ -708,7 +708,20 @@ fn ebpf_process_iterator_lists_what_proc_lists() {
 #[test]
 fn ebpf_process_iterator_cpu_time_matches_the_kernel() {
     let _serial = serial();
-    let Some(mut source) = load_or_skip(AttachKind::BtfTracePoint) else { return };
+    let Some(source) = load_or_skip(AttachKind::BtfTracePoint) else { return };
+    assert_iterator_matches_the_kernel(source, "task iterator, one busy thread per CPU");
+}
+
+/// As on kernels before 5.19: the iterator leaves each process's per-CPU sum to
+/// the agent (`CPU_NS_UNSUMMED`), which reads the entry.
+#[test]
+fn ebpf_process_iterator_summed_in_user_space_matches_the_kernel() {
+    let _serial = serial();
+    let Some(source) = loaded_or_skip(ebpf::load_summing_in_user_space()) else { return };
+    assert_iterator_matches_the_kernel(source, "task iterator, sums in user space, one busy thread per CPU");
+}
+
+fn assert_iterator_matches_the_kernel(mut source: EbpfCpuTime, what: &str) {
     // One busy thread per CPU: the iterator must add up every CPU's copy.
     let busy = BusyThreads::start();
     let pid = busy.subject.proc.pid();
@@ -723,7 +736,7 @@ fn ebpf_process_iterator_cpu_time_matches_the_kernel() {
     if !busy.ran_in_parallel(&counted) {
         return;
     }
-    counted.assert_within(EBPF_BOUND_NS + counted.steal, "task iterator, one busy thread per CPU");
+    counted.assert_within(EBPF_BOUND_NS + counted.steal, what);
     assert_no_program_errors(&source);
 }
 

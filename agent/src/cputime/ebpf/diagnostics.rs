@@ -5,11 +5,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use agent_common::cputime::MAX_PROCESSES;
 use aya::maps::MapError;
 use aya::programs::ProgramError;
 
-use super::load::{AttachKind, EbpfLoadError, MapMemory, load_with};
+use super::load::{AttachKind, Choices, EbpfLoadError, MapMemory, load_with};
 use super::source::EbpfCpuTime;
 use crate::host::clock::HostClock;
 
@@ -19,29 +18,32 @@ const HOST_PROC: &str = "/proc";
 /// Loads and attaches one twin of the program, with the process map allocated on
 /// demand unless the kernel wants it preallocated.
 pub fn load_kind(kind: AttachKind) -> Result<EbpfCpuTime, EbpfLoadError> {
-    load_on_host(kind, None)
+    load_on_host(Choices::detected(kind))
 }
 
 /// Loads and attaches one twin of the program with the process map's memory
 /// chosen, not detected (tests run the preallocated twin on kernels that allow both).
 pub fn load_with_memory(kind: AttachKind, memory: MapMemory) -> Result<EbpfCpuTime, EbpfLoadError> {
-    load_on_host(kind, Some(memory))
+    load_on_host(Choices { memory: Some(memory), ..Choices::detected(kind) })
 }
 
 /// Loads and attaches one twin of the program with a process map of `capacity`
 /// entries, to see it full on a host with more processes.
 pub fn load_with_capacity(kind: AttachKind, capacity: u32) -> Result<EbpfCpuTime, EbpfLoadError> {
-    load_on_host_with(kind, None, capacity)
+    load_on_host(Choices { capacity, ..Choices::detected(kind) })
 }
 
-fn load_on_host(kind: AttachKind, memory: Option<MapMemory>) -> Result<EbpfCpuTime, EbpfLoadError> {
-    load_on_host_with(kind, memory, MAX_PROCESSES)
+/// Loads and attaches the tp_btf twin with the per-CPU sums left to user space, as
+/// on kernels before 5.19 (the task iterator and the exit records then carry
+/// `CPU_NS_UNSUMMED`), so that path is tested on every kernel.
+pub fn load_summing_in_user_space() -> Result<EbpfCpuTime, EbpfLoadError> {
+    load_on_host(Choices { sums_in_user_space: true, ..Choices::detected(AttachKind::BtfTracePoint) })
 }
 
-fn load_on_host_with(kind: AttachKind, memory: Option<MapMemory>, capacity: u32) -> Result<EbpfCpuTime, EbpfLoadError> {
+fn load_on_host(choices: Choices) -> Result<EbpfCpuTime, EbpfLoadError> {
     let proc_root = Path::new(HOST_PROC);
     let clock = HostClock::from_proc(proc_root).map_err(|error| EbpfLoadError::HostClock(error.to_string()))?;
-    load_with(kind, memory, capacity, proc_root, clock)
+    load_with(choices, proc_root, clock)
 }
 
 /// Run statistics of the attached program (while `kernel.bpf_stats_enabled` is on).

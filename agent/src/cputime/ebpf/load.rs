@@ -160,10 +160,10 @@ pub enum EbpfLoadError {
 /// with the process map allocated on demand unless the kernel wants it
 /// preallocated. `proc_root` is the procfs the agent reads (`--proc-root`).
 pub fn load(proc_root: &Path, clock: HostClock) -> Result<EbpfCpuTime, EbpfLoadError> {
-    match load_with(AttachKind::BtfTracePoint, None, MAX_PROCESSES, proc_root, clock) {
+    match load_with(Choices::detected(AttachKind::BtfTracePoint), proc_root, clock) {
         Err(btf_error) if !matches!(btf_error, EbpfLoadError::NotPermitted | EbpfLoadError::ForeignPidNamespace) => {
             tracing::debug!("tp_btf program unavailable ({btf_error}); trying raw_tp");
-            load_with(AttachKind::RawTracePoint, None, MAX_PROCESSES, proc_root, clock).map_err(|raw_error| {
+            load_with(Choices::detected(AttachKind::RawTracePoint), proc_root, clock).map_err(|raw_error| {
                 tracing::debug!("raw_tp program unavailable: {raw_error}");
                 btf_error
             })
@@ -172,15 +172,30 @@ pub fn load(proc_root: &Path, clock: HostClock) -> Result<EbpfCpuTime, EbpfLoadE
     }
 }
 
-/// [`load`] with the twin, and the process map's memory and capacity, chosen
-/// (tests load a map too small for the host, to see it full).
-pub(super) fn load_with(
-    kind: AttachKind,
-    memory: Option<MapMemory>,
-    capacity: u32,
-    proc_root: &Path,
-    clock: HostClock,
-) -> Result<EbpfCpuTime, EbpfLoadError> {
+/// What [`load`] decides or detects, chosen instead: tests load a map too small for
+/// the host to see it full, the preallocated twins where both would load, and the
+/// sums of an older kernel.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Choices {
+    pub kind: AttachKind,
+    /// The process map's memory; None: what the kernel accepts.
+    pub memory: Option<MapMemory>,
+    pub capacity: u32,
+    /// Leaves the per-CPU sums to user space even where the kernel has
+    /// `bpf_map_lookup_percpu_elem`, as on kernels before 5.19.
+    pub sums_in_user_space: bool,
+}
+
+impl Choices {
+    /// Everything as [`load`] decides it, with the `sched_switch` twin `kind`.
+    pub fn detected(kind: AttachKind) -> Self {
+        Self { kind, memory: None, capacity: MAX_PROCESSES, sums_in_user_space: false }
+    }
+}
+
+/// [`load`] with some of its decisions made by `choices`.
+pub(super) fn load_with(choices: Choices, proc_root: &Path, clock: HostClock) -> Result<EbpfCpuTime, EbpfLoadError> {
+    let Choices { kind, memory, capacity, sums_in_user_space } = choices;
     check_privileges(proc_root)?;
     check_pid_namespace(proc_root)?;
     // Parsing the kernel's BTF (ours for offsets, aya's for attach points) makes
@@ -195,8 +210,9 @@ pub(super) fn load_with(
             .inspect_err(|error| degraded.note("task iterator", format!("processes are listed from /proc: {error}")))
             .ok();
         let offsets = btf::parse_task_offsets(&vmlinux)?;
-        let percpu_lookup = btf::has_percpu_lookup(&vmlinux)?;
-        if !percpu_lookup {
+        let kernel_sums = btf::has_percpu_lookup(&vmlinux)?;
+        let percpu_lookup = kernel_sums && !sums_in_user_space;
+        if !kernel_sums {
             degraded.note(
                 "per-CPU sums",
                 "the kernel has no bpf_map_lookup_percpu_elem (Linux < 5.19): the agent sums each listed and \

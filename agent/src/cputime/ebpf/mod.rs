@@ -22,6 +22,6 @@ mod source;
 mod verifier;
 
 #[cfg(any(test, feature = "testing"))]
-pub use diagnostics::{ProgramStats, load_kind, load_with_capacity, load_with_memory};
+pub use diagnostics::{ProgramStats, load_kind, load_summing_in_user_space, load_with_capacity, load_with_memory};
 pub use load::{AttachKind, EbpfLoadError, MapMemory, load};
 pub use source::{EbpfCpuTime, ErrorCounts};
