@@ -20,7 +20,7 @@ impl EbpfCpuTime {
     /// Cumulative on-CPU ns of process `tgid` since the program was attached, at
     /// the instant of the call; 0 if it has not run since.
     pub fn process_ns(&self, tgid: u32) -> Result<u64, MapError> {
-        Ok(self.entry(tgid)?.map_or(0, |copies| sum_at(&copies, monotonic_ns())))
+        Ok(self.entry(tgid)?.map_or(0, |copies| sum_at(copies.iter(), monotonic_ns())))
     }
 
     /// The CPU time of process `tgid`, whose utime + stime in /proc are
@@ -30,7 +30,7 @@ impl EbpfCpuTime {
         if self.map_full.active() && self.map_full.reads_from_proc(tgid, || copies.is_some()) {
             return Ok(self.map_full.proc_ns(proc_ticks));
         }
-        Ok(copies.map_or(0, |copies| sum_at(&copies, monotonic_ns())))
+        Ok(copies.map_or(0, |copies| sum_at(copies.iter(), monotonic_ns())))
     }
 
     /// Every process with its cumulative CPU time, from one pass of the task
@@ -81,10 +81,9 @@ impl EbpfCpuTime {
     /// `bpf_map_lookup_percpu_elem`): one map lookup each, which returns every CPU's
     /// copy; 0 for a process without an entry, as the iterator would write.
     fn sum_unsummed(&self, records: &mut [ProcessRecord]) {
-        let now = monotonic_ns();
         for record in records.iter_mut().filter(|record| record.cpu_ns == CPU_NS_UNSUMMED) {
             record.cpu_ns = match self.entry(record.tgid) {
-                Ok(copies) => copies.map_or(0, |copies| sum_at(&copies, now)),
+                Ok(copies) => copies.map_or(0, |copies| sum_at(copies.iter(), monotonic_ns())),
                 Err(error) => {
                     tracing::debug!("reading the eBPF entry of {}: {error}", record.tgid);
                     0
@@ -177,7 +176,7 @@ pub(super) fn final_total(times: &mut PerCpuHashMap<MapData, u32, ProcessTime>, 
         return record.cpu_ns;
     }
     let total = match times.get(&record.tgid, 0) {
-        Ok(copies) => sum_at(&copies, monotonic_ns()),
+        Ok(copies) => sum_at(copies.iter(), monotonic_ns()),
         Err(_) => 0,
     };
     match times.remove(&record.tgid) {
@@ -188,6 +187,39 @@ pub(super) fn final_total(times: &mut PerCpuHashMap<MapData, u32, ProcessTime>, 
 }
 
 /// A process's cumulative on-CPU ns at `now_ns`: its copies summed over CPUs.
-fn sum_at(copies: &PerCpuValues<ProcessTime>, now_ns: u64) -> u64 {
-    copies.iter().fold(0u64, |total, time| total.wrapping_add(time.at(now_ns)))
+///
+/// `now_ns` must be read after the copies: a slice that started after it (a
+/// fork loop's child, first run between the clock read and the lookup) would
+/// count negative time. Should a start still be a little ahead of the clock
+/// (the program's clock and ours are both CLOCK_MONOTONIC, but a start can be
+/// derived from the run queue's clock), the sum is held at 0 rather than
+/// wrapping to an absurd total.
+fn sum_at<'a>(copies: impl IntoIterator<Item = &'a ProcessTime>, now_ns: u64) -> u64 {
+    let signed = copies.into_iter().fold(0u64, |total, time| total.wrapping_add(time.at(now_ns))) as i64;
+    signed.max(0) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opened_at(start_ns: u64) -> ProcessTime {
+        ProcessTime(ProcessTime::open_delta(start_ns))
+    }
+
+    #[test]
+    fn a_slice_running_on_each_of_two_cpus_counts_up_to_now_on_both() {
+        let copies = [opened_at(1_000), ProcessTime(ProcessTime::finished_delta(300)), opened_at(1_500)];
+        assert_eq!(sum_at(&copies, 2_000), 1_000 + 300 + 500);
+    }
+
+    #[test]
+    fn a_slice_that_starts_after_the_clock_was_read_never_wraps_to_an_absurd_total() {
+        // A fork loop's child whose first slice began 40 µs after `now`: its only
+        // copy holds `-start`, which must not read as 2^64 - 40 µs.
+        assert_eq!(sum_at(&[opened_at(1_040_000)], 1_000_000), 0);
+        // Another CPU's finished time still counts when it outweighs the early start.
+        let copies = [ProcessTime(ProcessTime::finished_delta(90_000)), opened_at(1_040_000)];
+        assert_eq!(sum_at(&copies, 1_000_000), 50_000);
+    }
 }
