@@ -112,6 +112,11 @@ struct Binaries {
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.results)?;
+    // For the host, which names the functions in the registers it dumps should
+    // the guest stall (boot.rs); addresses are fixed, the kernel booted nokaslr.
+    if let Ok(symbols) = std::fs::read_to_string("/proc/kallsyms") {
+        std::fs::write(args.results.join("kallsyms"), symbols)?;
+    }
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")?.trim().to_owned();
     println!("vm-guest: kernel {kernel}, {} CPUs", std::thread::available_parallelism().map_or(0, |n| n.get()));
     if args.tcg {
