@@ -68,8 +68,6 @@ fn field<T: std::str::FromStr>(line: &str, key: &str) -> T {
 }
 
 fn example_matches_the_host_and_reconnects(command: Command) {
-    // Built first: a build while the example waits would stretch its backoff.
-    e2e::agent_binary();
     // The example is told the port before any agent listens there (it must retry
     // until one does), so the port is held for the agents meanwhile.
     let reserved = testkit::listen::ReservedPort::on_loopback().expect("a port reserved");
