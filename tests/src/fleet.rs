@@ -151,19 +151,20 @@ impl Prometheus {
         let storage = tempfile::tempdir()?;
         let config = storage.path().join("prometheus.yml");
         std::fs::write(&config, scrape_config(targets, interval, params))?;
-        // Prometheus does not say which port it got from port 0.
-        let port = testkit::listen::unused_port()?;
         let log = std::fs::File::create(storage.path().join("prometheus.log"))?;
         let child = Command::new("prometheus")
             .arg(format!("--config.file={}", config.display()))
             .arg(format!("--storage.tsdb.path={}", storage.path().join("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--web.listen-address=127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .context("starting prometheus (Debian package `prometheus`)")?;
-        let server = Prometheus { child, port, storage };
+        let mut server = Prometheus { child, port: 0, storage };
+        let port = testkit::listen::wait_for_listening_port(&mut server.child, Duration::from_secs(30));
+        server.port = port.with_context(|| format!("prometheus did not listen: {}", server.log()))?;
+        let port = server.port;
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if http_get(&format!("127.0.0.1:{port}"), "/-/ready", &[]).is_ok_and(|r| r.status == 200) {

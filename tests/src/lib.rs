@@ -13,6 +13,10 @@ use anyhow::{Context, bail};
 pub mod fleet;
 pub mod ws;
 
+// The real client's crate and the versions of its protobuf and WebSocket
+// libraries that its types are made with, for the tests to name.
+pub use {prost, socktop_connector, tokio_tungstenite};
+
 /// A running agent, killed when dropped.
 pub struct Agent {
     child: Child,
@@ -22,43 +26,18 @@ pub struct Agent {
     log: Arc<Mutex<Vec<String>>>,
 }
 
-/// The agent binary of this workspace, built once per test run with the same
-/// profile as the tests. This package is not the agent's, so Cargo gives it no
-/// `CARGO_BIN_EXE_socktop_agent`: the path is the one Cargo reports for the build.
+/// The agent binary these tests start: the one Cargo built for the agent's
+/// integration tests (agent/tests), in the same build as the tests themselves, so
+/// with the same profile and features. Cargo names it in
+/// `CARGO_BIN_EXE_socktop_agent` while it runs them.
 pub fn agent_binary() -> &'static PathBuf {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| build_agent().unwrap_or_else(|error| panic!("building socktop_agent: {error:#}")))
-}
-
-fn build_agent() -> anyhow::Result<PathBuf> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let output = Command::new(cargo)
-        .args(["build", "--quiet", "--message-format=json-render-diagnostics", "--profile", &test_profile()?])
-        .args(["-p", "socktop_agent", "--bin", "socktop_agent"])
-        .stderr(Stdio::inherit())
-        .output()
-        .context("running cargo build")?;
-    anyhow::ensure!(output.status.success(), "cargo build failed ({})", output.status);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    stdout.lines().rev().find_map(agent_executable).context("cargo reported no socktop_agent executable")
-}
-
-/// The Cargo profile this test was built with, from the folder it runs in
-/// (target/<profile folder>/deps/e2e-HASH): `debug` is the dev profile's folder
-/// (`cargo test`), any other is named after its profile (`release` under
-/// `cargo test --release`).
-fn test_profile() -> anyhow::Result<String> {
-    let exe = std::env::current_exe().context("test executable path")?;
-    let folder = exe.parent().and_then(|deps| deps.parent()).and_then(|p| p.file_name()).context("profile folder")?;
-    let folder = folder.to_str().context("profile folder name")?;
-    Ok(if folder == "debug" { "dev".to_owned() } else { folder.to_owned() })
-}
-
-/// The `executable` of a `compiler-artifact` message for the agent's binary.
-fn agent_executable(line: &str) -> Option<PathBuf> {
-    let message: serde_json::Value = serde_json::from_str(line).ok()?;
-    let is_agent = message["reason"] == "compiler-artifact" && message["target"]["name"] == "socktop_agent";
-    is_agent.then(|| message["executable"].as_str().map(PathBuf::from)).flatten()
+    BINARY.get_or_init(|| {
+        let binary = std::env::var_os("CARGO_BIN_EXE_socktop_agent").unwrap_or_else(|| {
+            panic!("CARGO_BIN_EXE_socktop_agent is not set: run these tests with `cargo test -p socktop_agent`")
+        });
+        PathBuf::from(binary)
+    })
 }
 
 impl Agent {

@@ -144,10 +144,18 @@ fn upgrade(
     match hyper_tungstenite::upgrade(request, Some(ws_config)) {
         Ok((response, websocket)) => {
             shared.tasks.clone().spawn(async move {
-                match websocket.await {
-                    Ok(websocket) => connection::run(websocket, shared, stop).await,
-                    Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
-                }
+                // Bound by `let`, not matched around the await below: a value
+                // matched on would stay in the task's state for as long as the
+                // connection lasts (a second copy of the stream, 328 bytes).
+                let websocket = match websocket.await {
+                    Ok(websocket) => websocket,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "WebSocket upgrade failed");
+                        return;
+                    }
+                };
+                connection::run(websocket, shared, stop).await;
+                // Held until the connection ends: it counts against the limit.
                 drop(slot);
             });
             response

@@ -192,12 +192,9 @@ pub struct Agent {
 impl Agent {
     /// Starts one agent and waits until it accepts connections.
     pub async fn start(binaries: &Binaries, which: Which, caches: Caches, sensors: Sensors) -> anyhow::Result<Agent> {
-        // Ours binds a port the kernel chooses and logs it; the original cannot say
-        // which port it got, so it is given one nobody listens on now.
-        let port = match which {
-            Which::Ours => 0,
-            Which::Original => testkit::listen::unused_port().context("finding an unused port")?,
-        };
+        // Both bind a port the kernel chooses: ours logs it, the original's is read
+        // from the kernel (wait_listening).
+        let port = 0;
         let setting = format!("{}{}", caches.name().replace(' ', "-"), sensors.log_suffix());
         let log = binaries.logs.join(format!("{}-{setting}.log", which.name()));
         let mut command = match which {
@@ -240,14 +237,20 @@ impl Agent {
         self.child.id()
     }
 
-    /// Waits until the agent accepts connections; started on port 0, until it has
-    /// logged the port the kernel gave it.
+    /// Waits until the agent accepts connections on the port the kernel gave it:
+    /// ours logs it; the original does not, so the kernel is asked where it listens.
     async fn wait_listening(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if self.port == 0 {
-                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-                self.port = log.lines().find_map(testkit::listen::parse_listening_port).unwrap_or(0);
+                self.port = match self.which {
+                    Which::Ours => {
+                        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                        log.lines().find_map(testkit::listen::parse_listening_port)
+                    }
+                    Which::Original => testkit::listen::only_port(self.pid())?,
+                }
+                .unwrap_or(0);
             }
             let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
             if self.port != 0 && tokio::net::TcpStream::connect(addr).await.is_ok() {

@@ -126,30 +126,33 @@ pub struct Exporter {
 impl Exporter {
     /// node_exporter with its default collectors.
     pub async fn node(logs: &Path) -> anyhow::Result<Exporter> {
-        let port = testkit::listen::unused_port()?;
         let mut command = Command::new("prometheus-node-exporter");
-        command.arg(format!("--web.listen-address=127.0.0.1:{port}"));
-        Self::start("node_exporter", command, port, logs).await
+        command.arg("--web.listen-address=127.0.0.1:0");
+        Self::start("node_exporter", command, logs).await
     }
 
     /// process-exporter with one group per command name, as our per-name series.
     pub async fn process(logs: &Path) -> anyhow::Result<Exporter> {
-        let port = testkit::listen::unused_port()?;
         let config = logs.join("process-exporter.yml");
         std::fs::write(&config, "process_names:\n  - name: \"{{.Comm}}\"\n    cmdline:\n      - '.+'\n")?;
         let mut command = Command::new("prometheus-process-exporter");
-        command.arg(format!("-web.listen-address=127.0.0.1:{port}")).arg(format!("-config.path={}", config.display()));
-        Self::start("process-exporter", command, port, logs).await
+        command.arg("-web.listen-address=127.0.0.1:0").arg(format!("-config.path={}", config.display()));
+        Self::start("process-exporter", command, logs).await
     }
 
-    async fn start(name: &'static str, mut command: Command, port: u16, logs: &Path) -> anyhow::Result<Exporter> {
+    /// Starts an exporter told to listen on port 0 and waits until it answers on
+    /// the port the kernel gave it, asking the kernel which one that is.
+    async fn start(name: &'static str, mut command: Command, logs: &Path) -> anyhow::Result<Exporter> {
         let log = File::create(logs.join(format!("{name}.log")))?;
         command.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
         die_with_parent(&mut command);
         let child = command.spawn().with_context(|| format!("starting {name} (Debian package prometheus-{name})"))?;
-        let mut exporter = Exporter { port, child };
+        let mut exporter = Exporter { port: 0, child };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while scrape(port, false).await.is_err() {
+        while exporter.port == 0 || scrape(exporter.port, false).await.is_err() {
+            if exporter.port == 0 {
+                exporter.port = testkit::listen::only_port(exporter.pid())?.unwrap_or(0);
+            }
             if let Some(status) = exporter.child.try_wait()? {
                 bail!("{name} exited with {status}; see .bench/logs/{name}.log");
             }

@@ -90,13 +90,12 @@ impl SoakAgent {
 }
 
 fn start_agent(binary: &std::path::Path, args: &SoakArgs) -> anyhow::Result<SoakAgent> {
-    let port = testkit::listen::unused_port()?;
     // Room for every client and every hostile connection, so the hostile ones
     // reach the code they aim at rather than the 503 at the cap.
     let cap = args.clients + args.hostile_at_once + 64;
     let mut command = Command::new(binary);
     command
-        .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--max-connections", &cap.to_string()])
+        .args(["--bind", "127.0.0.1", "--port", "0", "--max-connections", &cap.to_string()])
         .env("SOCKTOP_TOKEN", TOKEN)
         .envs([("SOCKTOP_AGENT_GPU", "0"), ("SOCKTOP_AGENT_TEMP", "0"), ("RUST_LOG", "warn")])
         .env_remove("SOCKTOP_ENABLE_SSL")
@@ -105,11 +104,20 @@ fn start_agent(binary: &std::path::Path, args: &SoakArgs) -> anyhow::Result<Soak
         .stderr(Stdio::inherit());
     die_with_parent(&mut command);
     let child = command.spawn().with_context(|| format!("starting {}", binary.display()))?;
-    Ok(SoakAgent { child, port })
+    let mut agent = SoakAgent { child, port: 0 };
+    // Logging at warn, the agent does not say which port the kernel gave it: the
+    // kernel does.
+    match testkit::listen::wait_for_listening_port(&mut agent.child, Duration::from_secs(30)) {
+        Ok(port) => agent.port = port,
+        Err(error) => {
+            agent.stop();
+            return Err(error).context("the agent did not listen");
+        }
+    }
+    Ok(agent)
 }
 
 async fn soak(args: &SoakArgs, port: u16, pid: u32) -> anyhow::Result<Report> {
-    wait_listening(port).await?;
     let watch = Arc::new(Watch::new(pid));
     tokio::time::sleep(Duration::from_secs(1)).await;
     let start = watch.sample()?;
@@ -137,16 +145,6 @@ async fn soak(args: &SoakArgs, port: u16, pid: u32) -> anyhow::Result<Report> {
     sampler.abort();
     let end = watch.sample()?;
     Ok(Report { polite, hostile, start, peak: watch.peak(), end, elapsed, closed_after })
-}
-
-async fn wait_listening(port: u16) -> anyhow::Result<()> {
-    for _ in 0..600 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    anyhow::bail!("the agent did not listen within 30 s")
 }
 
 /// Raises this process's soft limit on open files to at least `wanted` (each

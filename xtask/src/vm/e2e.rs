@@ -213,7 +213,7 @@ impl RunningAgent {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 println!("agent: {line}");
-                if let Some(port) = listening_port(&line) {
+                if let Some(port) = testkit::listen::parse_listening_port(&line) {
                     let _ = port_tx.send(port);
                 }
                 sink.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(line);
@@ -235,13 +235,6 @@ impl RunningAgent {
     }
 }
 
-/// The port in the agent's `listening on ws://127.0.0.1:PORT/ws; ...` line.
-fn listening_port(line: &str) -> Option<u16> {
-    let rest = &line[line.find("listening on ")?..];
-    let address = rest.split("://").nth(1)?.split('/').next()?;
-    address.rsplit(':').next()?.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,11 +247,5 @@ mod tests {
         assert_eq!(top_process_cpu_seconds(scrape, 123), Some(1.5));
         assert_eq!(top_process_cpu_seconds(scrape, 12), Some(3.25));
         assert_eq!(top_process_cpu_seconds(scrape, 1), None);
-    }
-
-    #[test]
-    fn the_port_is_read_from_the_listening_line() {
-        let line = "2026-12-07T03:00:00Z  INFO socktop_agent: listening on ws://127.0.0.1:41234/ws; TLS off";
-        assert_eq!(listening_port(line), Some(41234));
     }
 }

@@ -75,7 +75,8 @@ pub struct EbpfCpuTime {
     /// Whether `retain_live` ran once: with kernel cleanup it is needed only for
     /// processes that exited while the programs were being attached.
     pub(super) retained_once: bool,
-    /// What the iterator wrote at the last reading, kept for its allocation.
+    /// What the iterator wrote at the last reading, kept for its allocation while
+    /// the agent is watched.
     pub(super) iterator_output: Vec<u8>,
     /// Processes the task iterator does not visit although /proc lists them;
     /// listings read these from /proc instead.
@@ -208,6 +209,9 @@ impl CpuTimeSource for EbpfCpuTime {
 
     fn idle(&mut self) {
         self.pause_resync();
+        // Sized by the host's processes (64 KiB for 1,100): an agent nobody
+        // watches does not keep it for the next client.
+        self.iterator_output = Vec::new();
     }
 
     /// Deletes the entries of processes absent from `live`. An entry with a thread

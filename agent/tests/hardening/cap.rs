@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use e2e::Agent;
+use e2e::tokio_tungstenite::tungstenite;
 use e2e::ws::{self, Answer, ask};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_tungstenite::tungstenite;
 
 const UPGRADE: &str = "GET /ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
 Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
@@ -38,7 +38,7 @@ async fn past_the_cap_a_connection_gets_a_503_at_once_and_the_connected_are_serv
         let answer = raw_answer(agent.port).await;
         assert!(answer.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{answer}");
     }
-    match tokio_tungstenite::connect_async(agent.ws_url()).await {
+    match e2e::tokio_tungstenite::connect_async(agent.ws_url()).await {
         Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 503),
         other => panic!("a client past the cap got {:?}", other.map(|(_, r)| r)),
     }
@@ -52,7 +52,7 @@ async fn past_the_cap_a_connection_gets_a_503_at_once_and_the_connected_are_serv
     drop(first);
     let mut third = None;
     for _ in 0..100 {
-        match tokio_tungstenite::connect_async(agent.ws_url()).await {
+        match e2e::tokio_tungstenite::connect_async(agent.ws_url()).await {
             Ok((ws, _)) => {
                 third = Some(ws);
                 break;

@@ -26,7 +26,7 @@ async fn agent_info_in_both_forms_and_healthz_describe_the_running_agent() {
     )
     .expect("agent starts");
     let url = format!("{}?token={token}", agent.ws_url());
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("connects with the token");
+    let (mut ws, _) = e2e::tokio_tungstenite::connect_async(url).await.expect("connects with the token");
 
     let Answer::Json(command) = ask(&mut ws, "get_agent_info").await else { panic!("agent_info is JSON") };
     let Answer::Json(json_form) = ask(&mut ws, r#"{"type":"agent_info"}"#).await else { panic!("JSON") };

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
+use e2e::socktop_connector::connect_to_socktop_agent;
 use e2e::{Agent, Workload, client, host};
-use socktop_connector::connect_to_socktop_agent;
 
 /// What loading the eBPF program takes, for a skip: the agent's own reason after it.
 pub(crate) fn ebpf_needs(source_line: &str) -> String {

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use e2e::tokio_tungstenite::tungstenite::Message;
 use e2e::ws::{self, Answer, ask};
 use futures_util::SinkExt;
 use socktop_agent::config::Config;
@@ -14,7 +15,6 @@ use socktop_agent::protocol::agent_info::AgentInfo;
 use socktop_agent::service::Service;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio_tungstenite::tungstenite::Message;
 
 /// A CPU-time source with a bug: it panics on every reading.
 struct Panicking;
@@ -105,7 +105,7 @@ async fn a_client_that_stops_reading_is_disconnected_and_frees_its_slot() {
     // client is served, while the deaf one is still connected.
     let mut served = None;
     for _ in 0..300 {
-        if let Ok((ws, _)) = tokio_tungstenite::connect_async(&url).await {
+        if let Ok((ws, _)) = e2e::tokio_tungstenite::connect_async(&url).await {
             served = Some(ws);
             break;
         }

@@ -10,8 +10,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use e2e::fleet::{Fleet, Prometheus, http_get, named_program};
+use e2e::socktop_connector::connect_to_socktop_agent;
 use e2e::{Agent, Workload, client, host, sysfs};
-use socktop_connector::connect_to_socktop_agent;
 
 /// The scrape text and the parsed samples (`name{labels}` -> value).
 fn scrape(agent: &Agent, path: &str, headers: &[(&str, &str)]) -> (String, BTreeMap<String, f64>) {

@@ -5,12 +5,12 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use e2e::prost::Message as _;
+use e2e::socktop_connector::connect_to_socktop_agent;
+use e2e::tokio_tungstenite::tungstenite::Message;
 use e2e::ws::{Answer, ask, decode, next_frame};
 use e2e::{Agent, Workload, client, host};
 use futures_util::SinkExt;
-use prost::Message as _;
-use socktop_connector::connect_to_socktop_agent;
-use tokio_tungstenite::tungstenite::Message;
 
 use super::raw_client;
 

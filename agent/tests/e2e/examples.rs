@@ -68,11 +68,10 @@ fn field<T: std::str::FromStr>(line: &str, key: &str) -> T {
 }
 
 fn example_matches_the_host_and_reconnects(command: Command) {
-    // Built first: a build while the example waits would stretch its backoff.
-    e2e::agent_binary();
     // The example is told the port before any agent listens there (it must retry
-    // until one does): the one case where a port is chosen before it is bound.
-    let port = testkit::listen::unused_port().expect("an unused port");
+    // until one does), so the port is held for the agents meanwhile.
+    let reserved = testkit::listen::ReservedPort::on_loopback().expect("a port reserved");
+    let port = reserved.port();
     let example = Example::start(command, port);
     // No agent yet: it retries, each delay twice the one before.
     example.wait_for("reconnecting in 1.0s", 1);
@@ -86,6 +85,7 @@ fn example_matches_the_host_and_reconnects(command: Command) {
     example.wait_for("connected ", 2);
     example.wait_for("processes ", 2);
     drop(agent);
+    drop(reserved);
 
     let lines = example.lines();
     let first = |prefix: &str| lines.iter().position(|l| l.starts_with(prefix)).unwrap_or(usize::MAX);

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real binary, the real socktop client library, and the
 //! host's own figures as ground truth. One test binary (one link, agents started
-//! in parallel across its tests), one file per subject.
+//! in parallel across its tests), one file per subject. The harness is the `e2e`
+//! crate (tests/); the binary is the one Cargo built for this run.
 
 #[path = "e2e/access.rs"]
 mod access;

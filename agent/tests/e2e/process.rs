@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
+use e2e::socktop_connector::connect_to_socktop_agent;
 use e2e::ws::{Answer, ask};
 use e2e::{Agent, Workload, client, host};
-use socktop_connector::connect_to_socktop_agent;
 
 use super::raw_client;
 

@@ -4,8 +4,8 @@
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
+use e2e::socktop_connector::{connect_to_socktop_agent, connect_to_socktop_agent_with_tls};
 use e2e::{Agent, client};
-use socktop_connector::{connect_to_socktop_agent, connect_to_socktop_agent_with_tls};
 
 use super::run_to_exit;
 

@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
+use e2e::socktop_connector::connect_to_socktop_agent;
+use e2e::tokio_tungstenite::tungstenite::Message;
 use e2e::ws::{Answer, ask, decode, next_frame};
 use e2e::{Agent, client};
 use futures_util::{SinkExt, StreamExt};
-use socktop_connector::connect_to_socktop_agent;
-use tokio_tungstenite::tungstenite::Message;
 
 use super::raw_client;
 
