@@ -48,9 +48,10 @@ impl Accel {
             .arg(&kernel.image)
             .args(["-append", "console=ttyS0 panic=-1"]);
         let started = Instant::now();
-        let panicked = run_with_timeout(command, &log, Limits { total: KVM_PROBE_TIMEOUT, silence: None }, String::new, |_| {})
-            .map(|_| std::fs::read_to_string(&log).unwrap_or_default().contains("Kernel panic"))
-            .unwrap_or(false);
+        let panicked =
+            run_with_timeout(command, &log, Limits { total: KVM_PROBE_TIMEOUT, silence: None }, String::new, |_| {})
+                .map(|_| std::fs::read_to_string(&log).unwrap_or_default().contains("Kernel panic"))
+                .unwrap_or(false);
         let accel = if panicked { Accel::Kvm } else { Accel::Tcg };
         println!(
             "vm-test: KVM probe ({}): {} after {:.1} s: {accel:?}",
@@ -84,8 +85,12 @@ pub enum Stopped {
 
 /// Boots `kernel`, runs `command` in it as root, and returns its exit status.
 pub fn run(kernel: &Kernel, command: &str, options: &Options) -> anyhow::Result<i32> {
-    let vng = super::workspace_vm_dir().join("venv/bin/vng");
-    let mut vng_command = Command::new(&vng);
+    let venv_bin = super::workspace_vm_dir().join("venv/bin");
+    let mut vng_command = Command::new(venv_bin.join("vng"));
+    // vng starts `virtme-run`, installed beside it, through the shell's PATH.
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let path = std::env::join_paths(std::iter::once(venv_bin.clone()).chain(std::env::split_paths(&path)))?;
+    vng_command.env("PATH", path);
     vng_command.arg("--run").arg(&kernel.image);
     // Without address randomisation the instruction pointers dumped at a stall
     // are named through the guest's /proc/kallsyms, copied at start (guest.rs).
@@ -161,7 +166,8 @@ fn run_with_timeout(
                 let _ = child.wait();
             };
             loop {
-                let silent = started.elapsed().saturating_sub(Duration::from_millis(last_line_ms.load(Ordering::Relaxed)));
+                let silent =
+                    started.elapsed().saturating_sub(Duration::from_millis(last_line_ms.load(Ordering::Relaxed)));
                 match child.try_wait() {
                     Ok(Some(status)) => return Ok((status.code().unwrap_or(-1), None)),
                     Ok(None) if started.elapsed() > limits.total => {
@@ -213,9 +219,13 @@ fn registers_at_stall(monitor: &Path, symbol_file: &Path) -> String {
         match monitor_command(monitor, "info registers -a") {
             Ok(answer) => {
                 out.push_str(&format!("--- reading {round}\n"));
-                for line in answer.lines().filter(|l| l.starts_with("CPU#") || l.starts_with("RIP=") || l.starts_with("RSP=")) {
+                for line in
+                    answer.lines().filter(|l| l.starts_with("CPU#") || l.starts_with("RIP=") || l.starts_with("RSP="))
+                {
                     out.push_str(line.trim_end());
-                    if let Some(rip) = line.strip_prefix("RIP=").and_then(|r| u64::from_str_radix(&r[..16.min(r.len())], 16).ok()) {
+                    if let Some(rip) =
+                        line.strip_prefix("RIP=").and_then(|r| u64::from_str_radix(&r[..16.min(r.len())], 16).ok())
+                    {
                         out.push_str(&format!("   <{}>", symbols.name(rip)));
                     }
                     out.push('\n');
@@ -261,7 +271,8 @@ impl KernelSymbols {
             .filter_map(|line| {
                 let mut fields = line.split_whitespace();
                 let (address, kind, name) = (fields.next()?, fields.next()?, fields.next()?);
-                matches!(kind, "t" | "T" | "w" | "W").then(|| Some((u64::from_str_radix(address, 16).ok()?, name.to_owned())))?
+                matches!(kind, "t" | "T" | "w" | "W")
+                    .then(|| Some((u64::from_str_radix(address, 16).ok()?, name.to_owned())))?
             })
             .collect();
         symbols.sort_unstable();
@@ -306,10 +317,8 @@ ffffffff810b0000 W weak_function
 
     #[test]
     fn the_system_map_lies_beside_the_image() {
-        let kernel = Kernel {
-            package: "linux-image-6.1.0-57-amd64".into(),
-            image: "/k/boot/vmlinuz-6.1.0-57-amd64".into(),
-        };
+        let kernel =
+            Kernel { package: "linux-image-6.1.0-57-amd64".into(), image: "/k/boot/vmlinuz-6.1.0-57-amd64".into() };
         assert_eq!(system_map(&kernel), Path::new("/k/boot/System.map-6.1.0-57-amd64"));
     }
 }
