@@ -74,13 +74,22 @@ pub fn busy_ticks() -> std::io::Result<u64> {
 /// under an emulator (QEMU's TCG), whose guests lose timer ticks, so /proc/stat's
 /// tick samples miss busy time there (docs/EBPF.md, "Kernels in VMs").
 pub fn busy_time() -> std::io::Result<Duration> {
-    if std::env::var("SOCKTOP_TEST_BUSY_CLOCK").as_deref() == Ok("schedstat") {
+    if busy_clock_is_schedstat() {
         let schedstat = std::fs::read_to_string("/proc/schedstat")?;
         return parse_schedstat_busy_ns(&schedstat)
             .map(Duration::from_nanos)
             .ok_or_else(|| invalid("/proc/schedstat has no cpu lines".to_owned()));
     }
     Ok(ticks_to_duration(busy_ticks()?))
+}
+
+/// Where [`busy_time`] reads, for messages: `/proc/stat` or `/proc/schedstat`.
+pub fn busy_clock() -> &'static str {
+    if busy_clock_is_schedstat() { "/proc/schedstat" } else { "/proc/stat" }
+}
+
+fn busy_clock_is_schedstat() -> bool {
+    std::env::var("SOCKTOP_TEST_BUSY_CLOCK").as_deref() == Ok("schedstat")
 }
 
 /// The sum over `cpuN` lines of `/proc/schedstat` of their seventh field,
