@@ -1,6 +1,6 @@
-//! Harness for the end-to-end tests: builds and starts the real `socktop_agent`
-//! binary on a loopback port, and offers ground-truth readings of the host to
-//! compare its answers with.
+//! Harness for the end-to-end tests in `agent/tests`: starts the real
+//! `socktop_agent` binary, which Cargo builds for them, on a loopback port, and
+//! offers ground-truth readings of the host to compare its answers with.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
