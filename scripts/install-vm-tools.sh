@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what `cargo xtask vm-test` needs, idempotently, into a venv beside the
 # workspace's build output (its path is the first argument; the runner passes
-# target/vm/venv): QEMU for x86-64 (TCG needs nothing else), virtme-ng from PyPI,
+# target/vm/venv): bookworm's QEMU for x86-64, for its libraries and firmware (the
+# emulator run is bookworm-backports' newer one, which xtask/src/vm/kernels.rs
+# fetches and unpacks beside the kernels), virtme-ng from PyPI,
 # depmod (kmod), which vng runs on the kernel's modules, and a static busybox
 # (busybox-static), the userland of the initramfs vng builds to load those modules
 # (Debian's kernels have 9p and virtio as modules). udev is deliberately

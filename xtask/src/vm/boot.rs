@@ -31,8 +31,8 @@ pub enum Accel {
 const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl Accel {
-    /// `Auto` decided by booting `kernel` under KVM once.
-    pub fn resolve(self, kernel: Option<&Kernel>, vm_dir: &Path) -> anyhow::Result<Accel> {
+    /// `Auto` decided by booting `kernel` under KVM once, with `qemu`.
+    pub fn resolve(self, kernel: Option<&Kernel>, qemu: &Path, vm_dir: &Path) -> anyhow::Result<Accel> {
         let (Accel::Auto, Some(kernel)) = (self, kernel) else {
             return Ok(if self == Accel::Auto { Accel::Tcg } else { self });
         };
@@ -41,7 +41,7 @@ impl Accel {
             return Ok(Accel::Tcg);
         }
         let log = vm_dir.join("kvm-probe.log");
-        let mut command = Command::new("qemu-system-x86_64");
+        let mut command = Command::new(qemu);
         command
             .args(["-accel", "kvm", "-cpu", "host", "-machine", "q35", "-m", "256M", "-smp", "1"])
             .args(["-nodefaults", "-display", "none", "-no-reboot", "-serial", "stdio", "-kernel"])
@@ -64,6 +64,8 @@ impl Accel {
 }
 
 pub struct Options<'a> {
+    /// The QEMU binary (kernels.rs: bookworm-backports' build).
+    pub qemu: &'a Path,
     pub accel: Accel,
     pub cpus: u32,
     pub memory: &'a str,
@@ -98,11 +100,11 @@ pub fn run(kernel: &Kernel, command: &str, options: &Options) -> anyhow::Result<
     if options.accel != Accel::Kvm {
         // The emulated TSC runs off the host's clock, the same on every CPU, but
         // its readings race the emulated HPET's: Linux marks it unstable, at boot
-        // (6.1, left on the HPET: every clock read an emulated MMIO access) or
-        // later by its clocksource watchdog. The later switch patches the
-        // scheduler clock's static branch, and under QEMU's multi-threaded
-        // emulator that patching crashed 6.12 (`Oops: int3` in `sched_clock_cpu`,
-        // the watchdog having seen 0.6 ms of skew over 475 ms).
+        // (6.1, left on the HPET: CLOCK_MONOTONIC then ran at another rate than
+        // the scheduler's clock, 6 - 8 ms a second apart) or later by its
+        // clocksource watchdog, whose switch patches the scheduler clock's static
+        // branch (under QEMU 7.2 that crashed 6.12: `Oops: int3` in
+        // `sched_clock_cpu`). Trusted, it is the one clock, as on real CPUs.
         vng_command.arg("--disable-kvm");
         append.push_str(" tsc=reliable");
     }
@@ -110,6 +112,8 @@ pub fn run(kernel: &Kernel, command: &str, options: &Options) -> anyhow::Result<
     vng_command
         .args(["--force-9p", "--verbose", "--cpus", &options.cpus.to_string(), "--memory", options.memory])
         .args(["--append", &append])
+        .arg("--qemu")
+        .arg(options.qemu)
         .arg(format!("--qemu-opts=-monitor unix:{},server,nowait", monitor.display()))
         .arg("--rwdir")
         .arg(options.results)

@@ -1,11 +1,15 @@
-//! Debian's kernels for the VM matrix, fetched and cached without touching the
+//! Debian's packages for the VM matrix, fetched and cached without touching the
 //! system's apt configuration: a private sources list, package lists and package
-//! cache under `target/vm/apt/`, `apt-get download` of the newest image of each
-//! series the index holds (no build number is written down here, so a new
-//! security upload is picked up by the next run), and `dpkg-deb -x` into
-//! `target/vm/kernels/<package>/`, where vng finds `boot/vmlinuz-*` and the modules
-//! (9p, virtio) beside it. Debian's generic `-amd64` flavour is the one used: the
-//! `-cloud-amd64` one has no 9p, so the host's root filesystem cannot be shared.
+//! cache under `target/vm/apt/`, `apt-get download`, and `dpkg-deb -x` into
+//! `target/vm/`.
+//!
+//! - The kernels: the newest image of each series the index holds (no build number
+//!   is written down here, so a new security upload is picked up by the next run),
+//!   unpacked into `target/vm/kernels/<package>/`, where vng finds `boot/vmlinuz-*`
+//!   and the modules (9p, virtio) beside it. Debian's generic `-amd64` flavour is the
+//!   one used: the `-cloud-amd64` one has no 9p, so the host's root filesystem cannot
+//!   be shared.
+//! - QEMU's x86-64 emulator from bookworm-backports ([`fetch_qemu`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -109,6 +113,23 @@ impl PrivateApt {
         Ok(())
     }
 
+    /// The version of `package` (`name/suite`) the lists hold.
+    fn version(&self, package: &str) -> anyhow::Result<String> {
+        let output = self
+            .command("apt-cache")
+            .args(["show", "--no-all-versions", package])
+            .output()
+            .context("running apt-cache show")?;
+        if !output.status.success() {
+            bail!("apt-cache show {package} failed: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        let show = String::from_utf8(output.stdout)?;
+        show.lines()
+            .find_map(|line| line.strip_prefix("Version: "))
+            .map(str::to_owned)
+            .with_context(|| format!("apt-cache show {package} printed no version"))
+    }
+
     /// The names of every kernel image package the lists hold.
     fn image_packages(&self) -> anyhow::Result<String> {
         let output = self
@@ -134,7 +155,9 @@ impl PrivateApt {
         if !status.success() {
             bail!("apt-get download {package} failed: {status}");
         }
-        let prefix = format!("{package}_");
+        // `name/suite` downloads as name_version_arch.deb.
+        let name = package.split_once('/').map_or(package, |(name, _suite)| name);
+        let prefix = format!("{name}_");
         std::fs::read_dir(into)?
             .filter_map(|entry| entry.ok().map(|entry| entry.path()))
             .find(|path| path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix)))
@@ -210,6 +233,52 @@ pub fn fetch(vm_dir: &Path, series: &[Series]) -> anyhow::Result<Vec<Kernel>> {
         kernels.push(Kernel { package, image });
     }
     Ok(kernels)
+}
+
+/// The QEMU the guests run under: bookworm-backports' build (10.0), unpacked, not
+/// installed. Under TCG, bookworm's own QEMU 7.2 sometimes left both guest CPUs
+/// taking the same breakpoint without end while the kernel patched its code to
+/// enable a tracepoint (attaching our programs: `exc_int3` and `__schedule`, or
+/// `__hrtimer_run_queues`, in the registers dumped at the stall), on 5.10, 6.1 and
+/// 6.12 (docs/EBPF.md, "Kernels in VMs"). Its libraries and firmware are those
+/// scripts/install-vm-tools.sh installs with bookworm's QEMU. Returns the binary.
+pub fn fetch_qemu(vm_dir: &Path) -> anyhow::Result<PathBuf> {
+    const PACKAGE: &str = "qemu-system-x86/bookworm-backports";
+    let qemu_dir = vm_dir.join("qemu");
+    let binary = |unpacked: &Path| unpacked.join("usr/bin/qemu-system-x86_64");
+    let apt = PrivateApt::new(vm_dir)?;
+    let version = match apt.update().and_then(|()| apt.version(PACKAGE)) {
+        Ok(version) => version,
+        Err(error) => {
+            eprintln!("vm-test: package lists unavailable ({error:#}); using the cached QEMU");
+            let cached = std::fs::read_dir(&qemu_dir)
+                .into_iter()
+                .flatten()
+                .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+                .find(|unpacked| binary(unpacked).exists());
+            return cached
+                .map(|unpacked| binary(&unpacked))
+                .with_context(|| format!("no QEMU cached in {}", qemu_dir.display()));
+        }
+    };
+    // Epochs have a colon, which is no trouble in a path but reads oddly.
+    let unpacked = qemu_dir.join(version.replace(':', "_"));
+    if !binary(&unpacked).exists() {
+        let deb = apt.download(PACKAGE, &vm_dir.join("debs"))?;
+        let partial = qemu_dir.join("partial");
+        let _ = std::fs::remove_dir_all(&partial);
+        std::fs::create_dir_all(&partial)?;
+        let status = Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&partial).status()?;
+        if !status.success() {
+            bail!("dpkg-deb -x {} failed: {status}", deb.display());
+        }
+        let _ = std::fs::remove_dir_all(&unpacked);
+        std::fs::rename(&partial, &unpacked)?;
+        std::fs::remove_file(&deb)?;
+    }
+    let qemu = binary(&unpacked);
+    anyhow::ensure!(qemu.exists(), "{PACKAGE} {version} holds no usr/bin/qemu-system-x86_64");
+    Ok(qemu)
 }
 
 /// The cached packages as `apt-cache search` would list them.
