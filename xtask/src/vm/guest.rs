@@ -55,16 +55,6 @@ const TCG_TEST_SETTINGS: [(&str, &str); 2] =
 /// CI's own `cargo test` keep it.
 const SKIPPED_UNDER_TCG: [&str; 1] = ["proc_source_busy_loop_matches_the_kernel_to_a_tick"];
 
-/// Tests of `cpu_closure` not run under TCG: a 2 ms grandchild's time showed twice in
-/// its parent's row in 2 of about 20 runs in emulated guests (5.10, then 6.12 under
-/// QEMU 10), never in the host's runs. An open defect, not the emulator's as far as is
-/// known (docs/EBPF.md, "5.10 in CI"); the host's run and CI's own `cargo test` keep
-/// these tests, where it has not shown.
-const CLOSURE_SKIPPED_UNDER_TCG: [&str; 2] = [
-    "ebpf_a_process_living_2_ms_shows_in_its_parent_within_one_window",
-    "ebpf_summed_in_user_space_a_process_living_2_ms_shows_in_its_parent_within_one_window",
-];
-
 /// The eBPF tests also run as the CAP_BPF + CAP_PERFMON user: one per program kind
 /// (tp_btf switch with its repairs, its raw_tp twin, the task iterator, the exit
 /// records), which is what the capabilities can change; root runs the whole file.
@@ -156,10 +146,6 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     if args.tcg {
         ebpf_as_root.extend(SKIPPED_UNDER_TCG.iter().flat_map(|test| ["--skip", test]));
     }
-    let mut closure_as_root = test_harness.clone();
-    if args.tcg {
-        closure_as_root.extend(CLOSURE_SKIPPED_UNDER_TCG.iter().flat_map(|test| ["--skip", test]));
-    }
     let mut ebpf_with_capabilities = test_harness.clone();
     ebpf_with_capabilities.push("--exact");
     ebpf_with_capabilities.extend(EBPF_TESTS_WITH_CAPABILITIES);
@@ -168,7 +154,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         let checks: Vec<(&str, &Path, &Vec<&str>)> = match identity {
             Identity::Root => vec![
                 ("ebpf_cpu", &binaries.ebpf_cpu, &ebpf_as_root),
-                ("cpu_closure", &binaries.cpu_closure, &closure_as_root),
+                ("cpu_closure", &binaries.cpu_closure, &test_harness),
                 ("e2e", &binaries.xtask, &e2e),
             ],
             Identity::BpfPerfmon => {

@@ -236,11 +236,11 @@ pub fn fetch(vm_dir: &Path, series: &[Series]) -> anyhow::Result<Vec<Kernel>> {
 }
 
 /// The QEMU the guests run under: bookworm-backports' build (10.0), unpacked, not
-/// installed. Under TCG, bookworm's own QEMU 7.2 sometimes left both guest CPUs
-/// taking the same breakpoint without end while the kernel patched its code to
-/// enable a tracepoint (attaching our programs: `exc_int3` and `__schedule`, or
-/// `__hrtimer_run_queues`, in the registers dumped at the stall), on 5.10, 6.1 and
-/// 6.12 (docs/EBPF.md, "Kernels in VMs"). Its libraries and firmware are those
+/// installed. Under TCG, bookworm's own QEMU 7.2 sometimes left a guest CPU taking
+/// the same breakpoint without end while another, patching a tracepoint's call site
+/// as our programs attached or detached, waited for it (`exc_int3` and
+/// `__schedule`, or `__hrtimer_run_queues`, in the registers dumped at the stall):
+/// on 5.10 and 6.1, and 6.12's `Oops: int3` (docs/EBPF.md, "QEMU"). Its libraries and firmware are those
 /// scripts/install-vm-tools.sh installs with bookworm's QEMU. Returns the binary.
 pub fn fetch_qemu(vm_dir: &Path) -> anyhow::Result<PathBuf> {
     const PACKAGE: &str = "qemu-system-x86/bookworm-backports";
