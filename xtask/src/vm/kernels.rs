@@ -130,6 +130,26 @@ impl PrivateApt {
             .with_context(|| format!("apt-cache show {package} printed no version"))
     }
 
+    /// Downloads `package` and unpacks it into `unpacked` (replaced whole, through a
+    /// sibling `.partial` folder so that an interrupted run leaves no half copy);
+    /// the unpacked copy is what is kept, not the .deb.
+    fn unpack(&self, package: &str, vm_dir: &Path, unpacked: &Path) -> anyhow::Result<()> {
+        let deb = self.download(package, &vm_dir.join("debs"))?;
+        let mut partial = unpacked.as_os_str().to_owned();
+        partial.push(".partial");
+        let partial = PathBuf::from(partial);
+        let _ = std::fs::remove_dir_all(&partial);
+        std::fs::create_dir_all(&partial)?;
+        let status = Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&partial).status()?;
+        if !status.success() {
+            bail!("dpkg-deb -x {} failed: {status}", deb.display());
+        }
+        let _ = std::fs::remove_dir_all(unpacked);
+        std::fs::rename(&partial, unpacked)?;
+        std::fs::remove_file(&deb)?;
+        Ok(())
+    }
+
     /// The names of every kernel image package the lists hold.
     fn image_packages(&self) -> anyhow::Result<String> {
         let output = self
@@ -215,18 +235,7 @@ pub fn fetch(vm_dir: &Path, series: &[Series]) -> anyhow::Result<Vec<Kernel>> {
         let image = match find_image(&unpacked) {
             Some(image) => image,
             None => {
-                let deb = apt.download(&package, &vm_dir.join("debs"))?;
-                let partial = kernels_dir.join(format!("{package}.partial"));
-                let _ = std::fs::remove_dir_all(&partial);
-                std::fs::create_dir_all(&partial)?;
-                let status = Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&partial).status()?;
-                if !status.success() {
-                    bail!("dpkg-deb -x {} failed: {status}", deb.display());
-                }
-                let _ = std::fs::remove_dir_all(&unpacked);
-                std::fs::rename(&partial, &unpacked)?;
-                // The unpacked copy is what is kept.
-                std::fs::remove_file(&deb)?;
+                apt.unpack(&package, vm_dir, &unpacked)?;
                 find_image(&unpacked).with_context(|| format!("{package} holds no boot/vmlinuz-*"))?
             }
         };
@@ -264,17 +273,7 @@ pub fn fetch_qemu(vm_dir: &Path) -> anyhow::Result<PathBuf> {
     // Epochs have a colon, which is no trouble in a path but reads oddly.
     let unpacked = qemu_dir.join(version.replace(':', "_"));
     if !binary(&unpacked).exists() {
-        let deb = apt.download(PACKAGE, &vm_dir.join("debs"))?;
-        let partial = qemu_dir.join("partial");
-        let _ = std::fs::remove_dir_all(&partial);
-        std::fs::create_dir_all(&partial)?;
-        let status = Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&partial).status()?;
-        if !status.success() {
-            bail!("dpkg-deb -x {} failed: {status}", deb.display());
-        }
-        let _ = std::fs::remove_dir_all(&unpacked);
-        std::fs::rename(&partial, &unpacked)?;
-        std::fs::remove_file(&deb)?;
+        apt.unpack(PACKAGE, vm_dir, &unpacked)?;
     }
     let qemu = binary(&unpacked);
     anyhow::ensure!(qemu.exists(), "{PACKAGE} {version} holds no usr/bin/qemu-system-x86_64");
