@@ -121,9 +121,9 @@ pub fn run(kernel: &Kernel, command: &str, options: &Options) -> anyhow::Result<
     let console = options.results.join("console.log");
     let limits = Limits { total: options.timeout, silence: Some(options.stall) };
     // The guest copies its /proc/kallsyms there at start (Debian's System.map is a
-    // placeholder pointing to the -dbg package).
+    // placeholder pointing to the -dbg package); without it, addresses stay bare.
     let kallsyms = options.results.join("kallsyms");
-    let on_stall = || registers_at_stall(&monitor, &if kallsyms.exists() { kallsyms } else { system_map(kernel) });
+    let on_stall = || registers_at_stall(&monitor, &kallsyms);
     let status = run_with_timeout(vng_command, &console, limits, on_stall, |line| {
         // The kernel's own lines (and the decompressor's) stay in console.log; the
         // guest's are shown.
@@ -206,13 +206,6 @@ fn run_with_timeout(
     })
 }
 
-/// `System.map-<version>` beside the kernel's `vmlinuz-<version>` (same format as
-/// /proc/kallsyms).
-fn system_map(kernel: &Kernel) -> std::path::PathBuf {
-    let name = kernel.image.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-    kernel.image.with_file_name(name.replacen("vmlinuz", "System.map", 1))
-}
-
 /// Each CPU's registers, read three times a second apart through QEMU's monitor,
 /// with the kernel function each instruction pointer lies in: a CPU spinning in
 /// one place, or one stuck at a breakpoint left by code patching, shows in them.
@@ -260,7 +253,7 @@ fn monitor_command(socket: &Path, command: &str) -> std::io::Result<String> {
     Ok(drain(&mut stream))
 }
 
-/// A kernel's text symbols from a System.map or /proc/kallsyms, sorted by address.
+/// A kernel's text symbols from /proc/kallsyms (System.map's format), sorted by address.
 struct KernelSymbols(Vec<(u64, String)>);
 
 impl KernelSymbols {
@@ -317,12 +310,5 @@ ffffffff810b0000 W weak_function
         assert_eq!(symbols.name(0xffffffff8200c004), "0xffffffff8200c004");
         assert_eq!(symbols.name(0xffffffffc0123456), "outside the kernel's text: a module or a BPF program");
         assert_eq!(symbols.name(0x7f1906a43cda), "user space");
-    }
-
-    #[test]
-    fn the_system_map_lies_beside_the_image() {
-        let kernel =
-            Kernel { package: "linux-image-6.1.0-57-amd64".into(), image: "/k/boot/vmlinuz-6.1.0-57-amd64".into() };
-        assert_eq!(system_map(&kernel), Path::new("/k/boot/System.map-6.1.0-57-amd64"));
     }
 }

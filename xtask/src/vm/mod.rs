@@ -71,11 +71,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         labels.iter().filter_map(|label| kernels::SERIES.iter().find(|s| s.version == label)).copied().collect();
     let fetched = kernels::fetch(&vm_dir, &series)?;
     let binaries = if args.exec.is_none() { Some(build_binaries(&root)?) } else { None };
-    let qemu = if wants_vm { kernels::fetch_qemu(&vm_dir)? } else { PathBuf::new() };
-    if wants_vm {
+    let (qemu, accel) = if wants_vm {
+        let qemu = kernels::fetch_qemu(&vm_dir)?;
         println!("vm-test: QEMU {}", qemu.display());
-    }
-    let accel = if wants_vm { args.accel.resolve(fetched.first(), &qemu, &vm_dir)? } else { boot::Accel::Tcg };
+        let accel = args.accel.resolve(fetched.first(), &qemu, &vm_dir)?;
+        (qemu, accel)
+    } else {
+        (PathBuf::new(), boot::Accel::Tcg)
+    };
     let mut outcomes = Vec::new();
     for label in &labels {
         let kernel = series.iter().position(|s| s.version == label).map(|at| &fetched[at]);
