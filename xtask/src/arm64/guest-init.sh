@@ -30,7 +30,9 @@ echo "vm-check: kernel $(uname -r) $(uname -m), $(grep -c ^processor /proc/cpuin
 
 port=3000
 # Processes are listed afresh for every scrape, so a reading is not an older snapshot.
-SOCKTOP_AGENT_PROCESSES_TTL_MS=0 socktop_agent --bind 127.0.0.1 --port $port >/tmp/agent.log 2>&1 &
+# Debug for the agent's own lines: its eBPF error counters and reads, printed whole
+# when a check fails.
+RUST_LOG=socktop_agent=debug SOCKTOP_AGENT_PROCESSES_TTL_MS=0 socktop_agent --bind 127.0.0.1 --port $port >/tmp/agent.log 2>&1 &
 agent=$!
 
 healthz=
@@ -91,6 +93,10 @@ if [ -z "$stopped" ] || ! awk -v r="$ratio" 'BEGIN { exit !(r >= 0.95 && r <= 1.
     fail "the stopped loop's CPU seconds on /metrics are not within 5% of its schedstat"
     echo "vm-check: the lines of /metrics that name spin, and the loop's comm ($(cat /proc/$spin/comm)):"
     grep spin /tmp/metrics
+    echo "vm-check: the loop's ids and switches:"
+    grep -E '^(Tgid|Pid|PPid|voluntary_ctxt_switches|nonvoluntary_ctxt_switches|Cpus_allowed_list)' "/proc/$spin/status"
+    echo "vm-check: the agent's whole log:"
+    sed 's/^/    /' /tmp/agent.log
 else
     echo "vm-check: ok: CPU seconds within 5% of schedstat"
 fi
