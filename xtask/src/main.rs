@@ -8,6 +8,7 @@ mod ci;
 mod deb;
 mod ebpf_cost;
 mod soak;
+mod text_order;
 mod vm;
 
 use clap::{CommandFactory, Parser, Subcommand};
@@ -44,6 +45,9 @@ enum Command {
     VmGuestE2e(vm::e2e::Args),
     /// Boot Debian's arm64 kernel under QEMU and check the aarch64 agent there (eBPF, precision).
     VmTestArm64(arm64::Args),
+    /// Profile which functions an agent runs and write agent/text-order.txt, the
+    /// release build's code layout (or --check it against a binary). Root.
+    TextOrder(text_order::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -58,6 +62,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::VmGuest(args)) => vm::guest::run(&args),
         Some(Command::VmGuestE2e(args)) => vm::e2e::run(&args),
         Some(Command::VmTestArm64(args)) => arm64::run(&args),
+        Some(Command::TextOrder(args)) => text_order::run(&args),
         // `cargo xtask` alone lists the commands.
         None => Ok(Cli::command().print_help()?),
     }
