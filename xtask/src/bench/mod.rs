@@ -28,7 +28,7 @@ mod sensors;
 mod watched;
 // What the phases share.
 mod cost_example;
-mod crowd;
+pub(crate) mod crowd;
 mod machine;
 mod report;
 

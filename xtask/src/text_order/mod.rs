@@ -34,7 +34,11 @@ use std::{
 use anyhow::{Context, Result, ensure};
 
 use crate::bench::client::{Client, DISKS_EVERY_N_METRICS, Kind, METRICS_EVERY, PROCESSES_EVERY_N_METRICS};
+use crate::bench::crowd::Crowd;
 use symbols::Function;
+
+/// Extra idle processes while the agent is profiled.
+const CROWD: usize = 1_000;
 
 /// Where the file lives, from the workspace root; `agent/build.rs` reads it there.
 const ORDER_FILE: &str = "agent/text-order.txt";
@@ -60,6 +64,8 @@ pub fn run(args: &Args) -> Result<()> {
         Some(binary) => binary.clone(),
         None => build_release(&root, &root.join("target/text-order"))?,
     };
+    // /proc/PID/maps names the binary by its full path.
+    let binary = std::fs::canonicalize(&binary).with_context(|| format!("finding {}", binary.display()))?;
     let image = std::fs::read(&binary).with_context(|| format!("reading {}", binary.display()))?;
     symbols::ensure_position_independent(&image)?;
     let functions = symbols::functions(&image)?;
@@ -67,6 +73,9 @@ pub fn run(args: &Args) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let mut listed: Vec<&Function> = Vec::new();
     let mut seen = HashSet::new();
+    // Real hosts run hundreds of processes: the processes answer is then gzipped,
+    // and the scan's tables grow, as they do in the bench.
+    let _crowd = Crowd::spawn(CROWD)?;
     for ebpf in ["on", "off"] {
         let entered = runtime.block_on(profile_one(&binary, ebpf, &functions))?;
         println!("--ebpf {ebpf}: {} functions entered", entered.len());
@@ -136,7 +145,15 @@ async fn wait_listening(pid: u32) -> Result<u16> {
     anyhow::bail!("the agent did not listen within 30 s")
 }
 
-/// Three seconds of the real client's polling, then `/metrics` and `/healthz`.
+/// A scrape's headers as Prometheus sends them (it accepts gzip, and OpenMetrics first).
+const SCRAPE_HEADERS: &[(&str, &str)] = &[
+    ("Accept", "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"),
+    ("Accept-Encoding", "gzip"),
+    ("X-Prometheus-Scrape-Timeout-Seconds", "10"),
+];
+
+/// Three seconds of the real client's polling, then a scrape of `/metrics` as
+/// Prometheus makes it, a plain HTTP/1.0 one, and `/healthz`.
 async fn session(port: u16) -> Result<()> {
     let mut client = Client::connect(port).await?;
     for tick in 0..6 {
@@ -151,10 +168,29 @@ async fn session(port: u16) -> Result<()> {
     }
     client.close().await;
     let address = format!("127.0.0.1:{port}");
+    scrape_like_prometheus(&address).context("scraping /metrics over HTTP/1.1")?;
     for path in ["/metrics", "/healthz"] {
         let response = testkit::http::get(&address, path, &[]).with_context(|| format!("GET {path}"))?;
         ensure!(response.status == 200, "GET {path}: {}", response.status);
     }
+    Ok(())
+}
+
+/// One scrape as Prometheus makes it: HTTP/1.1 (testkit's client speaks 1.0), its
+/// headers, the whole answer read.
+fn scrape_like_prometheus(address: &str) -> Result<()> {
+    use std::io::{Read as _, Write as _};
+    let mut request = format!("GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
+    for (name, value) in SCRAPE_HEADERS {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    let mut stream = std::net::TcpStream::connect(address)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(request.as_bytes())?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer)?;
+    ensure!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer[..answer.len().min(80)]));
     Ok(())
 }
 
