@@ -27,6 +27,16 @@ pub struct Traced {
 }
 
 impl Traced {
+    /// Ends the program (if it still runs) and returns the functions it entered.
+    pub fn stop(self) -> Result<Vec<u64>> {
+        if !self.tracer.is_finished() {
+            // SAFETY: kill takes no pointer. The tracer returns as soon as it has
+            // reaped the program, so while it runs the pid is still the program's.
+            unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGKILL) };
+        }
+        self.entered()
+    }
+
     /// Waits for the program's end and returns the functions it entered.
     pub fn entered(self) -> Result<Vec<u64>> {
         self.tracer.join().map_err(|_| anyhow::anyhow!("the tracer panicked"))?
@@ -60,8 +70,15 @@ pub fn trace(mut command: Command, binary: &Path, functions: Vec<u64>) -> Result
         };
         let pid = child.id() as libc::pid_t;
         let _ = started.send(Some(pid as u32));
-        let tracer = Tracer::attach(pid, &binary, &functions)?;
-        tracer.run()
+        match Tracer::attach(pid, &binary, &functions) {
+            Ok(tracer) => tracer.run(),
+            Err(error) => {
+                // SAFETY: kill takes no pointer; the child is ours and not yet reaped.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                let _ = wait(pid);
+                Err(error)
+            }
+        }
     });
     match pid.recv() {
         Ok(Some(pid)) => Ok(Traced { pid, tracer }),

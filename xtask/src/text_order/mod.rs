@@ -127,10 +127,7 @@ async fn profile_one(binary: &Path, ebpf: &str, functions: &[Function]) -> Resul
         anyhow::Ok(())
     }
     .await;
-    // SAFETY: kill takes no pointer; the pid is our traced child, not yet reaped
-    // (the tracer reaps it only after this signal ends it).
-    unsafe { libc::kill(traced.pid as libc::pid_t, libc::SIGKILL) };
-    let entered = traced.entered()?;
+    let entered = traced.stop()?;
     outcome.map(|()| entered)
 }
 
