@@ -23,7 +23,7 @@ mod idle;
 mod interrupts;
 mod latency;
 mod rss;
-mod scrape;
+pub(crate) mod scrape;
 mod sensors;
 mod watched;
 // What the phases share.

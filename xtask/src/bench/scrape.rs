@@ -97,7 +97,8 @@ pub(super) async fn run(plan: &Plan, binaries: &Binaries) -> anyhow::Result<Tabl
 }
 
 /// A scrape as Prometheus sends it: it accepts gzip.
-const SCRAPE_HEADERS: &[(&str, &str)] = &[("Accept", "text/plain;version=0.0.4"), ("Accept-Encoding", "gzip")];
+pub(crate) const SCRAPE_HEADERS: &[(&str, &str)] =
+    &[("Accept", "text/plain;version=0.0.4"), ("Accept-Encoding", "gzip")];
 
 /// One answer: its size on the wire, and its size as text.
 pub struct Scraped {

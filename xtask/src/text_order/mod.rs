@@ -35,6 +35,7 @@ use anyhow::{Context, Result, ensure};
 
 use crate::bench::client::{Client, DISKS_EVERY_N_METRICS, Kind, METRICS_EVERY, PROCESSES_EVERY_N_METRICS};
 use crate::bench::crowd::Crowd;
+use crate::bench::scrape::SCRAPE_HEADERS;
 use symbols::Function;
 
 /// Extra idle processes while the agent is profiled.
@@ -142,13 +143,6 @@ async fn wait_listening(pid: u32) -> Result<u16> {
     anyhow::bail!("the agent did not listen within 30 s")
 }
 
-/// A scrape's headers as Prometheus sends them (it accepts gzip, and OpenMetrics first).
-const SCRAPE_HEADERS: &[(&str, &str)] = &[
-    ("Accept", "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"),
-    ("Accept-Encoding", "gzip"),
-    ("X-Prometheus-Scrape-Timeout-Seconds", "10"),
-];
-
 /// Three seconds of the real client's polling, then a scrape of `/metrics` as
 /// Prometheus makes it, a plain HTTP/1.0 one, and `/healthz`.
 async fn session(port: u16) -> Result<()> {
@@ -173,8 +167,8 @@ async fn session(port: u16) -> Result<()> {
     Ok(())
 }
 
-/// One scrape as Prometheus makes it: HTTP/1.1 (testkit's client speaks 1.0), its
-/// headers, the whole answer read.
+/// One scrape as Prometheus makes it, with the bench's scrape headers (gzip
+/// accepted), over HTTP/1.1 (testkit's client speaks 1.0); the whole answer read.
 fn scrape_like_prometheus(address: &str) -> Result<()> {
     use std::io::{Read as _, Write as _};
     let mut request = format!("GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
