@@ -44,12 +44,14 @@ fn main() -> anyhow::Result<()> {
     };
     runtime.enable_all();
     // A blocking-pool thread's glibc cache of freed blocks (tcache) goes back to
-    // the shared heap only when the thread exits. Exiting within 2 s of its last
+    // the shared heap only when the thread exits. Exiting within 3 s of its last
     // task (tokio's default: 10 s), the threads that rendered the answers are gone
     // before the agent releases its memory on going idle (the scrape lease is at
-    // least 5 s), so `malloc_trim` there can hand those blocks' pages back. The
-    // real client polls every 500 ms: its threads stay.
-    runtime.thread_keep_alive(std::time::Duration::from_secs(2));
+    // least 5 s), so `malloc_trim` there can hand those blocks' pages back. Longer
+    // than the real client's slowest poll (processes, every 2 s), so a watched
+    // agent keeps the thread that scans instead of starting one for every scan (a
+    // start is a dozen system calls and a fresh stack to fault in).
+    runtime.thread_keep_alive(std::time::Duration::from_secs(3));
     // Loading the eBPF program blocks for a few milliseconds: do it before the
     // runtime starts. It logs the source chosen, and why when it is /proc.
     let cpu_source = cputime::select_source(!cli.ebpf, &cli.proc_root, host.clock);
