@@ -116,10 +116,24 @@ async fn count_over(window: Duration) -> anyhow::Result<Rate> {
     })
 }
 
+/// What the real client asks for, in the order it asks at a tick where it asks for all.
+pub(super) const THE_REAL_CLIENTS_KINDS: [Kind; 3] = [Kind::Metrics, Kind::Processes, Kind::Disks];
+
 /// Metrics every 500 ms, processes every 2 s, disks every 5 s, one request at a
 /// time on one connection, until `stop`.
 pub(super) async fn poll_like_the_real_client(
+    client: Client,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> anyhow::Result<()> {
+    poll_at_the_real_clients_intervals(client, &THE_REAL_CLIENTS_KINDS, stop).await
+}
+
+/// Each of `kinds` at the real client's interval for it (metrics every 500 ms,
+/// processes every 2 s, disks every 5 s), one request at a time on one
+/// connection, until `stop`.
+pub(super) async fn poll_at_the_real_clients_intervals(
     mut client: Client,
+    kinds: &[Kind],
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(METRICS_EVERY);
@@ -129,12 +143,15 @@ pub(super) async fn poll_like_the_real_client(
             _ = tick.tick() => {}
             _ = &mut stop => break,
         }
-        client.ask(Kind::Metrics).await?;
-        if n.is_multiple_of(PROCESSES_EVERY_N_METRICS) {
-            client.ask(Kind::Processes).await?;
-        }
-        if n.is_multiple_of(DISKS_EVERY_N_METRICS) {
-            client.ask(Kind::Disks).await?;
+        for &kind in kinds {
+            let every = match kind {
+                Kind::Metrics => 1,
+                Kind::Processes => PROCESSES_EVERY_N_METRICS,
+                Kind::Disks => DISKS_EVERY_N_METRICS,
+            };
+            if n.is_multiple_of(every) {
+                client.ask(kind).await?;
+            }
         }
     }
     client.close().await;

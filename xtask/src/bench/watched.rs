@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use super::agent::{Agent, Binaries, Caches};
-use super::client::Client;
+use super::client::{Client, Kind};
 use super::crowd::Crowd;
-use super::interrupts::poll_like_the_real_client;
+use super::interrupts::{THE_REAL_CLIENTS_KINDS, poll_at_the_real_clients_intervals};
 use super::report::{Section, Table};
 use super::{Agents, Pair, Plan, progress, thousands};
 
@@ -25,39 +25,53 @@ pub(super) async fn run(plan: &Plan, binaries: &Binaries, table: &mut Table) -> 
     let _crowd = Crowd::spawn(WATCHED_CROWD)?;
     let agents = Agents::start(binaries, Caches::On).await?;
     let window = plan.watched_window;
-    let mut cpu = Pair::default();
-    for repeat in 0..plan.repeats {
-        progress(format_args!("watched, {} s window {}/{}", window.as_secs(), repeat + 1, plan.repeats));
-        let in_turn = agents.in_turn(repeat);
-        let percent = cpu_percent(&in_turn, window).await?;
-        for (agent, percent) in in_turn.into_iter().zip(percent) {
-            cpu.push(agent.which, percent);
-        }
-    }
+    let all = cpu_of_both(plan, &agents, &THE_REAL_CLIENTS_KINDS, "all").await?;
     let label = format!(
         "CPU while one client polls at the real client's intervals, both agents at once, host + {} idle \
          processes, caches on, over {} s",
         thousands(WATCHED_CROWD),
         window.as_secs()
     );
-    table.push(cpu.row(Section::Cpu, label, "% of a CPU"));
+    table.push(all.row(Section::Cpu, label, "% of a CPU"));
+    for kind in THE_REAL_CLIENTS_KINDS {
+        let alone = cpu_of_both(plan, &agents, &[kind], kind.request()).await?;
+        let label = format!("… `{}` alone, at its interval, same host, over {} s", kind.request(), window.as_secs());
+        table.push(alone.row(Section::Cpu, label, "% of a CPU"));
+    }
     Ok(())
+}
+
+/// Both agents' CPU over `plan.repeats` windows while each is asked for `kinds` at
+/// the real client's intervals.
+async fn cpu_of_both(plan: &Plan, agents: &Agents, kinds: &[Kind], what: &str) -> anyhow::Result<Pair> {
+    let window = plan.watched_window;
+    let mut cpu = Pair::default();
+    for repeat in 0..plan.repeats {
+        progress(format_args!("watched ({what}), {} s window {}/{}", window.as_secs(), repeat + 1, plan.repeats));
+        let in_turn = agents.in_turn(repeat);
+        let percent = cpu_percent(&in_turn, kinds, window).await?;
+        for (agent, percent) in in_turn.into_iter().zip(percent) {
+            cpu.push(agent.which, percent);
+        }
+    }
+    Ok(cpu)
 }
 
 /// Lets the sessions settle before counting: the agents' first answers, the
 /// repair attached for the session, the clients' first disks requests.
 const SESSION_SETTLE: Duration = Duration::from_secs(3);
 
-/// Each agent's CPU use over `window` while a client polls it, in % of one CPU,
-/// in the order of `agents`.
-pub async fn cpu_percent(agents: &[&Agent], window: Duration) -> anyhow::Result<Vec<f64>> {
+/// Each agent's CPU use over `window` while a client asks it for `kinds` at the
+/// real client's intervals, in % of one CPU, in the order of `agents`.
+async fn cpu_percent(agents: &[&Agent], kinds: &[Kind], window: Duration) -> anyhow::Result<Vec<f64>> {
     let mut stops = Vec::new();
     let mut pollers = Vec::new();
     for agent in agents {
         let client = Client::connect(agent.port).await?;
         let (stop, stopped) = tokio::sync::oneshot::channel();
         stops.push(stop);
-        pollers.push(tokio::spawn(poll_like_the_real_client(client, stopped)));
+        let kinds = kinds.to_vec();
+        pollers.push(tokio::spawn(async move { poll_at_the_real_clients_intervals(client, &kinds, stopped).await }));
     }
     tokio::time::sleep(SESSION_SETTLE).await;
     let before = agents.iter().map(|a| a.cpu_time()).collect::<anyhow::Result<Vec<_>>>()?;
