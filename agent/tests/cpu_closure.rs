@@ -64,14 +64,26 @@ fn proc_source() -> Box<dyn CpuTimeSource> {
 
 /// A scanner of the real /proc as the agent builds one, its source told that a
 /// client is connected.
-fn scanner(mut source: Box<dyn CpuTimeSource>, children: ChildrenMode) -> ProcessScanner {
+fn scanner(source: Box<dyn CpuTimeSource>, children: ChildrenMode) -> ProcessScanner {
+    scanner_and_source(source, children).0
+}
+
+/// [`scanner`], and the source it reads, for its error counters.
+fn scanner_and_source(mut source: Box<dyn CpuTimeSource>, children: ChildrenMode) -> (ProcessScanner, SharedCpuSource) {
     // The scanner keeps up to 4096 stat files open, as the agent, which raises its
     // own limit the same way; an ordinary user's soft limit is often 1024.
     testkit::limits::raise_open_files_limit().unwrap();
     source.active();
     let cpus = std::thread::available_parallelism().unwrap().get();
     let shared: SharedCpuSource = Arc::new(Mutex::new(source));
-    ProcessScanner::new(PathBuf::from("/proc"), host_clock(), cpus, shared, 4096, children)
+    let scanner = ProcessScanner::new(PathBuf::from("/proc"), host_clock(), cpus, Arc::clone(&shared), 4096, children);
+    (scanner, shared)
+}
+
+/// The source's error counters that are not zero, for a failure's message.
+fn nonzero_error_counts(source: &SharedCpuSource) -> Vec<(&'static str, u64)> {
+    let source = source.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    source.error_counts().into_iter().filter(|(_, count)| *count > 0).collect()
 }
 
 /// One scan: every process's pid and the CPU ns its row shows for the interval.
@@ -233,8 +245,8 @@ impl Spawner {
                 let grandchild = fork_burner(burn, wall);
                 let mut status = 0;
                 libc::waitpid(grandchild, &mut status, 0);
-                let report_ns = [rusage_ns(libc::RUSAGE_SELF), rusage_ns(libc::RUSAGE_CHILDREN)];
-                libc::write(report[1], report_ns.as_ptr().cast(), 16);
+                let reported = [rusage_ns(libc::RUSAGE_SELF), rusage_ns(libc::RUSAGE_CHILDREN), grandchild as u64];
+                libc::write(report[1], reported.as_ptr().cast(), 24);
                 loop {
                     libc::pause();
                 }
@@ -248,16 +260,16 @@ impl Spawner {
         Self { pid, go: go[1], report: report[0] }
     }
 
-    /// Lets the grandchild run, and returns the spawner's own CPU ns and the
-    /// grandchild's once it was reaped.
-    fn run(&self) -> (u64, u64) {
-        let mut report = [0u64; 2];
+    /// Lets the grandchild run, and returns once it was reaped: the spawner's own
+    /// CPU ns, the grandchild's, and the grandchild's pid.
+    fn run(&self) -> (u64, u64, u32) {
+        let mut report = [0u64; 3];
         // SAFETY: plain syscalls on our ends of the pipes.
         unsafe {
             assert_eq!(libc::write(self.go, [1u8].as_ptr().cast(), 1), 1);
-            assert_eq!(libc::read(self.report, report.as_mut_ptr().cast(), 16), 16);
+            assert_eq!(libc::read(self.report, report.as_mut_ptr().cast(), 24), 24);
         }
-        (report[0], report[1])
+        (report[0], report[1], report[2] as u32)
     }
 }
 
@@ -290,21 +302,29 @@ fn ebpf_summed_in_user_space_a_process_living_2_ms_shows_in_its_parent_within_on
 }
 
 fn assert_grandchild_shows_in_its_parent(source: Box<dyn CpuTimeSource>) {
-    let mut scanner = scanner(source, ChildrenMode::Attribute);
+    let (mut scanner, source) = scanner_and_source(source, ChildrenMode::Attribute);
     let spawner = Spawner::start(Duration::from_millis(1), Duration::from_millis(2));
     std::thread::sleep(Duration::from_millis(50));
     scan(&mut scanner);
+    let errors_before = nonzero_error_counts(&source);
     let started = Instant::now();
-    let (own_at_report, grandchild) = spawner.run();
+    let (own_at_report, grandchild, grandchild_pid) = spawner.run();
     std::thread::sleep(Duration::from_secs(1).saturating_sub(started.elapsed()));
-    let shown = shown_for(&scan(&mut scanner), spawner.pid as u32);
+    let rows = scan(&mut scanner);
+    let shown = shown_for(&rows, spawner.pid as u32);
     // The parent's own time up to the scan, by the scheduler: it runs on after it
     // reported (its write, entering pause), which takes milliseconds where the
     // CPUs are emulated and the pages it touches are still cold.
     let own = testkit::kernel::on_cpu_ns(spawner.pid as u32).unwrap();
+    // For the open defect (see the ignore reason): whether the grandchild got a
+    // row of its own, and the program's error counters (an unseen switch counts
+    // in `mismatch`) before and after its window.
+    let grandchild_row = rows.iter().find(|(pid, _)| *pid == grandchild_pid);
     eprintln!(
-        "2 ms grandchild: {grandchild} ns; its parent showed {shown} ns (its own time in all: {own} ns, \
-         {own_at_report} ns when it reported)"
+        "2 ms grandchild (pid {grandchild_pid}): {grandchild} ns; its parent showed {shown} ns (its own time in \
+         all: {own} ns, {own_at_report} ns when it reported); the grandchild's own row: {grandchild_row:?}; \
+         error counters before the window {errors_before:?}, after it {:?}",
+        nonzero_error_counts(&source)
     );
     assert!(grandchild > 200_000, "the grandchild burnt only {grandchild} ns");
     // The parent's row: the grandchild's total and at most the parent's own time.
