@@ -27,12 +27,27 @@ pub enum Kind {
 impl Kind {
     pub const ALL: [Kind; 3] = [Kind::Metrics, Kind::Disks, Kind::Processes];
 
+    /// What the real client asks for, in the order it asks at a tick where it asks
+    /// for all.
+    pub const THE_REAL_CLIENTS: [Kind; 3] = [Kind::Metrics, Kind::Processes, Kind::Disks];
+
     pub fn request(self) -> &'static str {
         match self {
             Kind::Metrics => "get_metrics",
             Kind::Disks => "get_disks",
             Kind::Processes => "get_processes",
         }
+    }
+
+    /// Whether the real client asks for this at tick `n` (from 0) of its metrics
+    /// timer, which ticks every `METRICS_EVERY`.
+    pub fn asked_at_tick(self, n: usize) -> bool {
+        let every = match self {
+            Kind::Metrics => 1,
+            Kind::Processes => PROCESSES_EVERY_N_METRICS,
+            Kind::Disks => DISKS_EVERY_N_METRICS,
+        };
+        n.is_multiple_of(every)
     }
 }
 
@@ -169,5 +184,14 @@ mod tests {
         assert_eq!(wire_bytes(125), 127);
         assert_eq!(wire_bytes(126), 130);
         assert_eq!(wire_bytes(70_000), 70_010);
+    }
+
+    #[test]
+    fn over_ten_seconds_the_real_clients_timer_asks_as_protocol_md_says() {
+        // 500 ms ticks for 10 s: metrics every 500 ms, processes every 2 s, disks every 5 s.
+        let ticks = 10_000 / METRICS_EVERY.as_millis() as usize;
+        let asked = |kind: Kind| (0..ticks).filter(|&n| kind.asked_at_tick(n)).count();
+        assert_eq!((asked(Kind::Metrics), asked(Kind::Processes), asked(Kind::Disks)), (20, 5, 2));
+        assert!(Kind::THE_REAL_CLIENTS.iter().all(|kind| kind.asked_at_tick(0)));
     }
 }

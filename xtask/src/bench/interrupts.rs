@@ -12,7 +12,7 @@ use anyhow::Context;
 use tokio::time::MissedTickBehavior;
 
 use super::agent::{Agent, Binaries, Caches, Sensors, Which};
-use super::client::{Client, DISKS_EVERY_N_METRICS, Kind, METRICS_EVERY, PROCESSES_EVERY_N_METRICS};
+use super::client::{Client, Kind, METRICS_EVERY};
 use super::crowd::Crowd;
 use super::report::{Section, Summary, Table};
 use super::{Pair, Plan, SETTLE, progress, thousands};
@@ -116,16 +116,13 @@ async fn count_over(window: Duration) -> anyhow::Result<Rate> {
     })
 }
 
-/// What the real client asks for, in the order it asks at a tick where it asks for all.
-pub(super) const THE_REAL_CLIENTS_KINDS: [Kind; 3] = [Kind::Metrics, Kind::Processes, Kind::Disks];
-
 /// Metrics every 500 ms, processes every 2 s, disks every 5 s, one request at a
 /// time on one connection, until `stop`.
 pub(super) async fn poll_like_the_real_client(
     client: Client,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) -> anyhow::Result<()> {
-    poll_at_the_real_clients_intervals(client, &THE_REAL_CLIENTS_KINDS, stop).await
+    poll_at_the_real_clients_intervals(client, &Kind::THE_REAL_CLIENTS, stop).await
 }
 
 /// Each of `kinds` at the real client's interval for it (metrics every 500 ms,
@@ -143,15 +140,8 @@ pub(super) async fn poll_at_the_real_clients_intervals(
             _ = tick.tick() => {}
             _ = &mut stop => break,
         }
-        for &kind in kinds {
-            let every = match kind {
-                Kind::Metrics => 1,
-                Kind::Processes => PROCESSES_EVERY_N_METRICS,
-                Kind::Disks => DISKS_EVERY_N_METRICS,
-            };
-            if n.is_multiple_of(every) {
-                client.ask(kind).await?;
-            }
+        for &kind in kinds.iter().filter(|kind| kind.asked_at_tick(n)) {
+            client.ask(kind).await?;
         }
     }
     client.close().await;

@@ -11,7 +11,7 @@ use anyhow::Context;
 use super::agent::{Agent, Binaries, Caches};
 use super::client::{Client, Kind};
 use super::crowd::Crowd;
-use super::interrupts::{THE_REAL_CLIENTS_KINDS, poll_at_the_real_clients_intervals};
+use super::interrupts::poll_at_the_real_clients_intervals;
 use super::report::{Section, Table};
 use super::{Agents, Pair, Plan, progress, thousands};
 
@@ -25,7 +25,7 @@ pub(super) async fn run(plan: &Plan, binaries: &Binaries, table: &mut Table) -> 
     let _crowd = Crowd::spawn(WATCHED_CROWD)?;
     let agents = Agents::start(binaries, Caches::On).await?;
     let window = plan.watched_window;
-    let all = cpu_of_both(plan, &agents, &THE_REAL_CLIENTS_KINDS, "all").await?;
+    let all = cpu_of_both(plan, &agents, &Kind::THE_REAL_CLIENTS, "all").await?;
     let label = format!(
         "CPU while one client polls at the real client's intervals, both agents at once, host + {} idle \
          processes, caches on, over {} s",
@@ -33,7 +33,7 @@ pub(super) async fn run(plan: &Plan, binaries: &Binaries, table: &mut Table) -> 
         window.as_secs()
     );
     table.push(all.row(Section::Cpu, label, "% of a CPU"));
-    for kind in THE_REAL_CLIENTS_KINDS {
+    for kind in Kind::THE_REAL_CLIENTS {
         let alone = cpu_of_both(plan, &agents, &[kind], kind.request()).await?;
         let label = format!("… `{}` alone, at its interval, same host, over {} s", kind.request(), window.as_secs());
         table.push(alone.row(Section::Cpu, label, "% of a CPU"));

@@ -33,7 +33,7 @@ use std::{
 
 use anyhow::{Context, Result, ensure};
 
-use crate::bench::client::{Client, DISKS_EVERY_N_METRICS, Kind, METRICS_EVERY, PROCESSES_EVERY_N_METRICS};
+use crate::bench::client::{Client, Kind, METRICS_EVERY};
 use crate::bench::crowd::Crowd;
 use crate::bench::scrape::SCRAPE_HEADERS;
 use symbols::Function;
@@ -148,12 +148,8 @@ async fn wait_listening(pid: u32) -> Result<u16> {
 async fn session(port: u16) -> Result<()> {
     let mut client = Client::connect(port).await?;
     for tick in 0..6 {
-        client.ask(Kind::Metrics).await?;
-        if tick % PROCESSES_EVERY_N_METRICS == 0 {
-            client.ask(Kind::Processes).await?;
-        }
-        if tick % DISKS_EVERY_N_METRICS == 0 {
-            client.ask(Kind::Disks).await?;
+        for kind in Kind::THE_REAL_CLIENTS.into_iter().filter(|kind| kind.asked_at_tick(tick)) {
+            client.ask(kind).await?;
         }
         tokio::time::sleep(METRICS_EVERY).await;
     }
